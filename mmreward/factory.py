@@ -1,0 +1,181 @@
+"""Reward spec strings -> reward modules.
+
+Grammar (whitespace around separators is ignored)::
+
+    spec   := term ("," term)*
+    term   := [WEIGHT "*"] FAMILY [":" ARG] ["?" KEY=VALUE ("&" KEY=VALUE)*]
+            | FAMILY ":" WEIGHT                       # family default model, weighted
+
+Examples::
+
+    clip:ViT-H-14/laion2b_s32b_b79k            # open_clip architecture + pretrained tag
+    clip:ViT-B-32//ckpts/my_clip.safetensors   # open_clip architecture + local weights file
+    clip:assets/shapesworld-clip               # open_clip model folder (open_clip_config.json + weights)
+    hfclip:openai/clip-vit-large-patch14?mode=logit
+    hps:1.0,clip:0.01                          # weighted sum of family defaults (ReNO style)
+    5*clip:ViT-H-14/laion2b_s32b_b79k,0.01*hfclip:/models/clip-h
+
+A spec with several terms (or one weighted term) gives a :class:`WeightedSum`.
+New families are added with :func:`register_family`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .backbones import ClipBackbone, load_hf_clip, load_open_clip
+from .base import VisionReward
+from .combine import WeightedSum
+from .errors import RewardSpecError
+from .zero_shot import CLIPScore, ProjectionReward
+
+
+@dataclass
+class Family:
+    """A named way to build a reward: ``build(arg, device, dtype, **options) -> VisionReward``."""
+
+    name: str
+    build: Callable[..., VisionReward]
+    default_arg: str | None
+    description: str
+    backbone: Callable[..., ClipBackbone] | None = None
+
+
+@dataclass
+class Term:
+    family: str
+    arg: str | None
+    weight: float = 1.0
+    options: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register_family(
+    name: str,
+    build: Callable[..., VisionReward],
+    default_arg: str | None,
+    description: str,
+    backbone: Callable[..., ClipBackbone] | None = None,
+) -> None:
+    """Register a reward family under ``name`` (used as ``name:ARG`` in specs)."""
+    _FAMILIES[name] = Family(name, build, default_arg, description, backbone)
+
+
+def known_families() -> dict[str, str]:
+    """``{name: description}`` of every registered family."""
+    return {n: f.description for n, f in sorted(_FAMILIES.items())}
+
+
+def _float(s: str) -> float | None:
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def parse_spec(spec: str) -> list[Term]:
+    """Parse a spec string into terms (no models are loaded)."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise RewardSpecError("empty reward spec; expected e.g. 'clip:ViT-H-14/laion2b_s32b_b79k'")
+    terms = []
+    for raw in spec.split(","):
+        text = raw.strip()
+        if not text:
+            raise RewardSpecError(f"empty term in reward spec {spec!r}")
+        body, _, query = text.partition("?")
+        options = {}
+        for kv in filter(None, query.split("&")):
+            k, eq, v = kv.partition("=")
+            if not eq or not k:
+                raise RewardSpecError(f"bad option {kv!r} in {text!r}; expected KEY=VALUE")
+            options[k.strip()] = v.strip()
+        weight = None
+        head, star, rest = body.partition("*")
+        if star and ":" not in head and _float(head) is not None:
+            weight, body = _float(head), rest.strip()
+        family, colon, arg = body.partition(":")
+        family, arg = family.strip().lower(), arg.strip() if colon else None
+        if family not in _FAMILIES:
+            raise RewardSpecError(
+                f"unknown reward family {family!r} in {text!r}; known families: "
+                + "; ".join(f"{n} ({d})" for n, d in known_families().items())
+            )
+        if arg is not None and not arg:
+            raise RewardSpecError(f"missing model after '{family}:' in {text!r}")
+        if arg is not None and _float(arg) is not None:
+            if weight is not None:
+                raise RewardSpecError(f"two weights in {text!r}")
+            weight, arg = _float(arg), None
+        if arg is None:
+            arg = _FAMILIES[family].default_arg
+        terms.append(Term(family, arg, 1.0 if weight is None else weight, options, text))
+    return terms
+
+
+def load_reward(
+    spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> VisionReward:
+    """Build the reward named by ``spec`` (see module docstring) on ``device`` with ``dtype``."""
+    terms = parse_spec(spec)
+    rewards = [_FAMILIES[t.family].build(t.arg, device=device, dtype=dtype, **t.options) for t in terms]
+    if len(terms) == 1 and terms[0].weight == 1.0:
+        return rewards[0]
+    names = [t.family if sum(u.family == t.family for u in terms) == 1 else f"{t.family}[{i}]" for i, t in enumerate(terms)]
+    return WeightedSum([(n, r, t.weight) for n, r, t in zip(names, rewards, terms)])
+
+
+def load_backbone(
+    spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> ClipBackbone:
+    """Load the CLIP backbone of a single-term spec such as ``clip:ViT-B-32/openai`` or ``hfclip:FOLDER``."""
+    terms = parse_spec(spec)
+    if len(terms) != 1:
+        raise RewardSpecError(f"expected one CLIP model, got {len(terms)} terms in {spec!r}")
+    fam = _FAMILIES[terms[0].family]
+    if fam.backbone is None:
+        with_backbones = [n for n, f in _FAMILIES.items() if f.backbone is not None]
+        raise RewardSpecError(f"family {fam.name!r} has no CLIP backbone; use one of {with_backbones}")
+    return fam.backbone(terms[0].arg, device=device, dtype=dtype)
+
+
+def load_projection_reward(
+    spec: str,
+    goal: str | Sequence[str],
+    baseline: str | Sequence[str],
+    alpha: float = 0.0,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> ProjectionReward:
+    """VLM-RM goal–baseline projection reward on the CLIP backbone named by ``spec``."""
+    return ProjectionReward(load_backbone(spec, device, dtype), goal, baseline, alpha)
+
+
+def _clip_score_family(loader: Callable[..., ClipBackbone]) -> Callable[..., VisionReward]:
+    def build(arg: str, device="cpu", dtype=torch.float32, mode: str = "cos", w: str = "2.5", **unknown):
+        if unknown:
+            raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; CLIP families accept 'mode' and 'w'")
+        return CLIPScore(loader(arg, device=device, dtype=dtype), mode=mode, w=float(w))
+
+    return build
+
+
+register_family(
+    "clip",
+    _clip_score_family(load_open_clip),
+    "ViT-H-14/laion2b_s32b_b79k",
+    "open_clip CLIPScore: MODEL/PRETRAINED, MODEL//weights_file, hf-hub:ORG/REPO or a model folder",
+    backbone=load_open_clip,
+)
+register_family(
+    "hfclip",
+    _clip_score_family(load_hf_clip),
+    "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    "transformers CLIPModel CLIPScore: hub id or local folder",
+    backbone=load_hf_clip,
+)

@@ -1,0 +1,50 @@
+"""Conversion of PIL images, file paths and arrays to float tensors ``[3,H,W]`` in ``[0,1]``."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import RewardError
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+
+
+def to_tensor(image: ImageLike) -> torch.Tensor:
+    """One image (path, PIL, HWC uint8 array, or CHW float tensor) -> float32 ``[3,H,W]`` in ``[0,1]``."""
+    if isinstance(image, (str, os.PathLike)):
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise RewardError(f"image file not found: {path!r}")
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise RewardError(f"image array must be HxWx3, got shape {image.shape}")
+        scale = 255.0 if image.dtype == np.uint8 else 1.0
+        return torch.from_numpy(np.array(image, copy=True)).permute(2, 0, 1).float() / scale
+    if isinstance(image, torch.Tensor):
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise RewardError(f"image tensor must be 3xHxW, got shape {tuple(image.shape)}")
+        return image.float()
+    raise RewardError(f"unsupported image type {type(image).__name__}; expected a path, PIL image, array or tensor")
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """A ``[3,H,W]`` tensor in ``[0,1]`` -> PIL RGB image."""
+    arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+def load_images(images: Sequence[ImageLike]) -> list[torch.Tensor]:
+    """Convert a list of images (possibly of different sizes) to ``[3,H,W]`` tensors."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        images = [images]
+    return [to_tensor(im) for im in images]

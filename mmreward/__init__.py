@@ -9,11 +9,25 @@ string and built by :func:`load_reward`::
     r = reward.score(["a.png", "b.png"], "a red circle")          # PIL images or paths
 """
 
-from .backbones import ClipBackbone, HFClipBackbone, OpenClipBackbone, load_hf_clip, load_open_clip, save_open_clip
+from .backbones import (
+    ClipBackbone,
+    HFClipBackbone,
+    OpenClipBackbone,
+    load_hf_clip,
+    load_open_clip,
+    save_open_clip,
+)
 from .base import VisionReward
 from .combine import Ensemble, EnsembleOutput, RunningNorm, WeightedSum
 from .errors import ModelLoadError, RewardError, RewardSpecError
-from .factory import known_families, load_backbone, load_projection_reward, load_reward, parse_spec, register_family
+from .factory import (
+    known_families,
+    load_backbone,
+    load_projection_reward,
+    load_reward,
+    parse_spec,
+    register_family,
+)
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess
 from .zero_shot import CLIPScore, ProjectionReward
 

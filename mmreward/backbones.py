@@ -79,7 +79,7 @@ class ClipBackbone(nn.Module):
         if missing:
             with torch.no_grad():
                 feats = F.normalize(self._text_features(missing).float(), dim=-1)
-            for p, f in zip(missing, feats):
+            for p, f in zip(missing, feats, strict=False):
                 self._text_cache[(p, *key)] = f
         return torch.stack([self._text_cache[(p, *key)] for p in prompts])
 
@@ -165,19 +165,18 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
     elif arg.startswith("hf-hub:"):
         pass
     else:
-        if _looks_like_path(arg):
-            raise ModelLoadError(f"open_clip model folder not found: {arg!r}")
-        if "/" not in arg:
+        model_name, _, pretrained = arg.partition("/")
+        if model_name not in open_clip.list_models():
+            if _looks_like_path(arg):
+                raise ModelLoadError(f"open_clip model folder not found: {arg!r}")
+            raise ModelLoadError(f"unknown open_clip architecture {model_name!r} (see open_clip.list_models())")
+        tags = open_clip.list_pretrained_tags_by_model(model_name)
+        if not pretrained:
             raise ModelLoadError(
                 f"open_clip spec {arg!r} names no weights; use MODEL/PRETRAINED, e.g. 'ViT-B-32/openai', "
-                f"or MODEL//path/to/checkpoint (known tags for {arg}: {open_clip.list_pretrained_tags_by_model(arg)})"
+                f"or MODEL//path/to/checkpoint (known tags for {model_name}: {tags})"
             )
-        model_name, pretrained = arg.split("/", 1)
-        if model_name not in open_clip.list_models():
-            raise ModelLoadError(f"unknown open_clip architecture {model_name!r} (see open_clip.list_models())")
-        is_file = os.path.isfile(os.path.expanduser(pretrained))
-        tags = open_clip.list_pretrained_tags_by_model(model_name)
-        if is_file:
+        if os.path.isfile(os.path.expanduser(pretrained)):
             pretrained = os.path.expanduser(pretrained)
         elif pretrained not in tags:
             if _looks_like_path(pretrained):
@@ -186,7 +185,7 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         tokenizer = open_clip.get_tokenizer(model_name)
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # open_clip raises RuntimeError, OSError, AssertionError, KeyError...
         if model_name.startswith("local-dir:") or (pretrained and os.path.isfile(pretrained)):
             raise ModelLoadError(f"could not load open_clip model from {arg!r}: {e}") from e
         raise ModelLoadError(

@@ -21,7 +21,6 @@ from .errors import RewardError
 from .images import ImageLike, load_images
 
 
-
 def check_prompts(prompts: str | Sequence[str] | None, batch: int, required: bool = True) -> list[str] | None:
     """Validate prompts and broadcast a single string to ``batch`` items."""
     if prompts is None:

@@ -33,8 +33,8 @@ class WeightedSum(VisionReward):
 
     def components(self, images: torch.Tensor, prompts=None) -> dict[str, torch.Tensor]:
         """Unweighted rewards of every term ``{name: [B]}`` plus ``"total"`` (the weighted sum)."""
-        out = {n: r(images, prompts if r.needs_prompts else None) for n, r in zip(self.names, self.rewards)}
-        out["total"] = sum(w * out[n] for n, w in zip(self.names, self.weights))
+        out = {n: r(images, prompts if r.needs_prompts else None) for n, r in zip(self.names, self.rewards, strict=False)}
+        out["total"] = sum(w * out[n] for n, w in zip(self.names, self.weights, strict=False))
         return out
 
     def score_images(self, images: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:

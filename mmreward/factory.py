@@ -127,7 +127,7 @@ def load_reward(
     if len(terms) == 1 and terms[0].weight == 1.0:
         return rewards[0]
     names = [t.family if sum(u.family == t.family for u in terms) == 1 else f"{t.family}[{i}]" for i, t in enumerate(terms)]
-    return WeightedSum([(n, r, t.weight) for n, r, t in zip(names, rewards, terms)])
+    return WeightedSum([(n, r, t.weight) for n, r, t in zip(names, rewards, terms, strict=False)])
 
 
 def load_backbone(

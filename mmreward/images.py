@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ from PIL import Image
 
 from .errors import RewardError
 
-ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]
+ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
 def to_tensor(image: ImageLike) -> torch.Tensor:

@@ -87,7 +87,7 @@ def test_text_embeddings_are_cached_per_prompt(spec, images, monkeypatch):
     monkeypatch.setattr(bb, "_text_features", lambda ps: calls.append(list(ps)) or original(ps))
     reward = CLIPScore(bb)
     first = reward(images, ["a", "b", "a", "b"])
-    second = reward(images, ["b", "c", "a", "a"])
+    reward(images, ["b", "c", "a", "a"])
     assert calls == [["a", "b"], ["c"]]
     # image 1 was scored with "b" in the first call; a fresh, uncached computation gives the same value
     assert torch.allclose(first[1], CLIPScore(load_backbone(spec))(images[1:2], ["b"])[0], atol=1e-6)

@@ -1,0 +1,166 @@
+"""Train ShapesWorld-CLIP: a small open_clip model trained contrastively on ShapesWorld captions,
+with hard-negative captions (colour, shape, count or relation swapped) as extra text negatives.
+
+    python -m mmreward.shapes.train_clip --out assets/shapesworld-clip
+
+Seeded and resumable: training state is checkpointed to ``--work`` every ``--ckpt-every`` steps
+(safetensors + JSON) and a rerun of the same command continues from there. The result is an
+open_clip model folder that the reward core loads as ``clip:assets/shapesworld-clip``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
+from ..checkpoint import has_state, load_state, save_state
+from .clip_eval import hard_negative_accuracy, hard_negative_items
+from .prompts import CATEGORIES, hard_negatives, sample_meta, sample_scene
+from .suites import load_suite
+from .world import render
+
+CLIP_CFG = {
+    "embed_dim": 128,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "patch_size": 8, "head_width": 32},
+    "text_cfg": {"context_length": 20, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 4},
+}
+
+
+def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Mild blur and noise so the reward stays calibrated on imperfect generated images. ``x``: [B,3,H,W]."""
+    b = x.shape[0]
+    blur = torch.rand(b, generator=g) < 0.3
+    if blur.any():
+        k = torch.tensor([1.0, 2.0, 1.0])
+        k = (k[:, None] * k[None, :] / 16).expand(3, 1, 3, 3)
+        x = torch.where(blur[:, None, None, None], F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=3), x)
+    noisy = (torch.rand(b, generator=g) < 0.3).float()[:, None, None, None]
+    sigma = torch.rand(b, 1, 1, 1, generator=g) * 0.05
+    return (x + noisy * sigma * torch.randn(x.shape, generator=g)).clamp(0, 1)
+
+
+def make_batch(rng: np.random.Generator, batch: int, n_neg: int) -> tuple[torch.Tensor, list[str], list[str]]:
+    metas = [sample_meta(CATEGORIES[int(rng.integers(len(CATEGORIES)))], rng, "train") for _ in range(batch)]
+    images = np.stack([render(sample_scene(m, rng, allow_held_out=False)) for m in metas])
+    negs = []
+    for m in metas:
+        options = [n["prompt"] for n in hard_negatives(m, rng)]
+        negs.extend(options[int(i)] for i in rng.integers(len(options), size=n_neg))
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, [m["prompt"] for m in metas], negs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="assets/shapesworld-clip", help="output open_clip model folder")
+    p.add_argument("--work", default="outputs/train_shapesworld_clip", help="checkpoints and logs")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--negatives", type=int, default=2, help="hard-negative captions per image")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tiny", action="store_true", help="a very small model (tests)")
+    p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step (simulates a kill)")
+    args = p.parse_args(argv)
+
+    import open_clip
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    cfg = json.loads(json.dumps(CLIP_CFG))
+    if args.tiny:
+        cfg["vision_cfg"].update(layers=1, width=32, head_width=16)
+        cfg["text_cfg"].update(layers=1, width=32, heads=2)
+        cfg["embed_dim"] = 32
+    model = open_clip.CLIP(**cfg)
+    tokenizer = open_clip.tokenize
+    ctx = cfg["text_cfg"]["context_length"]
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(s: int) -> float:  # linear warm-up, then cosine decay to zero
+        return args.lr * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+
+    rng = np.random.default_rng(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    step, extra = 0, {"elapsed": 0.0}
+    if has_state(work):
+        step, extra = load_state(work, model, opt, rng)
+        gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8))
+        print(f"resumed from step {step}")
+    pre = _preprocess_from_open_clip(model)
+    backbone = OpenClipBackbone(model, lambda t: tokenizer(t, context_length=ctx), pre)
+    eval_metas = [{**m, "held_out": m.get("held_out", False)} for m in load_suite("eval")]
+    eval_items = hard_negative_items(eval_metas[:: 2 if args.tiny else 1], seed=12345)
+    log = (work / "log.jsonl").open("a")
+    t0 = time.time() - extra["elapsed"]
+    bar = tqdm(total=args.steps, initial=step, desc="shapesworld-clip", dynamic_ncols=True)
+    while step < args.steps:
+        model.train()
+        images, pos, neg = make_batch(rng, args.batch, args.negatives)
+        pixels = pre(augment(images, gen))
+        img = F.normalize(model.encode_image(pixels), dim=-1)
+        # captions repeat within a batch: embed each unique caption once, and treat every image
+        # whose caption is u as a positive of u (no false negatives from duplicates)
+        unique = list(dict.fromkeys(pos + neg))
+        index = {c: i for i, c in enumerate(unique)}
+        txt = F.normalize(model.encode_text(tokenizer(unique, context_length=ctx)), dim=-1)
+        scale = model.logit_scale.exp().clamp(max=100)
+        logits = scale * img @ txt.T  # [B, U]: all captions of the batch, hard negatives included
+        target = torch.tensor([index[c] for c in pos])
+        n_pos = len(dict.fromkeys(pos))  # positives come first in `unique`
+        match = (target[None, :] == torch.arange(n_pos)[:, None]).float()  # [U_pos, B]
+        t2i = F.cross_entropy(logits[:, :n_pos].T, match / match.sum(1, keepdim=True))
+        loss = 0.5 * (F.cross_entropy(logits, target) + t2i)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
+        rec = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1), "time": time.time() - t0}
+        if step % args.eval_every == 0 or step == args.steps:
+            model.eval()
+            backbone.clear_cache()
+            rec["eval"] = hard_negative_accuracy(backbone, eval_items)
+            tqdm.write(f"step {step}: hard-negative accuracy {json.dumps(rec['eval'])}")
+        log.write(json.dumps(rec) + "\n")
+        log.flush()
+        if step % args.ckpt_every == 0 or step == args.steps:
+            save_state(work, model, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
+        if args.stop_after is not None and step >= args.stop_after:
+            save_state(work, model, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
+            bar.close()
+            return {"steps": step, "stopped": True}
+    bar.close()
+    model.eval()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    model.load_state_dict(half)  # round-trip through fp16 so the saved model is exactly what is evaluated
+    backbone.clear_cache()
+    final = hard_negative_accuracy(backbone, eval_items)
+    save_open_clip(model.half(), cfg, args.out)
+    summary = {"steps": step, "wall_time_s": time.time() - t0, "hard_negative_accuracy": final, "config": cfg,
+               "args": vars(args)}
+    (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(final, indent=2))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

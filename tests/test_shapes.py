@@ -7,9 +7,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmreward.shapes import CATEGORIES, Scene, evaluate, evaluate_image, load_suite, parse_prompt, render, sample_scene
+from mmreward.shapes import (
+    CATEGORIES,
+    Scene,
+    evaluate,
+    evaluate_image,
+    load_suite,
+    parse_prompt,
+    render,
+    sample_scene,
+)
 from mmreward.shapes.__main__ import main as shapes_cli
-from mmreward.shapes.prompts import HELD_OUT_PAIRS, all_metas, hard_negatives, is_held_out, relations, sample_meta
+from mmreward.shapes.prompts import (
+    HELD_OUT_PAIRS,
+    all_metas,
+    hard_negatives,
+    is_held_out,
+    relations,
+    sample_meta,
+)
 from mmreward.shapes.world import COLORS, SHAPES
 
 

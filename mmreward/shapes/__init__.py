@@ -6,7 +6,15 @@ that reads only pixels (:mod:`.evaluator`). CLI: ``python -m mmreward.shapes {ev
 """
 
 from .evaluator import Detection, detect, evaluate, evaluate_image, judge
-from .prompts import CATEGORIES, hard_negatives, is_held_out, parse_prompt, prompt_text, sample_meta, sample_scene
+from .prompts import (
+    CATEGORIES,
+    hard_negatives,
+    is_held_out,
+    parse_prompt,
+    prompt_text,
+    sample_meta,
+    sample_scene,
+)
 from .suites import load_suite
 from .world import COLORS, SHAPES, Obj, Scene, render
 

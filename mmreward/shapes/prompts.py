@@ -18,7 +18,7 @@ import re
 
 import numpy as np
 
-from .world import COLORS, RELATIONS, SHAPES, Obj, Scene, place
+from .world import COLORS, RELATIONS, SHAPES, Scene, place
 
 CATEGORIES = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 NUMBERS = {1: "one", 2: "two", 3: "three", 4: "four"}

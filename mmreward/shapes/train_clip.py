@@ -24,9 +24,9 @@ from tqdm import tqdm
 from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
 from ..checkpoint import has_state, load_state, save_state
 from .clip_eval import hard_negative_accuracy, hard_negative_items
-from .prompts import CATEGORIES, hard_negatives, sample_meta, sample_scene
+from .data import sample_batch
+from .prompts import hard_negatives, is_held_out
 from .suites import load_suite
-from .world import render
 
 CLIP_CFG = {
     "embed_dim": 128,
@@ -49,13 +49,19 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 
 
 def make_batch(rng: np.random.Generator, batch: int, n_neg: int) -> tuple[torch.Tensor, list[str], list[str]]:
-    metas = [sample_meta(CATEGORIES[int(rng.integers(len(CATEGORIES)))], rng, "train") for _ in range(batch)]
-    images = np.stack([render(sample_scene(m, rng, allow_held_out=False)) for m in metas])
+    """Images ``[B,3,64,64]``, their captions, and up to ``n_neg`` hard-negative captions per image."""
+    images, metas = sample_batch(rng, batch, "train")
     negs = []
     for m in metas:
-        options = [n["prompt"] for n in hard_negatives(m, rng)]
-        negs.extend(options[int(i)] for i in rng.integers(len(options), size=n_neg))
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, [m["prompt"] for m in metas], negs
+        # held-out pairs and relations must not occur in training text either, not even as negatives
+        options: list[str] = []
+        for _ in range(5):
+            options += [n["prompt"] for n in hard_negatives(m, rng) if not is_held_out(n)]
+            if options:
+                break
+        if options:
+            negs.extend(options[int(i)] for i in rng.integers(len(options), size=n_neg))
+    return images, [m["prompt"] for m in metas], negs
 
 
 def main(argv: list[str] | None = None) -> dict:

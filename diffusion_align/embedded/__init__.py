@@ -1,0 +1,1 @@
+"""Embedded default models of diffusion_align, built and trained by scripts in this package."""

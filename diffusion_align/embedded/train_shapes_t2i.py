@@ -1,0 +1,239 @@
+"""Train the embedded ShapesWorld text-to-image model in three resumable stages.
+
+    python -m diffusion_align.embedded.train_shapes_t2i vae     --work outputs/shapes_t2i
+    python -m diffusion_align.embedded.train_shapes_t2i teacher --work outputs/shapes_t2i
+    python -m diffusion_align.embedded.train_shapes_t2i distill --work outputs/shapes_t2i --out assets/shapesworld-t2i
+
+1. ``vae``: an AutoencoderKL (64x64x3 <-> 16x16x4) on ShapesWorld renders.
+2. ``teacher``: a text-conditioned latent diffusion model (v-prediction, 10% prompt dropout for
+   classifier-free guidance), jointly training the CLIP text encoder; sampled with DDIM.
+3. ``distill``: teacher DDIM trajectories (with guidance) are recorded once; the student (initialised
+   from the teacher) learns to map any point of a trajectory straight to its end (clean-latent
+   prediction), so it samples in one step without guidance, SD-Turbo style, and refines in 2-4 LCM steps.
+
+Each stage checkpoints to ``--work/<stage>/`` (safetensors + JSON) and a rerun resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from mmreward.checkpoint import has_state, load_state, save_state
+from mmreward.shapes.data import sample_batch
+
+from .shapes_t2i import SCHEDULER_CONFIG, TEXT_MAX_LENGTH, build_components, save_pipeline
+
+TEACHER_STEPS = 20
+
+
+def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    ids = tokenizer(prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt")
+    return text_encoder(ids.input_ids.to(text_encoder.device))[0]
+
+
+def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, seed_offset: int) -> Path:
+    """Shared resumable training loop: ``step_fn(rng) -> (loss, logs)`` is called ``args.steps`` times."""
+    work = Path(args.work) / stage
+    work.mkdir(parents=True, exist_ok=True)
+    params = [p for p in modules.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    rng = np.random.default_rng(args.seed + seed_offset)
+    torch.manual_seed(args.seed + seed_offset)
+    step, extra = 0, {"elapsed": 0.0}
+    if has_state(work):
+        step, extra = load_state(work, modules, opt, rng)
+        print(f"{stage}: resumed from step {step}")
+    t0 = time.time() - extra["elapsed"]
+    log = (work / "log.jsonl").open("a")
+    bar = tqdm(total=args.steps, initial=step, desc=stage, dynamic_ncols=True)
+    while step < args.steps:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, args.steps, lr)
+        loss, logs = step_fn(rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        log.write(json.dumps({"step": step, "loss": loss.item(), **logs, "time": time.time() - t0}) + "\n")
+        log.flush()
+        if step % args.ckpt_every == 0 or step == args.steps or step == args.stop_after:
+            save_state(work, modules, opt, step, {"elapsed": time.time() - t0}, rng)
+        if args.stop_after is not None and step >= args.stop_after:
+            break
+    bar.close()
+    return work
+
+
+# ----------------------------------------------------------------------------------------------
+def stage_vae(args) -> None:
+    comps = build_components(seed=args.seed, tiny=args.tiny)
+    vae = comps["vae"].train()
+
+    def step_fn(rng):
+        x, _ = sample_batch(rng, args.batch)
+        x = x * 2 - 1
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample()).sample
+        rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        kl = post.kl().mean() / (4 * 16 * 16)
+        return rec + args.kl_weight * kl, {"rec": rec.item(), "kl": kl.item()}
+
+    work = _loop(args, "vae", torch.nn.ModuleDict({"vae": vae}), step_fn, args.lr or 1e-3, 0)
+    if args.stop_after is None or args.stop_after >= args.steps:
+        vae.eval()
+        with torch.no_grad():
+            x, _ = sample_batch(np.random.default_rng(999), 256)
+            z = vae.encode(x * 2 - 1).latent_dist.mean
+            err = (vae.decode(z).sample - (x * 2 - 1)).abs().mean().item() / 2
+        vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        vae.save_pretrained(work / "model", safe_serialization=True)
+        (work / "summary.json").write_text(json.dumps({"l1_error_01": err, "scaling_factor": 1.0 / z.std().item()}))
+        print(f"vae: mean abs reconstruction error {err:.4f} (images in [0,1]); scaling factor {1 / z.std():.3f}")
+
+
+def _teacher_scheduler():
+    from diffusers import DDIMScheduler
+
+    cfg = {k: v for k, v in SCHEDULER_CONFIG.items() if k != "original_inference_steps"}
+    return DDIMScheduler(**{**cfg, "prediction_type": "v_prediction"})
+
+
+def stage_teacher(args) -> None:
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(Path(args.work) / "vae" / "model").eval().requires_grad_(False)
+    comps = build_components(seed=args.seed + 1, tiny=args.tiny)
+    unet, text_encoder, tokenizer = comps["unet"].train(), comps["text_encoder"].train(), comps["tokenizer"]
+    sched = _teacher_scheduler()
+    sf = vae.config.scaling_factor
+
+    def step_fn(rng):
+        x, metas = sample_batch(rng, args.batch)
+        prompts = ["" if rng.random() < 0.1 else m["prompt"] for m in metas]
+        with torch.no_grad():
+            lat = vae.encode(x * 2 - 1).latent_dist.mean * sf
+        noise = torch.randn_like(lat)
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),))
+        noisy = sched.add_noise(lat, noise, t)
+        pred = unet(noisy, t, encode_prompts(tokenizer, text_encoder, prompts)).sample
+        return F.mse_loss(pred, sched.get_velocity(lat, noise, t)), {}
+
+    modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
+    work = _loop(args, "teacher", modules, step_fn, args.lr or 5e-4, 1)
+    if args.stop_after is None or args.stop_after >= args.steps:
+        save_pipeline({**comps, "vae": vae, "unet": unet.eval(), "text_encoder": text_encoder.eval(),
+                       "scheduler": sched}, work / "model")
+        print(f"teacher pipeline saved to {work / 'model'}")
+
+
+@torch.no_grad()
+def teacher_trajectories(pipe, prompts: list[str], generator: torch.Generator, guidance: float) -> torch.Tensor:
+    """DDIM with guidance from pure noise; returns latents ``[B, TEACHER_STEPS + 1, 4, 16, 16]``
+    (x_T, ..., x_0) on the teacher's timestep grid."""
+    unet, sched = pipe.unet, pipe.scheduler
+    sched.set_timesteps(TEACHER_STEPS)
+    cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
+    uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] * len(prompts))
+    x = torch.randn((len(prompts), 4, 16, 16), generator=generator)
+    traj = [x]
+    for t in sched.timesteps:
+        out = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample
+        u, c = out.chunk(2)
+        x = sched.step(u + guidance * (c - u), t, x).prev_sample
+        traj.append(x)
+    return torch.stack(traj, 1)
+
+
+def stage_distill(args) -> None:
+    from diffusers import DiffusionPipeline, LCMScheduler
+
+    teacher = DiffusionPipeline.from_pretrained(Path(args.work) / "teacher" / "model")
+    teacher.unet.eval()
+    work = Path(args.work) / "distill"
+    work.mkdir(parents=True, exist_ok=True)
+    data_file = work / "trajectories.safetensors"
+    if not data_file.is_file():  # recorded once; resumable training reads it back
+        from safetensors.torch import save_file
+
+        gen = torch.Generator().manual_seed(args.seed + 2)
+        rng = np.random.default_rng(args.seed + 2)
+        chunks, prompts = [], []
+        for _ in tqdm(range(args.trajectories // args.batch), desc="teacher trajectories"):
+            _, metas = sample_batch(rng, args.batch)
+            ps = [m["prompt"] for m in metas]
+            chunks.append(teacher_trajectories(teacher, ps, gen, args.guidance).half())
+            prompts += ps
+        save_file({"latents": torch.cat(chunks).contiguous()}, str(data_file))
+        (work / "trajectory_prompts.json").write_text(json.dumps(prompts))
+    from safetensors.torch import load_file
+
+    traj = load_file(str(data_file))["latents"].float()
+    prompts = json.loads((work / "trajectory_prompts.json").read_text())
+    teacher.scheduler.set_timesteps(TEACHER_STEPS)
+    grid = torch.cat([teacher.scheduler.timesteps, torch.tensor([-1])])  # time of each recorded point
+    unet = copy.deepcopy(teacher.unet).train()
+    text_encoder = teacher.text_encoder.eval().requires_grad_(False)
+    with torch.no_grad():
+        cond = torch.cat([encode_prompts(teacher.tokenizer, text_encoder, prompts[i : i + 256])
+                          for i in range(0, len(prompts), 256)])
+
+    def step_fn(rng):
+        idx = torch.from_numpy(rng.integers(len(traj), size=args.batch))
+        # half the batch at t = T (the one-step case), the rest anywhere on the trajectory
+        k = torch.from_numpy(rng.integers(TEACHER_STEPS, size=args.batch))
+        k[: args.batch // 2] = 0
+        x_t, x_0, t = traj[idx, k], traj[idx, -1], grid[k]
+        pred = unet(x_t, t, cond[idx]).sample
+        return F.mse_loss(pred, x_0), {}
+
+    _loop(args, "distill", torch.nn.ModuleDict({"unet": unet}), step_fn, args.lr or 1e-4, 2)
+    if args.stop_after is None or args.stop_after >= args.steps:
+        sched = LCMScheduler(**{**SCHEDULER_CONFIG, "original_inference_steps": TEACHER_STEPS})
+        comps = {"tokenizer": teacher.tokenizer, "text_encoder": text_encoder, "vae": teacher.vae,
+                 "unet": unet.eval(), "scheduler": sched}
+        save_pipeline(comps, args.out, fp16=args.fp16)
+        print(f"one-step pipeline saved to {args.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("stage", choices=["vae", "teacher", "distill"])
+    p.add_argument("--work", default="outputs/shapes_t2i")
+    p.add_argument("--out", default="assets/shapesworld-t2i", help="final pipeline folder (distill)")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--guidance", type=float, default=3.0, help="teacher guidance when recording trajectories")
+    p.add_argument("--trajectories", type=int, default=8192)
+    p.add_argument("--ckpt-every", type=int, default=200)
+    p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step")
+    p.add_argument("--fp16", action="store_true", help="save the final pipeline in fp16")
+    p.add_argument("--tiny", action="store_true", help="tiny widths (tests)")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    args.steps = args.steps or {"vae": 1500, "teacher": 6000, "distill": 3000}[args.stage]
+    torch.set_num_threads(args.threads)
+    {"vae": stage_vae, "teacher": stage_teacher, "distill": stage_distill}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Batches of ShapesWorld renders and captions for training the embedded models."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .prompts import CATEGORIES, sample_meta, sample_scene
+from .world import render
+
+
+def sample_batch(
+    rng: np.random.Generator, batch: int, split: str = "train", size: int = 64
+) -> tuple[torch.Tensor, list[dict]]:
+    """``batch`` scenes with categories drawn uniformly: images ``[B,3,size,size]`` in ``[0,1]`` and their metadata.
+
+    ``split="train"`` never renders or captions a held-out colour–shape pair or relation.
+    """
+    metas = [sample_meta(CATEGORIES[int(rng.integers(len(CATEGORIES)))], rng, split) for _ in range(batch)]
+    images = np.stack([render(sample_scene(m, rng, allow_held_out=split != "train"), size) for m in metas])
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, metas

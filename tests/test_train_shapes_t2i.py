@@ -1,0 +1,32 @@
+"""The three training stages of the embedded text-to-image model run end to end (tiny widths),
+resume after a kill to the same weights, and produce a pipeline that samples in one step."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffusion_align.embedded.train_shapes_t2i import main as train
+
+
+@pytest.mark.slow
+def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
+    work, out = tmp_path / "work", tmp_path / "pipe"
+    base = ["--tiny", "--batch", "8", "--ckpt-every", "2", "--work", str(work)]
+    train(["vae", "--steps", "4", "--stop-after", "2", *base])
+    assert not (work / "vae" / "model").exists()
+    train(["vae", "--steps", "4", *base])  # resumes at step 2
+    train(["vae", "--steps", "4", *base[:-1], str(tmp_path / "uninterrupted")])
+    a = load_file(str(work / "vae" / "model" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(tmp_path / "uninterrupted" / "vae" / "model" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    train(["teacher", "--steps", "3", *base])
+    train(["distill", "--steps", "3", "--trajectories", "16", "--out", str(out), *base])
+
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(out)
+    img = pipe("a photo of a red circle", num_inference_steps=1, guidance_scale=0.0, output_type="np").images
+    assert img.shape == (1, 64, 64, 3)
+    traj = load_file(str(work / "distill" / "trajectories.safetensors"))["latents"]
+    assert traj.shape == (16, 21, 4, 16, 16)

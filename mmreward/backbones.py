@@ -152,13 +152,10 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
     import open_clip
 
     model_name, pretrained = arg, None
-    if arg.startswith("local-dir:"):
-        path = arg[len("local-dir:") :]
+    path = os.path.expanduser(arg.removeprefix("local-dir:"))
+    if arg.startswith("local-dir:") or os.path.isdir(path):
         if not os.path.isdir(path):
             raise ModelLoadError(f"open_clip folder not found: {path!r}")
-        model_name = "local-dir:" + path
-    elif os.path.isdir(os.path.expanduser(arg)):
-        path = os.path.expanduser(arg)
         if not os.path.isfile(os.path.join(path, "open_clip_config.json")):
             raise ModelLoadError(f"{path!r} is a folder but has no open_clip_config.json (not an open_clip model folder)")
         model_name = "local-dir:" + path

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, tiles = [], []
     with torch.no_grad():
         for k, (img, meta, captions) in enumerate(items):
-            x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255
+            x = torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255
             scores = reward(x.expand(len(captions), -1, -1, -1), captions).tolist()
             best_neg = int(np.argmax(scores[1:])) + 1
             rows.append({

@@ -10,12 +10,19 @@ from .world import render
 
 
 def sample_batch(
-    rng: np.random.Generator, batch: int, split: str = "train", size: int = 64
+    rng: np.random.Generator,
+    batch: int,
+    split: str = "train",
+    size: int = 64,
+    category_weights: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
-    """``batch`` scenes with categories drawn uniformly: images ``[B,3,size,size]`` in ``[0,1]`` and their metadata.
+    """``batch`` scenes: images ``[B,3,size,size]`` in ``[0,1]`` and their metadata.
 
+    Categories are drawn uniformly unless ``category_weights`` says otherwise.
     ``split="train"`` never renders or captions a held-out colour–shape pair or relation.
     """
-    metas = [sample_meta(CATEGORIES[int(rng.integers(len(CATEGORIES)))], rng, split) for _ in range(batch)]
+    w = np.array([(category_weights or {}).get(c, 1.0) for c in CATEGORIES], dtype=float)
+    tags = rng.choice(len(CATEGORIES), size=batch, p=w / w.sum())
+    metas = [sample_meta(CATEGORIES[int(t)], rng, split) for t in tags]
     images = np.stack([render(sample_scene(m, rng, allow_held_out=split != "train"), size) for m in metas])
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, metas

@@ -29,3 +29,21 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     assert reward(torch.rand(2, 3, 64, 64), ["a photo of a red circle", "a photo of two squares"]).shape == (2,)
     info = json.loads((tmp_path / "m1" / "training.json").read_text())
     assert info["steps"] == 6 and 0 <= info["hard_negative_accuracy"]["overall"] <= 1
+
+
+def test_training_batches_are_correctly_captioned_and_never_held_out():
+    import numpy as np
+
+    from mmreward.shapes import evaluate_image, parse_prompt
+    from mmreward.shapes.prompts import is_held_out
+    from mmreward.shapes.train_clip import make_batch
+
+    images, pos, neg = make_batch(np.random.default_rng(0), 24, 0, paired=True)
+    assert len(images) == len(pos) > 24  # counterfactual images were added
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    for img, cap in zip(arr, pos):
+        assert evaluate_image(img, cap)["correct"], cap
+    assert not any(is_held_out(parse_prompt(c)) for c in pos + neg)
+    # each counterfactual caption is the inverse / colour swap of an earlier caption in the batch
+    extra = pos[24:]
+    assert all(parse_prompt(c)["tag"] in ("position", "color_attr") for c in extra)

@@ -25,8 +25,9 @@ from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_
 from ..checkpoint import has_state, load_state, save_state
 from .clip_eval import hard_negative_accuracy, hard_negative_items
 from .data import sample_batch
-from .prompts import hard_negatives, is_held_out
+from .prompts import INVERSE, hard_negatives, is_held_out, make_meta, sample_scene
 from .suites import load_suite
+from .world import render
 
 CLIP_CFG = {
     "embed_dim": 128,
@@ -52,9 +53,35 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 CATEGORY_WEIGHTS = {"position": 2.5, "color_attr": 2.5}
 
 
-def make_batch(rng: np.random.Generator, batch: int, n_neg: int) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Images ``[B,3,64,64]``, their captions, and hard-negative captions (``n_neg`` per image, 0 = all)."""
+def counterfactual(meta: dict) -> dict | None:
+    """The relation-inverted (position) or colour-swapped (colour attribution) prompt, if trainable."""
+    tag, inc = meta["tag"], meta["include"]
+    if tag == "position":
+        rel = inc[1]["position"][0]
+        cf = make_meta(tag, [inc[0], {**inc[1], "position": [INVERSE[rel], 0]}])
+    elif tag == "color_attr":
+        a, b = inc
+        cf = make_meta(tag, [{**a, "color": b["color"]}, {**b, "color": a["color"]}])
+    else:
+        return None
+    return None if is_held_out(cf) else cf
+
+
+def make_batch(
+    rng: np.random.Generator, batch: int, n_neg: int, paired: bool = False
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Images ``[B,3,64,64]``, their captions, and hard-negative captions (``n_neg`` per image, 0 = all).
+
+    ``paired`` adds, for every position / colour-attribution image, a render of its counterfactual
+    (relation inverted, colours swapped) with its own caption: hard-negative *images*.
+    """
     images, metas = sample_batch(rng, batch, "train", category_weights=CATEGORY_WEIGHTS)
+    if paired:
+        extra = [cf for m in metas if (cf := counterfactual(m)) is not None]
+        if extra:
+            cf_images = np.stack([render(sample_scene(m, rng, allow_held_out=False)) for m in extra])
+            images = torch.cat([images, torch.from_numpy(cf_images).permute(0, 3, 1, 2).float() / 255])
+            metas = metas + extra
     negs = []
     for m in metas:
         # held-out pairs and relations must not occur in training text either, not even as negatives
@@ -83,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--paired", action="store_true", help="add counterfactual (hard-negative) images")
     p.add_argument("--tiny", action="store_true", help="a very small model (tests)")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step (simulates a kill)")
     args = p.parse_args(argv)
@@ -122,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=args.steps, initial=step, desc="shapesworld-clip", dynamic_ncols=True)
     while step < args.steps:
         model.train()
-        images, pos, neg = make_batch(rng, args.batch, args.negatives)
+        images, pos, neg = make_batch(rng, args.batch, args.negatives, args.paired)
         pixels = pre(augment(images, gen))
         img = F.normalize(model.encode_image(pixels), dim=-1)
         # captions repeat within a batch: embed each unique caption once, and treat every image

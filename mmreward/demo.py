@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from . import load_reward
 from .shapes.clip_eval import hard_negative_items
+from .shapes.data import to_tensor
 from .shapes.prompts import CATEGORIES
 from .shapes.suites import load_suite
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, tiles = [], []
     with torch.no_grad():
         for k, (img, meta, captions) in enumerate(items):
-            x = torch.from_numpy(img.copy()).permute(2, 0, 1).float()[None] / 255
+            x = to_tensor(img[None])
             scores = reward(x.expand(len(captions), -1, -1, -1), captions).tolist()
             best_neg = int(np.argmax(scores[1:])) + 1
             rows.append({

@@ -7,6 +7,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from .data import to_tensor
 from .prompts import hard_negatives, sample_scene
 from .world import render
 
@@ -29,7 +30,7 @@ def hard_negative_accuracy(backbone, items, batch_size: int = 128) -> dict:
     held: list[bool] = []
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        imgs = torch.from_numpy(np.stack([it[0] for it in chunk])).permute(0, 3, 1, 2).float() / 255
+        imgs = to_tensor(np.stack([it[0] for it in chunk]))
         emb = backbone.embed_images(imgs)
         for e, (_, meta, caps) in zip(emb, chunk):
             scores = backbone.encode_text(caps) @ e

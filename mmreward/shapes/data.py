@@ -9,6 +9,11 @@ from .prompts import CATEGORIES, sample_meta, sample_scene
 from .world import render
 
 
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 renders ``[N,H,W,3]`` -> float ``[N,3,H,W]`` in ``[0,1]``."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+
+
 def sample_batch(
     rng: np.random.Generator,
     batch: int,
@@ -25,4 +30,4 @@ def sample_batch(
     tags = rng.choice(len(CATEGORIES), size=batch, p=w / w.sum())
     metas = [sample_meta(CATEGORIES[int(t)], rng, split) for t in tags]
     images = np.stack([render(sample_scene(m, rng, allow_held_out=split != "train"), size) for m in metas])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, metas
+    return to_tensor(images), metas

@@ -197,6 +197,18 @@ def sample_scene(meta: dict, rng: np.random.Generator, allow_held_out: bool = Tr
     raise RuntimeError(f"could not place a scene for {meta['prompt']!r}")
 
 
+def counterfactual(meta: dict) -> dict | None:
+    """The same objects with the relation inverted (position) or the colours swapped (colour
+    attribution); ``None`` for other categories. False for every scene that satisfies ``meta``."""
+    tag, inc = meta["tag"], meta["include"]
+    if tag == "position":
+        return make_meta(tag, [inc[0], {**inc[1], "position": [INVERSE[inc[1]["position"][0]], 0]}])
+    if tag == "color_attr":
+        a, b = inc
+        return make_meta(tag, [{**a, "color": b["color"]}, {**b, "color": a["color"]}])
+    return None
+
+
 def hard_negatives(meta: dict, rng: np.random.Generator) -> list[dict]:
     """Prompts false for every scene satisfying ``meta``: colour, shape, count or relation swapped."""
     tag, inc = meta["tag"], meta["include"]
@@ -206,12 +218,8 @@ def hard_negatives(meta: dict, rng: np.random.Generator) -> list[dict]:
         for m in (n - 1, n + 1):
             if 1 <= m <= 4:
                 out.append(make_meta(tag, [{**inc[0], "count": m}]))
-    if tag == "position":
-        rel = inc[1]["position"][0]
-        out.append(make_meta(tag, [inc[0], {**inc[1], "position": [INVERSE[rel], 0]}]))
-    if tag == "color_attr":
-        a, b = inc
-        out.append(make_meta(tag, [{**a, "color": b["color"]}, {**b, "color": a["color"]}]))
+    if (cf := counterfactual(meta)) is not None:
+        out.append(cf)
     if tag in ("colors", "color_attr"):
         i = int(rng.integers(len(inc)))
         used = {c.get("color") for c in inc}

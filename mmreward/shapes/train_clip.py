@@ -24,8 +24,8 @@ from tqdm import tqdm
 from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
 from ..checkpoint import has_state, load_state, save_state
 from .clip_eval import hard_negative_accuracy, hard_negative_items
-from .data import sample_batch
-from .prompts import INVERSE, hard_negatives, is_held_out, make_meta, sample_scene
+from .data import sample_batch, to_tensor
+from .prompts import counterfactual, hard_negatives, is_held_out, sample_scene
 from .suites import load_suite
 from .world import render
 
@@ -53,20 +53,6 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 CATEGORY_WEIGHTS = {"position": 2.5, "color_attr": 2.5}
 
 
-def counterfactual(meta: dict) -> dict | None:
-    """The relation-inverted (position) or colour-swapped (colour attribution) prompt, if trainable."""
-    tag, inc = meta["tag"], meta["include"]
-    if tag == "position":
-        rel = inc[1]["position"][0]
-        cf = make_meta(tag, [inc[0], {**inc[1], "position": [INVERSE[rel], 0]}])
-    elif tag == "color_attr":
-        a, b = inc
-        cf = make_meta(tag, [{**a, "color": b["color"]}, {**b, "color": a["color"]}])
-    else:
-        return None
-    return None if is_held_out(cf) else cf
-
-
 def make_batch(
     rng: np.random.Generator, batch: int, n_neg: int, paired: bool = False
 ) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -77,10 +63,10 @@ def make_batch(
     """
     images, metas = sample_batch(rng, batch, "train", category_weights=CATEGORY_WEIGHTS)
     if paired:
-        extra = [cf for m in metas if (cf := counterfactual(m)) is not None]
+        extra = [cf for m in metas if (cf := counterfactual(m)) is not None and not is_held_out(cf)]
         if extra:
             cf_images = np.stack([render(sample_scene(m, rng, allow_held_out=False)) for m in extra])
-            images = torch.cat([images, torch.from_numpy(cf_images).permute(0, 3, 1, 2).float() / 255])
+            images = torch.cat([images, to_tensor(cf_images)])
             metas = metas + extra
     negs = []
     for m in metas:

@@ -2,8 +2,9 @@
 
     python -m mmreward.shapes evaluate --images DIR --out results.json
     python -m mmreward.shapes render --prompts eval --out DIR [--seeds 4]
+    python -m mmreward.shapes generate --model PATH --prompts eval --out DIR [--seeds 4] [--steps 1]
 
-``evaluate`` reads ``DIR/prompts.jsonl`` (``{"image": "a.png", "prompt": "..."}`` per line) and writes
+``generate`` samples a diffusers pipeline (hub id or folder) for every prompt and seed; ``evaluate`` reads ``DIR/prompts.jsonl`` (``{"image": "a.png", "prompt": "..."}`` per line) and writes
 ``{"overall": x, "per_category": {...}, "per_image": [...]}``. ``render`` writes ground-truth
 renders of a prompt suite in the same layout.
 """
@@ -62,6 +63,37 @@ def cmd_render(args) -> None:
     print(f"wrote {len(lines)} images to {out}")
 
 
+def cmd_generate(args) -> None:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from .suites import load_suite
+
+    metas = load_suite(args.prompts)
+    if not metas:
+        raise SystemExit(f"no prompts in {args.prompts}")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(args.model).to(args.device)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"could not load a diffusers pipeline from {args.model!r}: {e}") from e
+    pipe.set_progress_bar_config(disable=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, m["prompt"], s) for i, m in enumerate(metas) for s in range(args.seeds)]
+    lines = []
+    for k in tqdm(range(0, len(jobs), args.batch), desc="generate", disable=args.quiet):
+        chunk = jobs[k : k + args.batch]
+        gens = [torch.Generator(args.device).manual_seed(args.seed + s) for _, _, s in chunk]
+        images = pipe([p for _, p, _ in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance,
+                      generator=gens).images
+        for (i, prompt, s), im in zip(chunk, images):
+            name = f"{i:05d}_{s}.png"
+            im.save(out / name)
+            lines.append(json.dumps({"image": name, "prompt": prompt}))
+    (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    print(f"wrote {len(lines)} images to {out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m mmreward.shapes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,8 +109,19 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--size", type=int, default=64)
     r.add_argument("--quiet", action="store_true")
+    g = sub.add_parser("generate", help="sample a text-to-image pipeline for a prompt suite")
+    g.add_argument("--model", default="assets/shapesworld-t2i", help="diffusers pipeline folder or hub id")
+    g.add_argument("--prompts", default="eval", help="'eval', 'train' or a JSONL file")
+    g.add_argument("--out", required=True)
+    g.add_argument("--seeds", type=int, default=4, help="images per prompt (seeds seed..seed+n-1)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=1, help="sampling steps (1 = one-step)")
+    g.add_argument("--guidance", type=float, default=0.0)
+    g.add_argument("--batch", type=int, default=32)
+    g.add_argument("--device", default="cpu")
+    g.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    {"evaluate": cmd_evaluate, "render": cmd_render}[args.cmd](args)
+    {"evaluate": cmd_evaluate, "render": cmd_render, "generate": cmd_generate}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -90,12 +90,12 @@ def _tile(img: np.ndarray, prompt: str, score: float, ok: bool, scale: int = 3) 
     return tile
 
 
-def _grid(tiles: list[Image.Image], cols: int) -> Image.Image:
+def _grid(tiles: list[Image.Image], cols: int, gap: int = 4) -> Image.Image:
     w, h = tiles[0].size
     rows = (len(tiles) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    grid = Image.new("RGB", (cols * (w + gap) - gap, rows * (h + gap) - gap), (160, 160, 160))
     for i, t in enumerate(tiles):
-        grid.paste(t, ((i % cols) * w, (i // cols) * h))
+        grid.paste(t, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
     return grid
 
 

@@ -11,7 +11,7 @@ from .world import render
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 renders ``[N,H,W,3]`` -> float ``[N,3,H,W]`` in ``[0,1]``."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float() / 255
 
 
 def sample_batch(

@@ -28,7 +28,7 @@ VAE_CONFIG = dict(
 )
 UNET_CONFIG = dict(
     sample_size=LATENT_SIZE, in_channels=4, out_channels=4, layers_per_block=1,
-    block_out_channels=(64, 128, 128),
+    block_out_channels=(32, 64, 64),
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     cross_attention_dim=TEXT_CONFIG["hidden_size"], attention_head_dim=8, norm_num_groups=16,

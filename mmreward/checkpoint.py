@@ -1,7 +1,9 @@
-"""Training state checkpoints without pickle: tensors in safetensors, everything else in JSON.
+"""Training state checkpoints without pickle: one safetensors file holding the tensors, with
+everything else as JSON in its metadata header.
 
-``save_state`` writes atomically (temp file + rename), so a kill during saving never leaves a
-corrupt checkpoint behind; ``load_state`` restores model, optimizer, step, extra fields and RNGs.
+``save_state`` writes a temp file and renames it over the old one (a single atomic step), so a kill
+during saving leaves the previous checkpoint intact; ``load_state`` restores model, optimizer, step,
+extra fields and RNGs.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+STATE_FILE = "state.safetensors"
 
 
 def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -49,7 +54,7 @@ def save_state(
     extra: dict | None = None,
     np_rng: np.random.Generator | None = None,
 ) -> Path:
-    """Write ``state.safetensors`` + ``state.json`` into ``folder`` atomically."""
+    """Write ``folder/state.safetensors`` atomically."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -61,17 +66,14 @@ def save_state(
     meta["rng"] = {"python": random.getstate()[1]}
     if np_rng is not None:
         meta["np_rng"] = np_rng.bit_generator.state
-    tmp_t, tmp_j = folder / "state.safetensors.tmp", folder / "state.json.tmp"
-    save_file(tensors, str(tmp_t))
-    tmp_j.write_text(json.dumps(meta, default=lambda o: o if not isinstance(o, np.integer) else int(o)))
-    os.replace(tmp_t, folder / "state.safetensors")
-    os.replace(tmp_j, folder / "state.json")
+    tmp = folder / (STATE_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(meta, default=int)})
+    os.replace(tmp, folder / STATE_FILE)
     return folder
 
 
 def has_state(folder: str | os.PathLike) -> bool:
-    folder = Path(folder)
-    return (folder / "state.safetensors").is_file() and (folder / "state.json").is_file()
+    return (Path(folder) / STATE_FILE).is_file()
 
 
 def load_state(
@@ -82,8 +84,9 @@ def load_state(
 ) -> tuple[int, dict]:
     """Restore what :func:`save_state` wrote; returns ``(step, extra)``."""
     folder = Path(folder)
-    tensors = load_file(str(folder / "state.safetensors"))
-    meta = json.loads((folder / "state.json").read_text())
+    tensors = load_file(str(folder / STATE_FILE))
+    with safe_open(str(folder / STATE_FILE), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     if optimizer is not None and "optimizer" in meta:
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))

@@ -38,8 +38,9 @@ def test_training_batches_are_correctly_captioned_and_never_held_out():
     from mmreward.shapes.prompts import is_held_out
     from mmreward.shapes.train_clip import make_batch
 
-    images, pos, neg = make_batch(np.random.default_rng(0), 24, 0, paired=True)
-    assert len(images) == len(pos) > 24  # counterfactual images were added
+    images, pos_metas, neg_metas, scenes = make_batch(np.random.default_rng(0), 24, 0, paired=True)
+    pos, neg = [m["prompt"] for m in pos_metas], [m["prompt"] for m in neg_metas]
+    assert len(images) == len(pos) == len(scenes) > 24  # counterfactual images were added
     arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
     for img, cap in zip(arr, pos):
         assert evaluate_image(img, cap)["correct"], cap
@@ -47,3 +48,60 @@ def test_training_batches_are_correctly_captioned_and_never_held_out():
     # each counterfactual caption is the inverse / colour swap of an earlier caption in the batch
     extra = pos[24:]
     assert all(parse_prompt(c)["tag"] in ("position", "color_attr") for c in extra)
+
+
+def test_truth_matrix_matches_the_pixel_evaluator_and_finds_synonyms():
+    import numpy as np
+
+    from mmreward.shapes import evaluate_image
+    from mmreward.shapes.train_clip import make_batch, truth_matrix
+
+    images, metas, negs, scenes = make_batch(np.random.default_rng(3), 32, 0)
+    captions = list({m["prompt"]: m for m in metas + negs}.values())
+    true = truth_matrix(scenes, captions)
+    arr = (images.permute(0, 2, 3, 1).numpy() * 255).round().astype("uint8")
+    for i in range(len(scenes)):
+        for j, c in enumerate(captions):
+            assert bool(true[i, j]) == evaluate_image(arr[i], c)["correct"], (metas[i]["prompt"], c["prompt"])
+    own = [[c["prompt"] for c in captions].index(m["prompt"]) for m in metas]
+    assert all(true[i, j] for i, j in enumerate(own))
+    # many captions of other images are true as well (e.g. "a photo of a circle" of a two-object scene)
+    assert true.sum() > 2 * len(scenes)
+    from mmreward.shapes.prompts import hard_negatives, parse_prompt, sample_scene
+
+    rng = np.random.default_rng(0)
+    for m, sc in zip(metas, scenes):  # hard negatives are never true
+        assert not truth_matrix([sc], hard_negatives(m, rng)).any()
+    scene = sample_scene(parse_prompt("a photo of a circle left of a square"), rng)
+    caps = ["a photo of a circle left of a square", "a photo of a square right of a circle",
+            "a photo of a circle right of a square", "a photo of a square left of a circle"]
+    assert truth_matrix([scene], [parse_prompt(c) for c in caps]).tolist() == [[True, True, False, False]]
+
+
+def test_contrastive_loss_modes():
+    import torch
+    import torch.nn.functional as F
+
+    from mmreward.shapes.train_clip import contrastive_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, generator=g)
+    target = torch.tensor([0, 1, 1, 2])  # captions 0-2 are positives, 3-5 hard negatives
+    true = torch.zeros(4, 6, dtype=torch.bool)
+    true[torch.arange(4), target] = True
+    true[0, 2] = True  # caption 2 (image 3's) is also true of image 0
+    match = (target[None, :] == torch.arange(3)[:, None]).float()
+    ref = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits[:, :3].T, match / match.sum(1, keepdim=True)))
+    assert torch.allclose(contrastive_loss(logits, target, 3, true, "own"), ref)
+    # "mask": the loss does not depend on the logit of a true caption of another image
+    bumped = logits.clone()
+    bumped[0, 2] += 5.0
+    assert torch.allclose(contrastive_loss(logits, target, 3, true, "mask"), contrastive_loss(bumped, target, 3, true, "mask"))
+    assert not torch.allclose(contrastive_loss(logits, target, 3, true, "own"), contrastive_loss(bumped, target, 3, true, "own"))
+    # gradient on that logit: pushed down as a negative (own), ignored (mask), pulled up (soft)
+    grads = {}
+    for mode in ("own", "mask", "soft"):
+        x = logits.clone().requires_grad_(True)
+        contrastive_loss(x, target, 3, true, mode).backward()
+        grads[mode] = x.grad[0, 2].item()
+    assert grads["own"] > 0 and grads["mask"] == 0 and grads["soft"] < 0

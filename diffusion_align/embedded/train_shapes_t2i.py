@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import time
 from pathlib import Path
 
@@ -29,15 +28,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmreward.checkpoint import has_state, load_state, save_state
+from mmreward.schedules import warmup_cosine
 from mmreward.shapes.data import sample_batch
 
 from .shapes_t2i import SCHEDULER_CONFIG, TEXT_MAX_LENGTH, build_components, save_pipeline
 
 TEACHER_STEPS = 20
-
-
-def _lr(step: int, total: int, base: float, warmup: int = 100) -> float:
-    return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
@@ -62,7 +58,7 @@ def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, se
     bar = tqdm(total=args.steps, initial=step, desc=stage, dynamic_ncols=True)
     while step < args.steps:
         for g in opt.param_groups:
-            g["lr"] = _lr(step, args.steps, lr)
+            g["lr"] = warmup_cosine(step, args.steps, lr, warmup=100)
         loss, logs = step_fn(rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -84,11 +80,11 @@ def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, se
 # ----------------------------------------------------------------------------------------------
 def stage_vae(args) -> None:
     comps = build_components(seed=args.seed, tiny=args.tiny)
-    vae = comps["vae"].train()
+    vae = comps["vae"].to(args.device).train()
 
     def step_fn(rng):
         x, _ = sample_batch(rng, args.batch)
-        x = x * 2 - 1
+        x = x.to(args.device) * 2 - 1
         post = vae.encode(x).latent_dist
         recon = vae.decode(post.sample()).sample
         rec = F.l1_loss(recon, x) + F.mse_loss(recon, x)
@@ -100,10 +96,11 @@ def stage_vae(args) -> None:
         vae.eval()
         with torch.no_grad():
             x, _ = sample_batch(np.random.default_rng(999), 256)
+            x = x.to(args.device)
             z = vae.encode(x * 2 - 1).latent_dist.mean
             err = (vae.decode(z).sample - (x * 2 - 1)).abs().mean().item() / 2
         vae.register_to_config(scaling_factor=float(1.0 / z.std()))
-        vae.save_pretrained(work / "model", safe_serialization=True)
+        vae.to("cpu").save_pretrained(work / "model", safe_serialization=True)
         (work / "summary.json").write_text(json.dumps({"l1_error_01": err, "scaling_factor": 1.0 / z.std().item()}))
         print(f"vae: mean abs reconstruction error {err:.4f} (images in [0,1]); scaling factor {1 / z.std():.3f}")
 
@@ -118,9 +115,9 @@ def _teacher_scheduler():
 def stage_teacher(args) -> None:
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(Path(args.work) / "vae" / "model").eval().requires_grad_(False)
+    vae = AutoencoderKL.from_pretrained(Path(args.work) / "vae" / "model").to(args.device).eval().requires_grad_(False)
     comps = build_components(seed=args.seed + 1, tiny=args.tiny)
-    unet, text_encoder, tokenizer = comps["unet"].train(), comps["text_encoder"].train(), comps["tokenizer"]
+    unet, text_encoder, tokenizer = comps["unet"].to(args.device).train(), comps["text_encoder"].to(args.device).train(), comps["tokenizer"]
     sched = _teacher_scheduler()
     sf = vae.config.scaling_factor
 
@@ -128,9 +125,9 @@ def stage_teacher(args) -> None:
         x, metas = sample_batch(rng, args.batch)
         prompts = ["" if rng.random() < 0.1 else m["prompt"] for m in metas]
         with torch.no_grad():
-            lat = vae.encode(x * 2 - 1).latent_dist.mean * sf
+            lat = vae.encode(x.to(args.device) * 2 - 1).latent_dist.mean * sf
         noise = torch.randn_like(lat)
-        t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),))
+        t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),)).to(args.device)
         noisy = sched.add_noise(lat, noise, t)
         pred = unet(noisy, t, encode_prompts(tokenizer, text_encoder, prompts)).sample
         return F.mse_loss(pred, sched.get_velocity(lat, noise, t)), {}
@@ -138,7 +135,7 @@ def stage_teacher(args) -> None:
     modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     work = _loop(args, "teacher", modules, step_fn, args.lr or 5e-4, 1)
     if args.stop_after is None or args.stop_after >= args.steps:
-        save_pipeline({**comps, "vae": vae, "unet": unet.eval(), "text_encoder": text_encoder.eval(),
+        save_pipeline({**comps, "vae": vae.cpu(), "unet": unet.eval().cpu(), "text_encoder": text_encoder.eval().cpu(),
                        "scheduler": sched}, work / "model")
         print(f"teacher pipeline saved to {work / 'model'}")
 
@@ -151,20 +148,20 @@ def teacher_trajectories(pipe, prompts: list[str], generator: torch.Generator, g
     sched.set_timesteps(TEACHER_STEPS)
     cond = encode_prompts(pipe.tokenizer, pipe.text_encoder, prompts)
     uncond = encode_prompts(pipe.tokenizer, pipe.text_encoder, [""] * len(prompts))
-    x = torch.randn((len(prompts), 4, 16, 16), generator=generator)
-    traj = [x]
+    x = torch.randn((len(prompts), 4, 16, 16), generator=generator).to(unet.device)
+    traj = [x.cpu()]
     for t in sched.timesteps:
         out = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample
         u, c = out.chunk(2)
         x = sched.step(u + guidance * (c - u), t, x).prev_sample
-        traj.append(x)
+        traj.append(x.cpu())
     return torch.stack(traj, 1)
 
 
 def stage_distill(args) -> None:
     from diffusers import DiffusionPipeline, LCMScheduler
 
-    teacher = DiffusionPipeline.from_pretrained(Path(args.work) / "teacher" / "model")
+    teacher = DiffusionPipeline.from_pretrained(Path(args.work) / "teacher" / "model").to(args.device)
     teacher.unet.eval()
     work = Path(args.work) / "distill"
     work.mkdir(parents=True, exist_ok=True)
@@ -199,15 +196,15 @@ def stage_distill(args) -> None:
         # half the batch at t = T (the one-step case), the rest anywhere on the trajectory
         k = torch.from_numpy(rng.integers(TEACHER_STEPS, size=args.batch))
         k[: args.batch // 2] = 0
-        x_t, x_0, t = traj[idx, k], traj[idx, -1], grid[k]
-        pred = unet(x_t, t, cond[idx]).sample
+        x_t, x_0, t = traj[idx, k].to(args.device), traj[idx, -1].to(args.device), grid[k].to(args.device)
+        pred = unet(x_t, t, cond[idx.to(args.device)]).sample
         return F.mse_loss(pred, x_0), {}
 
     _loop(args, "distill", torch.nn.ModuleDict({"unet": unet}), step_fn, args.lr or 1e-4, 2)
     if args.stop_after is None or args.stop_after >= args.steps:
         sched = LCMScheduler(**{**SCHEDULER_CONFIG, "original_inference_steps": TEACHER_STEPS})
-        comps = {"tokenizer": teacher.tokenizer, "text_encoder": text_encoder, "vae": teacher.vae,
-                 "unet": unet.eval(), "scheduler": sched}
+        comps = {"tokenizer": teacher.tokenizer, "text_encoder": text_encoder.cpu(), "vae": teacher.vae.cpu(),
+                 "unet": unet.eval().cpu(), "scheduler": sched}
         save_pipeline(comps, args.out, fp16=args.fp16)
         print(f"one-step pipeline saved to {args.out}")
 
@@ -229,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp16", action="store_true", help="save the final pipeline in fp16")
     p.add_argument("--tiny", action="store_true", help="tiny widths (tests)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
     args.steps = args.steps or {"vae": 1500, "teacher": 6000, "distill": 3000}[args.stage]
     torch.set_num_threads(args.threads)

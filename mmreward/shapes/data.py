@@ -20,14 +20,17 @@ def sample_batch(
     split: str = "train",
     size: int = 64,
     category_weights: dict[str, float] | None = None,
-) -> tuple[torch.Tensor, list[dict]]:
+    return_scenes: bool = False,
+):
     """``batch`` scenes: images ``[B,3,size,size]`` in ``[0,1]`` and their metadata.
 
     Categories are drawn uniformly unless ``category_weights`` says otherwise.
     ``split="train"`` never renders or captions a held-out colour–shape pair or relation.
+    ``return_scenes`` also returns the :class:`Scene` behind each image (exact ground truth).
     """
     w = np.array([(category_weights or {}).get(c, 1.0) for c in CATEGORIES], dtype=float)
     tags = rng.choice(len(CATEGORIES), size=batch, p=w / w.sum())
     metas = [sample_meta(CATEGORIES[int(t)], rng, split) for t in tags]
-    images = np.stack([render(sample_scene(m, rng, allow_held_out=split != "train"), size) for m in metas])
-    return to_tensor(images), metas
+    scenes = [sample_scene(m, rng, allow_held_out=split != "train") for m in metas]
+    images = to_tensor(np.stack([render(sc, size) for sc in scenes]))
+    return (images, metas, scenes) if return_scenes else (images, metas)

@@ -145,6 +145,13 @@ def judge(meta: dict, dets: list[Detection]) -> tuple[bool, str]:
     return not reasons, "; ".join(reasons)
 
 
+def scene_detections(scene: Scene, size: int = 64) -> list[Detection]:
+    """The exact detections of a rendered scene, from its geometry (no pixels): ground truth for
+    :func:`judge`, e.g. to know every caption that is true of a training image."""
+    dets = [Detection(o.shape, o.color, o.box, int(round((o.size * size) ** 2)), 0.0) for o in scene.objects]
+    return sorted(dets, key=lambda d: -d.area)
+
+
 def evaluate_image(image, prompt_or_meta: str | dict) -> dict:
     meta = parse_prompt(prompt_or_meta) if isinstance(prompt_or_meta, str) else prompt_or_meta
     dets = detect(image)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -23,8 +22,10 @@ from tqdm import tqdm
 
 from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
 from ..checkpoint import has_state, load_state, save_state
+from ..schedules import warmup_cosine
 from .clip_eval import hard_negative_accuracy, hard_negative_items
 from .data import sample_batch, to_tensor
+from .evaluator import judge, scene_detections
 from .prompts import counterfactual, hard_negatives, is_held_out, sample_scene
 from .suites import load_suite
 from .world import render
@@ -55,32 +56,75 @@ CATEGORY_WEIGHTS = {"position": 2.5, "color_attr": 2.5}
 
 def make_batch(
     rng: np.random.Generator, batch: int, n_neg: int, paired: bool = False
-) -> tuple[torch.Tensor, list[str], list[str]]:
-    """Images ``[B,3,64,64]``, their captions, and hard-negative captions (``n_neg`` per image, 0 = all).
+) -> tuple[torch.Tensor, list[dict], list[dict], list]:
+    """Images ``[B,3,64,64]``, their caption metadata, hard-negative caption metadata (``n_neg`` per
+    image, 0 = all) and the scenes behind the images (exact ground truth).
 
     ``paired`` adds, for every position / colour-attribution image, a render of its counterfactual
     (relation inverted, colours swapped) with its own caption: hard-negative *images*.
     """
-    images, metas = sample_batch(rng, batch, "train", category_weights=CATEGORY_WEIGHTS)
+    images, metas, scenes = sample_batch(rng, batch, "train", category_weights=CATEGORY_WEIGHTS, return_scenes=True)
     if paired:
         extra = [cf for m in metas if (cf := counterfactual(m)) is not None and not is_held_out(cf)]
         if extra:
-            cf_images = np.stack([render(sample_scene(m, rng, allow_held_out=False)) for m in extra])
-            images = torch.cat([images, to_tensor(cf_images)])
-            metas = metas + extra
-    negs = []
+            cf_scenes = [sample_scene(m, rng, allow_held_out=False) for m in extra]
+            images = torch.cat([images, to_tensor(np.stack([render(sc) for sc in cf_scenes]))])
+            metas, scenes = metas + extra, scenes + cf_scenes
+    negs: list[dict] = []
     for m in metas:
         # held-out pairs and relations must not occur in training text either, not even as negatives
-        options: list[str] = []
+        options: list[dict] = []
         for _ in range(5):
-            options += [n["prompt"] for n in hard_negatives(m, rng) if not is_held_out(n)]
+            options += [n for n in hard_negatives(m, rng) if not is_held_out(n)]
             if options:
                 break
         if options and n_neg == 0:
-            negs.extend(dict.fromkeys(options))
+            negs.extend({o["prompt"]: o for o in options}.values())
         elif options:
             negs.extend(options[int(i)] for i in rng.integers(len(options), size=n_neg))
-    return images, [m["prompt"] for m in metas], negs
+    return images, metas, negs, scenes
+
+
+def truth_matrix(scenes: list, captions: list[dict]) -> torch.Tensor:
+    """``[B, U]`` bool: caption ``u`` is true of scene ``b`` by GenEval's rules (judged on the scene's
+    exact geometry). A caption of another image can be true as well ("a circle left of a square" and
+    "a square right of a circle"); such pairs must not be treated as negatives."""
+    out = torch.zeros(len(scenes), len(captions), dtype=torch.bool)
+    for i, sc in enumerate(scenes):
+        dets = scene_detections(sc)
+        shapes = {d.shape for d in dets}
+        for j, c in enumerate(captions):
+            if all(req["class"] in shapes for req in c["include"]):  # cheap filter before judging
+                out[i, j] = judge(c, dets)[0]
+    return out
+
+
+def contrastive_loss(logits: torch.Tensor, target: torch.Tensor, n_pos: int, true: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """Symmetric CLIP loss over an image batch and its unique captions (positives first, then hard negatives).
+
+    ``logits`` ``[B, U]``; ``target`` ``[B]`` index of each image's own caption; ``true`` ``[B, U]``
+    captions that are true of each image. ``mode``: ``own`` (only the own caption is positive),
+    ``mask`` (other true captions are left out of the softmax), ``soft`` (all true captions are
+    positives, with equal weight)."""
+    own = torch.zeros_like(logits, dtype=torch.bool)
+    own[torch.arange(len(target), device=target.device), target] = True
+    if mode == "own":
+        pos, drop = own, torch.zeros_like(own)
+    elif mode == "mask":
+        pos, drop = own, true & ~own
+    elif mode == "soft":
+        pos, drop = true | own, torch.zeros_like(own)
+    else:
+        raise ValueError(f"unknown target mode {mode!r}; expected own, mask or soft")
+    masked = logits.masked_fill(drop, float("-inf"))
+    pos = pos.float()
+    i2t = -(pos / pos.sum(1, keepdim=True) * masked.log_softmax(1).masked_fill(drop, 0)).sum(1).mean()
+    # text -> image over the captions that are some image's own caption
+    col = masked[:, :n_pos].T  # [U_pos, B]
+    pos_t = own[:, :n_pos].T.float() if mode != "soft" else pos[:, :n_pos].T
+    keep = pos_t.sum(1) > 0
+    t2i = -(pos_t / pos_t.sum(1, keepdim=True).clamp(min=1) * col.log_softmax(1).masked_fill(drop[:, :n_pos].T, 0)).sum(1)
+    return 0.5 * (i2t + t2i[keep].mean())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -97,6 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--paired", action="store_true", help="add counterfactual (hard-negative) images")
+    p.add_argument("--targets", choices=["own", "mask", "soft"], default="mask",
+                   help="captions of other images that are true of an image: negatives (own), left out (mask) or positives (soft)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     p.add_argument("--tiny", action="store_true", help="a very small model (tests)")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step (simulates a kill)")
     args = p.parse_args(argv)
@@ -110,13 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
         cfg["vision_cfg"].update(layers=1, width=32, head_width=16)
         cfg["text_cfg"].update(layers=1, width=32, heads=2)
         cfg["embed_dim"] = 32
-    model = open_clip.CLIP(**cfg)
+    model = open_clip.CLIP(**cfg).to(args.device)
     tokenizer = open_clip.tokenize
     ctx = cfg["text_cfg"]["context_length"]
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
 
-    def lr_at(s: int) -> float:  # linear warm-up, then cosine decay to zero
-        return args.lr * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))
+    def lr_at(s: int) -> float:
+        return warmup_cosine(s, args.steps, args.lr, args.warmup)
 
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -127,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         step, extra = load_state(work, model, opt, rng)
         gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8))
         print(f"resumed from step {step}")
-    pre = _preprocess_from_open_clip(model)
+    pre = _preprocess_from_open_clip(model).to(args.device)
     backbone = OpenClipBackbone(model, lambda t: tokenizer(t, context_length=ctx), pre)
     eval_metas = [{**m, "held_out": m.get("held_out", False)} for m in load_suite("eval")]
     eval_items = hard_negative_items(eval_metas[:: 2 if args.tiny else 1], seed=12345)
@@ -136,21 +183,20 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=args.steps, initial=step, desc="shapesworld-clip", dynamic_ncols=True)
     while step < args.steps:
         model.train()
-        images, pos, neg = make_batch(rng, args.batch, args.negatives, args.paired)
-        pixels = pre(augment(images, gen))
+        images, metas, negs, scenes = make_batch(rng, args.batch, args.negatives, args.paired)
+        pixels = pre(augment(images, gen).to(args.device))
         img = F.normalize(model.encode_image(pixels), dim=-1)
-        # captions repeat within a batch: embed each unique caption once, and treat every image
-        # whose caption is u as a positive of u (no false negatives from duplicates)
-        unique = list(dict.fromkeys(pos + neg))
+        # captions repeat within a batch: embed each unique caption once (positives first)
+        captions = {m["prompt"]: m for m in metas + negs}
+        unique = list(captions)
         index = {c: i for i, c in enumerate(unique)}
-        txt = F.normalize(model.encode_text(tokenizer(unique, context_length=ctx)), dim=-1)
+        txt = F.normalize(model.encode_text(tokenizer(unique, context_length=ctx).to(args.device)), dim=-1)
         scale = model.logit_scale.exp().clamp(max=100)
         logits = scale * img @ txt.T  # [B, U]: all captions of the batch, hard negatives included
-        target = torch.tensor([index[c] for c in pos])
-        n_pos = len(dict.fromkeys(pos))  # positives come first in `unique`
-        match = (target[None, :] == torch.arange(n_pos)[:, None]).float()  # [U_pos, B]
-        t2i = F.cross_entropy(logits[:, :n_pos].T, match / match.sum(1, keepdim=True))
-        loss = 0.5 * (F.cross_entropy(logits, target) + t2i)
+        target = torch.tensor([index[m["prompt"]] for m in metas], device=args.device)
+        n_pos = len({m["prompt"] for m in metas})
+        true = truth_matrix(scenes, list(captions.values())).to(args.device) if args.targets != "own" else None
+        loss = contrastive_loss(logits, target, n_pos, true, args.targets)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
@@ -176,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
             return {"steps": step, "stopped": True}
     bar.close()
     model.eval()
+    backbone.to("cpu")
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     model.load_state_dict(half)  # round-trip through fp16 so the saved model is exactly what is evaluated
     backbone.clear_cache()

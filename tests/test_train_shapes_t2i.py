@@ -20,10 +20,22 @@ def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
     b = load_file(str(tmp_path / "uninterrupted" / "vae" / "model" / "diffusion_pytorch_model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
-    train(["teacher", "--steps", "3", *base])
+    train(["teacher", "--steps", "3", "--out", str(tmp_path / "teacher"), "--fp16", *base])
     train(["distill", "--steps", "3", "--trajectories", "16", "--out", str(out), *base])
 
-    from diffusers import DiffusionPipeline
+    import json
+
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    teacher = DiffusionPipeline.from_pretrained(tmp_path / "teacher")  # the multi-step model, exported in fp16
+    assert isinstance(teacher.scheduler, DDIMScheduler)
+    weights = load_file(str(tmp_path / "teacher" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in weights.values())
+    record = json.loads((out / "training.json").read_text())
+    assert [record[s]["steps"] for s in ("vae", "teacher", "distill")] == [4, 3, 3]
+    assert record["teacher_trajectories"]["trajectories"] == 16
+    assert record["total_wall_time_s"] == pytest.approx(
+        sum(record[s]["wall_time_s"] for s in ("vae", "teacher", "distill", "teacher_trajectories")), abs=0.2)
 
     pipe = DiffusionPipeline.from_pretrained(out)
     img = pipe("a photo of a red circle", num_inference_steps=1, guidance_scale=0.0, output_type="np").images

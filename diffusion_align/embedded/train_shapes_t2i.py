@@ -1,8 +1,8 @@
 """Train the embedded ShapesWorld text-to-image model in three resumable stages.
 
     python -m diffusion_align.embedded.train_shapes_t2i vae     --work outputs/shapes_t2i
-    python -m diffusion_align.embedded.train_shapes_t2i teacher --work outputs/shapes_t2i
-    python -m diffusion_align.embedded.train_shapes_t2i distill --work outputs/shapes_t2i --out assets/shapesworld-t2i
+    python -m diffusion_align.embedded.train_shapes_t2i teacher --work outputs/shapes_t2i --out assets/shapesworld-t2i-teacher --fp16
+    python -m diffusion_align.embedded.train_shapes_t2i distill --work outputs/shapes_t2i --out assets/shapesworld-t2i --fp16
 
 1. ``vae``: an AutoencoderKL (64x64x3 <-> 16x16x4) on ShapesWorld renders.
 2. ``teacher``: a text-conditioned latent diffusion model (v-prediction, 10% prompt dropout for
@@ -11,7 +11,8 @@
    from the teacher) learns to map any point of a trajectory straight to its end (clean-latent
    prediction), so it samples in one step without guidance, SD-Turbo style, and refines in 2-4 LCM steps.
 
-Each stage checkpoints to ``--work/<stage>/`` (safetensors + JSON) and a rerun resumes it.
+Each stage checkpoints to ``--work/<stage>/`` (safetensors + JSON) and a rerun resumes it; a rerun of
+a finished stage only re-exports its model. ``--device cuda`` trains on a GPU (same recipe).
 """
 
 from __future__ import annotations
@@ -74,7 +75,25 @@ def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, se
         if args.stop_after is not None and step >= args.stop_after:
             break
     bar.close()
+    if step >= args.steps:
+        timing = {"steps": step, "batch": args.batch, "wall_time_s": round(time.time() - t0, 1), "threads": args.threads,
+                  "device": args.device}
+        (work / "timing.json").write_text(json.dumps(timing))
     return work
+
+
+def _training_record(args, stages: tuple[str, ...]) -> dict:
+    """Steps and wall time of each finished stage (from ``--work/<stage>/timing.json``)."""
+    out = {}
+    for stage in stages:
+        f = Path(args.work) / stage / "timing.json"
+        if f.is_file():
+            out[stage] = json.loads(f.read_text())
+    traj = Path(args.work) / "distill" / "trajectories.json"
+    if "distill" in stages and traj.is_file():
+        out["teacher_trajectories"] = json.loads(traj.read_text())
+    out["total_wall_time_s"] = round(sum(v["wall_time_s"] for v in out.values() if isinstance(v, dict)), 1)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -135,9 +154,15 @@ def stage_teacher(args) -> None:
     modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder})
     work = _loop(args, "teacher", modules, step_fn, args.lr or 5e-4, 1)
     if args.stop_after is None or args.stop_after >= args.steps:
-        save_pipeline({**comps, "vae": vae.cpu(), "unet": unet.eval().cpu(), "text_encoder": text_encoder.eval().cpu(),
-                       "scheduler": sched}, work / "model")
+        teacher = {**comps, "vae": vae.cpu(), "unet": unet.eval().cpu(), "text_encoder": text_encoder.eval().cpu(),
+                   "scheduler": sched}
+        save_pipeline(teacher, work / "model")
         print(f"teacher pipeline saved to {work / 'model'}")
+        if args.out:  # the multi-step (DDIM) model as a standalone asset
+            save_pipeline(teacher, args.out, fp16=args.fp16)
+            record = {"model": "teacher (v-prediction, DDIM)", **_training_record(args, ("vae", "teacher")), "args": vars(args)}
+            (Path(args.out) / "training.json").write_text(json.dumps(record, indent=2))
+            print(f"teacher pipeline exported to {args.out}")
 
 
 @torch.no_grad()
@@ -171,6 +196,7 @@ def stage_distill(args) -> None:
 
         gen = torch.Generator().manual_seed(args.seed + 2)
         rng = np.random.default_rng(args.seed + 2)
+        t0 = time.time()
         chunks, prompts = [], []
         for _ in tqdm(range(args.trajectories // args.batch), desc="teacher trajectories"):
             _, metas = sample_batch(rng, args.batch)
@@ -179,6 +205,9 @@ def stage_distill(args) -> None:
             prompts += ps
         save_file({"latents": torch.cat(chunks).contiguous()}, str(data_file))
         (work / "trajectory_prompts.json").write_text(json.dumps(prompts))
+        (work / "trajectories.json").write_text(json.dumps({
+            "trajectories": len(prompts), "guidance": args.guidance, "wall_time_s": round(time.time() - t0, 1),
+            "threads": args.threads, "device": args.device}))
     from safetensors.torch import load_file
 
     traj = load_file(str(data_file))["latents"].float()
@@ -206,6 +235,9 @@ def stage_distill(args) -> None:
         comps = {"tokenizer": teacher.tokenizer, "text_encoder": text_encoder.cpu(), "vae": teacher.vae.cpu(),
                  "unet": unet.eval().cpu(), "scheduler": sched}
         save_pipeline(comps, args.out, fp16=args.fp16)
+        record = {"model": "one-step student (clean-latent prediction, LCM scheduler)",
+                  **_training_record(args, ("vae", "teacher", "distill")), "args": vars(args)}
+        (Path(args.out) / "training.json").write_text(json.dumps(record, indent=2))
         print(f"one-step pipeline saved to {args.out}")
 
 
@@ -213,9 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", choices=["vae", "teacher", "distill"])
     p.add_argument("--work", default="outputs/shapes_t2i")
-    p.add_argument("--out", default="assets/shapesworld-t2i", help="final pipeline folder (distill)")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--out", default=None,
+                   help="pipeline folder to export: the one-step model (distill; default assets/shapesworld-t2i) "
+                        "or the multi-step teacher (teacher; default: none)")
+    p.add_argument("--steps", type=int, default=None, help="default: vae 1000, teacher 4000, distill 2000")
+    p.add_argument("--batch", type=int, default=None, help="default: vae 32, teacher 32, distill 64")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kl-weight", type=float, default=1e-4)
@@ -228,7 +262,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
-    args.steps = args.steps or {"vae": 1500, "teacher": 6000, "distill": 3000}[args.stage]
+    args.steps = args.steps or {"vae": 1000, "teacher": 4000, "distill": 2000}[args.stage]
+    args.batch = args.batch or {"vae": 32, "teacher": 32, "distill": 64}[args.stage]
+    if args.stage == "distill" and args.out is None:
+        args.out = "assets/shapesworld-t2i"
     torch.set_num_threads(args.threads)
     {"vae": stage_vae, "teacher": stage_teacher, "distill": stage_distill}[args.stage](args)
 

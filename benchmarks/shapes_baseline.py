@@ -1,9 +1,12 @@
-"""ShapesWorld baseline: evaluator accuracy on ground truth (clean, blurred, noisy) and the embedded
-CLIP's hard-negative caption accuracy, per category.
+"""ShapesWorld baseline: evaluator accuracy on ground truth (clean, blurred, noisy), the embedded
+CLIP's hard-negative caption accuracy, and the embedded text-to-image models' GenEval-style scores
+(one-step and multi-step), per category.
 
     python benchmarks/shapes_baseline.py [--seeds 4] [--clip assets/shapesworld-clip]
+        [--t2i assets/shapesworld-t2i] [--teacher assets/shapesworld-t2i-teacher]
 
-Writes ``benchmarks/results/shapes_baseline.json`` and ``.md``.
+Writes ``benchmarks/results/shapes_baseline.json`` and ``.md``, and ``shapes_t2i_samples.png`` (a grid
+of samples, green = correct by the evaluator, red = wrong). ``--t2i ''`` / ``--teacher ''`` skip a model.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from mmreward import load_backbone
+from mmreward.images import image_grid
 from mmreward.shapes import evaluate, load_suite, render, sample_scene
 from mmreward.shapes.clip_eval import hard_negative_accuracy, hard_negative_items
+from mmreward.shapes.generate import sample_pipeline
 from mmreward.shapes.prompts import CATEGORIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -43,10 +49,84 @@ def evaluator_accuracy(metas: list[dict], seeds: int, seed: int = 0) -> dict:
     return out
 
 
+#: (name, model argument, steps, guidance): how each embedded generator is scored
+GENERATOR_SETTINGS = (
+    ("one_step", "t2i", 1, 0.0),
+    ("two_step", "t2i", 2, 0.0),
+    ("four_step", "t2i", 4, 0.0),
+    ("teacher_ddim20_cfg3", "teacher", 20, 3.0),
+)
+
+
+def generator_scores(pipes: dict, suite: list[dict], seeds: int) -> tuple[dict, dict]:
+    """Evaluator scores of each setting in :data:`GENERATOR_SETTINGS` whose model is in ``pipes``;
+    also returns the images (``{setting: [n_prompts*seeds uint8 arrays]}``) for the sample grid."""
+    out, images = {}, {}
+    prompts = [m["prompt"] for m in suite]
+    for name, which, steps, guidance in GENERATOR_SETTINGS:
+        if which not in pipes:
+            continue
+        t = time.time()
+        rows, imgs = [], []
+        for i, _, im in sample_pipeline(pipes[which], prompts, seeds, steps, guidance, batch=96):
+            rows.append(suite[i])
+            imgs.append(np.asarray(im))
+        sample_time = time.time() - t
+        res = evaluate(imgs, rows)
+        ok = np.array([r["correct"] for r in res["per_image"]])
+        held = np.array([bool(m.get("held_out")) for m in rows])
+        compositional = np.array([m["tag"] in ("colors", "position", "color_attr") for m in rows])
+        out[name] = {
+            "model": str(pipes[which].name_or_path), "steps": steps, "guidance": guidance,
+            "overall": res["overall"], "per_category": res["per_category"], "n": res["n"],
+            "held_out_compositions": float(ok[held].mean()),
+            "seen_compositions": float(ok[compositional & ~held].mean()),
+            "seconds_per_image": sample_time / len(rows),
+        }
+        images[name] = (imgs, ok)
+    return out, images
+
+
+def sample_grid(suite: list[dict], seeds: int, images: dict, per_category: int = 2) -> Image.Image:
+    """Rows: prompts (``per_category`` of each category); columns: each setting's first 2 seeds."""
+    picks = [i for tag in CATEGORIES for i in [k for k, m in enumerate(suite) if m["tag"] == tag][:per_category]]
+    tiles = []
+    for i in picks:
+        label = Image.new("RGB", (192, 128), "white")
+        ImageDraw.Draw(label).multiline_text((4, 40), _wrap(suite[i]["prompt"].removeprefix("a photo of "), 28), fill="black")
+        tiles.append(label)
+        for imgs, ok in images.values():
+            for s in range(min(2, seeds)):
+                k = i * seeds + s
+                tile = Image.new("RGB", (192, 128), (40, 160, 60) if ok[k] else (200, 40, 40))
+                tile.paste(Image.fromarray(imgs[k]).resize((120, 120), Image.NEAREST), (36, 4))
+                tiles.append(tile)
+    header = [Image.new("RGB", (192, 128), "white")]
+    for name in images:
+        for s in range(min(2, seeds)):
+            h = Image.new("RGB", (192, 128), "white")
+            ImageDraw.Draw(h).multiline_text((4, 50), f"{name}\nseed {s}", fill="black")
+            header.append(h)
+    return image_grid(header + tiles, cols=1 + len(images) * min(2, seeds))
+
+
+def _wrap(text: str, width: int) -> str:
+    lines, cur = [], ""
+    for w in text.split():
+        if cur and len(cur) + len(w) + 1 > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "\n".join(lines + [cur])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, default=4, help="renders per evaluation prompt")
     p.add_argument("--clip", default="assets/shapesworld-clip")
+    p.add_argument("--t2i", default="assets/shapesworld-t2i", help="one-step pipeline folder ('' to skip)")
+    p.add_argument("--teacher", default="assets/shapesworld-t2i-teacher", help="multi-step pipeline folder ('' to skip)")
     args = p.parse_args()
 
     suite = load_suite("eval")
@@ -59,7 +139,14 @@ def main() -> None:
     seen = [it for it in items if not it[1]["held_out"]]
     result["clip_hard_negative_accuracy"]["seen_compositions"] = hard_negative_accuracy(backbone, seen)["overall"]
 
+    from diffusers import DiffusionPipeline
+
+    pipes = {k: DiffusionPipeline.from_pretrained(v) for k, v in (("t2i", args.t2i), ("teacher", args.teacher)) if v}
+    result["generator"], images = generator_scores(pipes, suite, args.seeds)
+
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if images:
+        sample_grid(suite, args.seeds, images).save(RESULTS / "shapes_t2i_samples.png")
     (RESULTS / "shapes_baseline.json").write_text(json.dumps(result, indent=2))
     (RESULTS / "shapes_baseline.md").write_text(markdown(result))
     print(markdown(result))
@@ -81,6 +168,20 @@ def markdown(r: dict) -> str:
     lines += [f"| **overall** | **{clip['overall']:.3f}** |",
               f"| held-out compositions only | {clip.get('held_out', float('nan')):.3f} |",
               f"| seen compositions only | {clip['seen_compositions']:.3f} |", ""]
+    gen = r.get("generator") or {}
+    if gen:
+        names = list(gen)
+        n = next(iter(gen.values()))["n"]
+        lines += [f"Embedded text-to-image models scored by the evaluator on the evaluation suite ({n} images per "
+                  "setting: 4 seeds per prompt):", "",
+                  "| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for tag in CATEGORIES:
+            lines.append(f"| {tag} | " + " | ".join(f"{gen[k]['per_category'][tag]:.3f}" for k in names) + " |")
+        lines += ["| **overall** | " + " | ".join(f"**{gen[k]['overall']:.3f}**" for k in names) + " |",
+                  "| held-out compositions | " + " | ".join(f"{gen[k]['held_out_compositions']:.3f}" for k in names) + " |",
+                  "| seen compositions | " + " | ".join(f"{gen[k]['seen_compositions']:.3f}" for k in names) + " |",
+                  "| sampling steps (guidance) | " + " | ".join(f"{gen[k]['steps']} ({gen[k]['guidance']:g})" for k in names) + " |",
+                  "| seconds per image (CPU) | " + " | ".join(f"{gen[k]['seconds_per_image']:.4f}" for k in names) + " |", ""]
     return "\n".join(lines)
 
 

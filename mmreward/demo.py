@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from . import load_reward
+from .images import image_grid
 from .shapes.clip_eval import hard_negative_items
 from .shapes.data import to_tensor
 from .shapes.prompts import CATEGORIES
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "prompts.jsonl").write_text("".join(json.dumps({"image": r["image"], "prompt": r["prompt"]}) + "\n" for r in rows))
     summary = {"reward": args.reward, "accuracy": float(np.mean([r["correct"] for r in rows])), "rows": rows}
     (out / "scores.json").write_text(json.dumps(summary, indent=2))
-    _grid(tiles, cols=2 * args.per_category).save(out / "grid.png")
+    image_grid(tiles, cols=2 * args.per_category).save(out / "grid.png")
 
     print(f"reward: {args.reward}\n")
     print(f"{'category':<14} {'prompt':<52} {'reward':>7}  {'hardest negative':<52} {'reward':>7}  ok")
@@ -88,15 +89,6 @@ def _tile(img: np.ndarray, prompt: str, score: float, ok: bool, scale: int = 3) 
     d.text((2, im.height + 2), words[:32], fill="black")
     d.text((2, im.height + 18), f"r={score:.3f} {'ok' if ok else 'WRONG'}", fill="green" if ok else "red")
     return tile
-
-
-def _grid(tiles: list[Image.Image], cols: int, gap: int = 4) -> Image.Image:
-    w, h = tiles[0].size
-    rows = (len(tiles) + cols - 1) // cols
-    grid = Image.new("RGB", (cols * (w + gap) - gap, rows * (h + gap) - gap), (160, 160, 160))
-    for i, t in enumerate(tiles):
-        grid.paste(t, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
-    return grid
 
 
 if __name__ == "__main__":

@@ -47,3 +47,15 @@ def load_images(images: Sequence[ImageLike]) -> list[torch.Tensor]:
     if isinstance(images, (str, os.PathLike, Image.Image)):
         images = [images]
     return [to_tensor(im) for im in images]
+
+
+def image_grid(tiles: Sequence[Image.Image], cols: int, gap: int = 4, fill=(160, 160, 160)) -> Image.Image:
+    """Paste equally sized ``tiles`` row-major into a grid of ``cols`` columns."""
+    if not tiles:
+        raise ValueError("no tiles to arrange")
+    w, h = tiles[0].size
+    rows = (len(tiles) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * (w + gap) - gap, rows * (h + gap) - gap), fill)
+    for i, t in enumerate(tiles):
+        grid.paste(t, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
+    return grid

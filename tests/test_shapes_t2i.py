@@ -66,3 +66,18 @@ def test_generate_cli_writes_the_evaluators_format(pipe_dir, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 4
     with pytest.raises(SystemExit, match="could not load a diffusers pipeline"):
         shapes_cli(["generate", "--model", str(tmp_path / "nope"), "--prompts", str(suite), "--out", str(out)])
+
+
+def test_sample_pipeline_rejects_empty_prompts(pipe_dir):
+    from diffusers import DiffusionPipeline
+
+    from mmreward.shapes.generate import sample_pipeline
+
+    pipe = DiffusionPipeline.from_pretrained(pipe_dir)
+    with pytest.raises(ValueError, match="empty prompt"):
+        list(sample_pipeline(pipe, ["a photo of a red circle", "  "]))
+    with pytest.raises(ValueError, match="no prompts"):
+        list(sample_pipeline(pipe, []))
+    got = [(i, s) for i, s, _ in sample_pipeline(pipe, ["a photo of a star", "a photo of a circle"], seeds=3, batch=4,
+                                                 progress=False)]
+    assert got == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]

@@ -64,9 +64,9 @@ def cmd_render(args) -> None:
 
 
 def cmd_generate(args) -> None:
-    import torch
     from diffusers import DiffusionPipeline
 
+    from .generate import sample_pipeline
     from .suites import load_suite
 
     metas = load_suite(args.prompts)
@@ -76,20 +76,15 @@ def cmd_generate(args) -> None:
         pipe = DiffusionPipeline.from_pretrained(args.model).to(args.device)
     except (OSError, ValueError) as e:
         raise SystemExit(f"could not load a diffusers pipeline from {args.model!r}: {e}") from e
-    pipe.set_progress_bar_config(disable=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    jobs = [(i, m["prompt"], s) for i, m in enumerate(metas) for s in range(args.seeds)]
+    prompts = [m["prompt"] for m in metas]
     lines = []
-    for k in tqdm(range(0, len(jobs), args.batch), desc="generate", disable=args.quiet):
-        chunk = jobs[k : k + args.batch]
-        gens = [torch.Generator(args.device).manual_seed(args.seed + s) for _, _, s in chunk]
-        images = pipe([p for _, p, _ in chunk], num_inference_steps=args.steps, guidance_scale=args.guidance,
-                      generator=gens).images
-        for (i, prompt, s), im in zip(chunk, images):
-            name = f"{i:05d}_{s}.png"
-            im.save(out / name)
-            lines.append(json.dumps({"image": name, "prompt": prompt}))
+    for i, s, im in sample_pipeline(pipe, prompts, args.seeds, args.steps, args.guidance, args.batch, args.seed,
+                                    progress=not args.quiet):
+        name = f"{i:05d}_{s}.png"
+        im.save(out / name)
+        lines.append(json.dumps({"image": name, "prompt": prompts[i]}))
     (out / "prompts.jsonl").write_text("\n".join(lines) + "\n")
     print(f"wrote {len(lines)} images to {out}")
 

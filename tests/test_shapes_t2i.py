@@ -21,7 +21,7 @@ def test_loads_as_stable_diffusion_pipeline(pipe_dir):
     pipe = DiffusionPipeline.from_pretrained(pipe_dir)
     assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.vae_scale_factor * pipe.unet.config.sample_size == 64
-    assert pipe.scheduler.config.prediction_type == "sample"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert (pipe_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -61,7 +61,9 @@ def test_generate_cli_writes_the_evaluators_format(pipe_dir, tmp_path):
     # seed s gives the same noise for every prompt (GenEval convention): rerun reproduces exactly
     shapes_cli(["generate", "--model", str(pipe_dir), "--prompts", str(suite), "--out", str(tmp_path / "g2"),
                 "--seeds", "2", "--batch", "4", "--quiet"])
-    assert np.array_equal(c, np.asarray(Image.open(tmp_path / "g2" / "00001_0.png")))
+    # (batch size changes float summation order only: equal up to rounding)
+    c2 = np.asarray(Image.open(tmp_path / "g2" / "00001_0.png")).astype(int)
+    assert np.abs(c.astype(int) - c2).max() <= 2 and np.abs(c.astype(int) - b.astype(int)).mean() > 5
     shapes_cli(["evaluate", "--images", str(out), "--out", str(tmp_path / "r.json"), "--quiet"])
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 4
     with pytest.raises(SystemExit, match="could not load a diffusers pipeline"):

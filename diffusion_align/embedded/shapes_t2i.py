@@ -2,8 +2,9 @@
 ``StableDiffusionPipeline`` folder (tokenizer, CLIP text encoder, UNet, AutoencoderKL, LCM scheduler)
 so ``DiffusionPipeline.from_pretrained(folder)`` loads it exactly as it loads SD-Turbo.
 
-64x64 RGB images <-> 16x16x4 latents; the UNet predicts the clean latent (``prediction_type="sample"``),
-so one step from pure noise is a full sample (SD-Turbo style) and 2-4 steps refine it (LCM sampling).
+64x64 RGB images <-> 16x16x4 latents; the UNet predicts v (``prediction_type="v_prediction"``), whose
+clean-latent estimate ``x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v`` the one-step student is distilled to make
+exact: one step from pure noise is a full sample (SD-Turbo style) and 2-4 steps refine it (LCM sampling).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ UNET_CONFIG = dict(
 )
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-    prediction_type="sample", timestep_spacing="trailing", original_inference_steps=20, clip_sample=False,
+    prediction_type="v_prediction", timestep_spacing="trailing", original_inference_steps=20, clip_sample=False,
     set_alpha_to_one=True, steps_offset=1,
 )
 TINY = {  # for tests: same layout, a few thousand parameters per block

@@ -8,8 +8,8 @@
 2. ``teacher``: a text-conditioned latent diffusion model (v-prediction, 10% prompt dropout for
    classifier-free guidance), jointly training the CLIP text encoder; sampled with DDIM.
 3. ``distill``: teacher DDIM trajectories (with guidance) are recorded once; the student (initialised
-   from the teacher) learns to map any point of a trajectory straight to its end (clean-latent
-   prediction), so it samples in one step without guidance, SD-Turbo style, and refines in 2-4 LCM steps.
+   from the teacher, same v-parametrisation) learns to map any point of a trajectory straight to its
+   end, so it samples in one step without guidance, SD-Turbo style, and refines in 2-4 LCM steps.
 
 Each stage checkpoints to ``--work/<stage>/`` (safetensors + JSON) and a rerun resumes it; a rerun of
 a finished stage only re-exports its model. ``--device cuda`` trains on a GPU (same recipe).
@@ -220,14 +220,19 @@ def stage_distill(args) -> None:
         cond = torch.cat([encode_prompts(teacher.tokenizer, text_encoder, prompts[i : i + 256])
                           for i in range(0, len(prompts), 256)])
 
+    alphas = teacher.scheduler.alphas_cumprod.to(args.device)
+
     def step_fn(rng):
         idx = torch.from_numpy(rng.integers(len(traj), size=args.batch))
         # half the batch at t = T (the one-step case), the rest anywhere on the trajectory
         k = torch.from_numpy(rng.integers(TEACHER_STEPS, size=args.batch))
         k[: args.batch // 2] = 0
         x_t, x_0, t = traj[idx, k].to(args.device), traj[idx, -1].to(args.device), grid[k].to(args.device)
-        pred = unet(x_t, t, cond[idx.to(args.device)]).sample
-        return F.mse_loss(pred, x_0), {}
+        # the student keeps the teacher's v-parametrisation; its clean-latent estimate
+        # x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v is matched to the end of the teacher's trajectory
+        v = unet(x_t, t, cond[idx.to(args.device)]).sample
+        a = alphas[t].view(-1, 1, 1, 1)
+        return F.mse_loss(a.sqrt() * x_t - (1 - a).sqrt() * v, x_0), {}
 
     _loop(args, "distill", torch.nn.ModuleDict({"unet": unet}), step_fn, args.lr or 1e-4, 2)
     if args.stop_after is None or args.stop_after >= args.steps:

@@ -39,3 +39,47 @@ def test_demo_runs_on_the_embedded_default(tmp_path, monkeypatch):
     # the demo's images are ground-truth renders in the evaluator's format: all correct
     shapes_cli(["evaluate", "--images", str(tmp_path / "demo"), "--out", str(tmp_path / "r.json"), "--quiet"])
     assert json.loads((tmp_path / "r.json").read_text())["overall"] == 1.0
+    # part 2: one-step samples of the embedded generator, scored by the reward and the evaluator
+    samples = summary["samples"]
+    assert len(samples["rows"]) == 24 and (tmp_path / "demo" / "samples.png").is_file()
+    shapes_cli(["evaluate", "--images", str(tmp_path / "demo" / "samples"), "--out", str(tmp_path / "s.json"), "--quiet"])
+    verdicts = [r["correct"] for r in json.loads((tmp_path / "s.json").read_text())["per_image"]]
+    assert verdicts == [r["correct"] for r in samples["rows"]]
+
+
+T2I_DIR = ROOT / "assets" / "shapesworld-t2i"
+TEACHER_DIR = ROOT / "assets" / "shapesworld-t2i-teacher"
+#: measured 0.875 (one step, 32 images) and 0.81 (teacher, 16 images); floors leave room for float noise
+SINGLE_ONE_STEP_MIN, SINGLE_TEACHER_MIN = 0.7, 0.6
+
+
+def _single_object_accuracy(pipe, steps: int, guidance: float, seeds: int) -> float:
+    from mmreward.shapes import evaluate
+    from mmreward.shapes.generate import sample_pipeline
+
+    metas = list({m["prompt"]: m for m in load_suite("eval") if m["tag"] == "single_object"}.values())
+    rows, imgs = [], []
+    for i, _, im in sample_pipeline(pipe, [m["prompt"] for m in metas], seeds, steps, guidance, progress=False):
+        rows.append(metas[i])
+        imgs.append(im)
+    return evaluate(imgs, rows)["overall"]
+
+
+def test_one_step_generator_loads_as_a_diffusers_pipeline_and_draws_the_prompt():
+    from diffusers import DiffusionPipeline, LCMScheduler, StableDiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(T2I_DIR)
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, LCMScheduler)
+    info = json.loads((T2I_DIR / "training.json").read_text())
+    assert {"vae", "teacher", "distill"} <= set(info)
+    # one step from pure noise gives recognisable single objects (4 prompts x 8 seeds, exact evaluator)
+    assert _single_object_accuracy(pipe, steps=1, guidance=0.0, seeds=8) >= SINGLE_ONE_STEP_MIN
+
+
+@pytest.mark.slow
+def test_multi_step_teacher_loads_and_samples_with_ddim_and_guidance():
+    from diffusers import DDIMScheduler, DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(TEACHER_DIR)
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.prediction_type == "v_prediction"
+    assert _single_object_accuracy(pipe, steps=20, guidance=3.0, seeds=4) >= SINGLE_TEACHER_MIN

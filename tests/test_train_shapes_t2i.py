@@ -31,6 +31,10 @@ def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
     assert isinstance(teacher.scheduler, DDIMScheduler)
     weights = load_file(str(tmp_path / "teacher" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert all(v.dtype == torch.float16 for v in weights.values())
+    # fp16 on disk, but the pipeline loads and samples in float32 by default (no dtype mismatch)
+    assert teacher.text_encoder.dtype == teacher.unet.dtype == torch.float32
+    img = teacher("a photo of a star", num_inference_steps=2, guidance_scale=3.0, output_type="np").images
+    assert img.shape == (1, 64, 64, 3)
     record = json.loads((out / "training.json").read_text())
     assert [record[s]["steps"] for s in ("vae", "teacher", "distill")] == [4, 3, 3]
     assert record["teacher_trajectories"]["trajectories"] == 16

@@ -87,4 +87,20 @@ def save_pipeline(components: dict, folder: str | os.PathLike, fp16: bool = Fals
     if fp16:
         pipe = pipe.to(torch.float16)
     pipe.save_pretrained(folder, safe_serialization=True)
+    if fp16:
+        _load_as_float32(Path(folder) / "text_encoder" / "config.json")
     return Path(folder)
+
+
+def _load_as_float32(config_file: Path) -> None:
+    """transformers loads a model in the dtype its config names, diffusers models in float32: with fp16
+    weights on disk the text encoder would come back fp16 beside a float32 UNet and sampling would fail
+    on a dtype mismatch. Naming float32 makes the whole pipeline load in float32 by default (pass
+    ``torch_dtype=torch.float16`` to load it in half precision)."""
+    import json
+
+    cfg = json.loads(config_file.read_text())
+    for key in ("dtype", "torch_dtype"):
+        if key in cfg:
+            cfg[key] = "float32"
+    config_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

@@ -26,6 +26,7 @@ from mmreward.shapes import evaluate, load_suite, render, sample_scene
 from mmreward.shapes.clip_eval import hard_negative_accuracy, hard_negative_items
 from mmreward.shapes.generate import sample_pipeline
 from mmreward.shapes.prompts import CATEGORIES
+from mmreward.shapes.suites import COMPOSITIONAL
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -75,7 +76,7 @@ def generator_scores(pipes: dict, suite: list[dict], seeds: int) -> tuple[dict, 
         res = evaluate(imgs, rows)
         ok = np.array([r["correct"] for r in res["per_image"]])
         held = np.array([bool(m.get("held_out")) for m in rows])
-        compositional = np.array([m["tag"] in ("colors", "position", "color_attr") for m in rows])
+        compositional = np.array([m["tag"] in COMPOSITIONAL for m in rows])
         out[name] = {
             "model": str(pipes[which].name_or_path), "steps": steps, "guidance": guidance,
             "overall": res["overall"], "per_category": res["per_category"], "n": res["n"],

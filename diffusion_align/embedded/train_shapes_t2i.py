@@ -240,7 +240,7 @@ def stage_distill(args) -> None:
         comps = {"tokenizer": teacher.tokenizer, "text_encoder": text_encoder.cpu(), "vae": teacher.vae.cpu(),
                  "unet": unet.eval().cpu(), "scheduler": sched}
         save_pipeline(comps, args.out, fp16=args.fp16)
-        record = {"model": "one-step student (clean-latent prediction, LCM scheduler)",
+        record = {"model": "one-step student (v-prediction distilled to the teacher trajectory ends, LCM scheduler)",
                   **_training_record(args, ("vae", "teacher", "distill")), "args": vars(args)}
         (Path(args.out) / "training.json").write_text(json.dumps(record, indent=2))
         print(f"one-step pipeline saved to {args.out}")

@@ -83,3 +83,11 @@ def test_sample_pipeline_rejects_empty_prompts(pipe_dir):
     got = [(i, s) for i, s, _ in sample_pipeline(pipe, ["a photo of a star", "a photo of a circle"], seeds=3, batch=4,
                                                  progress=False)]
     assert got == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    # a repeated prompt continues with new seeds (repeats are new samples); a first occurrence keeps
+    # GenEval's seeds 0..n-1 whatever else is in the list
+    def images(prompts, seeds):
+        return [np.asarray(im).astype(int) for _, _, im in sample_pipeline(pipe, prompts, seeds=seeds, progress=False)]
+
+    once, twice = images(["a photo of a star"], 2), images(["a photo of a star", "a photo of a circle", "a photo of a star"], 1)
+    assert np.abs(twice[0] - once[0]).max() <= 2 and np.abs(twice[2] - once[1]).max() <= 2
+    assert np.abs(twice[2] - twice[0]).mean() > 5

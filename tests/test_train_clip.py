@@ -105,3 +105,33 @@ def test_contrastive_loss_modes():
         contrastive_loss(x, target, 3, true, mode).backward()
         grads[mode] = x.grad[0, 2].item()
     assert grads["own"] > 0 and grads["mask"] == 0 and grads["soft"] < 0
+
+
+def test_layout_targets_locate_each_shape_and_the_head_can_learn_them():
+    import numpy as np
+
+    from mmreward.shapes.train_clip import layout_loss, layout_targets
+    from mmreward.shapes.world import COLORS, SHAPES, Obj, Scene
+
+    scene = Scene([Obj("circle", "red", 0.25, 0.5, 0.2), Obj("square", "blue", 0.75, 0.25, 0.2),
+                   Obj("square", "green", 0.75, 0.75, 0.2)])
+    present, xy, colors = layout_targets([scene])
+    c, s, t = SHAPES.index("circle"), SHAPES.index("square"), SHAPES.index("triangle")
+    assert present[0].tolist() == [float(k in (c, s)) for k in range(len(SHAPES))]
+    assert torch.allclose(xy[0, c], torch.tensor([-0.5, 0.0])) and torch.allclose(xy[0, s], torch.tensor([0.5, 0.0]))
+    assert xy[0, t].abs().sum() == 0 and colors[0, t].sum() == 0
+    assert colors[0, s, list(COLORS).index("blue")] == 0.5 and colors[0, c, list(COLORS).index("red")] == 1
+    # the loss is minimal at the targets: a head that outputs exactly them beats one that swaps left/right
+    head = torch.nn.Linear(4, len(SHAPES) * (3 + len(COLORS)), bias=True)
+    torch.nn.init.zeros_(head.weight)
+
+    def loss_for(xy_out):
+        with torch.no_grad():
+            out = torch.cat([(present * 40 - 20)[..., None], xy_out, (colors.clamp(min=1e-6)).log()], -1)
+            head.bias.copy_(out.reshape(-1))
+        return layout_loss(head, torch.zeros(1, 4), [scene]).item()
+
+    best = loss_for(xy)
+    assert best < 0.01 + float(-(colors * colors.clamp(min=1e-6).log()).sum() / 2)  # only the colour entropy left
+    assert loss_for(xy * torch.tensor([-1.0, 1.0])) > best + 0.4
+    assert np.isfinite(best)

@@ -46,3 +46,17 @@ def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
     assert img.shape == (1, 64, 64, 3)
     traj = load_file(str(work / "distill" / "trajectories.safetensors"))["latents"]
     assert traj.shape == (16, 21, 4, 16, 16)
+
+    # distilling from an exported (fp16) teacher folder: the earlier stages' record comes from its training.json
+    work2, out2 = tmp_path / "work2", tmp_path / "pipe2"
+    train(["distill", "--steps", "2", "--trajectories", "8", "--teacher", str(tmp_path / "teacher"), "--out", str(out2),
+           *base[:-1], str(work2)])
+    record2 = json.loads((out2 / "training.json").read_text())
+    assert [record2[s]["steps"] for s in ("vae", "teacher", "distill")] == [4, 3, 2]
+    assert record2["vae"] == record["vae"] and record2["teacher_trajectories"]["trajectories"] == 8
+    assert not (work2 / "teacher").exists()
+
+
+def test_distill_without_a_teacher_names_the_missing_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no teacher pipeline.*--teacher"):
+        train(["distill", "--tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])

@@ -82,13 +82,17 @@ def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, se
     return work
 
 
-def _training_record(args, stages: tuple[str, ...]) -> dict:
-    """Steps and wall time of each finished stage (from ``--work/<stage>/timing.json``)."""
+def _training_record(args, stages: tuple[str, ...], teacher: Path | None = None) -> dict:
+    """Steps and wall time of each finished stage (from ``--work/<stage>/timing.json``; the stages
+    before distillation come from ``teacher/training.json`` when distilling from an exported teacher)."""
     out = {}
+    earlier = json.loads((teacher / "training.json").read_text()) if teacher and (teacher / "training.json").is_file() else {}
     for stage in stages:
         f = Path(args.work) / stage / "timing.json"
         if f.is_file():
             out[stage] = json.loads(f.read_text())
+        elif stage in earlier:
+            out[stage] = earlier[stage]
     traj = Path(args.work) / "distill" / "trajectories.json"
     if "distill" in stages and traj.is_file():
         out["teacher_trajectories"] = json.loads(traj.read_text())
@@ -186,7 +190,11 @@ def teacher_trajectories(pipe, prompts: list[str], generator: torch.Generator, g
 def stage_distill(args) -> None:
     from diffusers import DiffusionPipeline, LCMScheduler
 
-    teacher = DiffusionPipeline.from_pretrained(Path(args.work) / "teacher" / "model").to(args.device)
+    teacher_dir = Path(args.teacher) if args.teacher else Path(args.work) / "teacher" / "model"
+    if not (teacher_dir / "model_index.json").is_file():
+        raise FileNotFoundError(f"no teacher pipeline at {teacher_dir}: run the teacher stage first or pass --teacher "
+                                "assets/shapesworld-t2i-teacher")
+    teacher = DiffusionPipeline.from_pretrained(teacher_dir, torch_dtype=torch.float32).to(args.device)
     teacher.unet.eval()
     work = Path(args.work) / "distill"
     work.mkdir(parents=True, exist_ok=True)
@@ -241,7 +249,7 @@ def stage_distill(args) -> None:
                  "unet": unet.eval().cpu(), "scheduler": sched}
         save_pipeline(comps, args.out, fp16=args.fp16)
         record = {"model": "one-step student (v-prediction distilled to the teacher trajectory ends, LCM scheduler)",
-                  **_training_record(args, ("vae", "teacher", "distill")), "args": vars(args)}
+                  **_training_record(args, ("vae", "teacher", "distill"), teacher_dir), "args": vars(args)}
         (Path(args.out) / "training.json").write_text(json.dumps(record, indent=2))
         print(f"one-step pipeline saved to {args.out}")
 
@@ -258,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--kl-weight", type=float, default=1e-4)
+    p.add_argument("--teacher", default=None,
+                   help="distill: teacher pipeline folder (default: --work/teacher/model, e.g. assets/shapesworld-t2i-teacher)")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher guidance when recording trajectories")
     p.add_argument("--trajectories", type=int, default=8192)
     p.add_argument("--ckpt-every", type=int, default=200)

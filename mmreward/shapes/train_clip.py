@@ -3,6 +3,13 @@ with hard-negative captions (colour, shape, count or relation swapped) as extra 
 
     python -m mmreward.shapes.train_clip --out assets/shapesworld-clip
 
+Position is the hard part: contrastive learning alone leaves relations at chance (the image tower never
+learns where each shape is, so the relation words of the captions carry no signal). A training-only
+*layout head* (``--aux-weight``) reads, from the normalised image embedding, each shape's presence,
+mean centre and colours (exact scene ground truth); it makes the embedding carry where each shape is,
+after which the contrastive loss with relation-swapped hard negatives can learn the relations. The
+head is dropped at export: the saved model is a plain open_clip CLIP.
+
 Seeded and resumable: training state is checkpointed to ``--work`` every ``--ckpt-every`` steps
 (safetensors + JSON) and a rerun of the same command continues from there. The result is an
 open_clip model folder that the reward core loads as ``clip:assets/shapesworld-clip``.
@@ -28,7 +35,7 @@ from .data import sample_batch, to_tensor
 from .evaluator import judge, scene_detections
 from .prompts import counterfactual, hard_negatives, is_held_out, sample_scene
 from .suites import load_suite
-from .world import render
+from .world import COLORS, SHAPES, render
 
 CLIP_CFG = {
     "embed_dim": 128,
@@ -99,6 +106,34 @@ def truth_matrix(scenes: list, captions: list[dict]) -> torch.Tensor:
     return out
 
 
+def layout_targets(scenes: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per scene and shape of :data:`SHAPES`: ``present`` ``[B,S]`` (0/1), mean centre ``xy`` ``[B,S,2]``
+    in ``[-1,1]`` (x right, y down; 0 when absent) and colour shares ``[B,S,C]`` over :data:`COLORS`."""
+    present = torch.zeros(len(scenes), len(SHAPES))
+    xy = torch.zeros(len(scenes), len(SHAPES), 2)
+    colors = torch.zeros(len(scenes), len(SHAPES), len(COLORS))
+    si, ci = {s: i for i, s in enumerate(SHAPES)}, {c: i for i, c in enumerate(COLORS)}
+    for b, sc in enumerate(scenes):
+        for o in sc.objects:
+            present[b, si[o.shape]] = 1
+            xy[b, si[o.shape]] += torch.tensor([o.x * 2 - 1, o.y * 2 - 1])
+            colors[b, si[o.shape], ci[o.color]] += 1
+    n = colors.sum(-1, keepdim=True).clamp(min=1)
+    return present, xy / n, colors / n
+
+
+def layout_loss(head: torch.nn.Linear, img: torch.Tensor, scenes: list) -> torch.Tensor:
+    """Auxiliary loss of the layout head on normalised image embeddings ``img`` ``[B,D]``: presence (BCE)
+    plus, for the shapes present, centre (MSE) and colour shares (soft cross-entropy)."""
+    present, xy, colors = (t.to(img.device) for t in layout_targets(scenes))
+    out = head(img).view(len(img), len(SHAPES), 3 + len(COLORS))
+    bce = F.binary_cross_entropy_with_logits(out[..., 0], present)
+    mask = present / present.sum().clamp(min=1)
+    mse = (((out[..., 1:3] - xy) ** 2).sum(-1) * mask).sum()
+    ce = (-(colors * out[..., 3:].log_softmax(-1)).sum(-1) * mask).sum()
+    return bce + mse + ce
+
+
 def contrastive_loss(logits: torch.Tensor, target: torch.Tensor, n_pos: int, true: torch.Tensor | None, mode: str) -> torch.Tensor:
     """Symmetric CLIP loss over an image batch and its unique captions (positives first, then hard negatives).
 
@@ -141,6 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--paired", action="store_true", help="add counterfactual (hard-negative) images")
+    p.add_argument("--aux-weight", type=float, default=0.0,
+                   help="weight of the training-only layout head (shape presence, centre, colour); 0 turns it off")
     p.add_argument("--targets", choices=["own", "mask", "soft"], default="mask",
                    help="captions of other images that are true of an image: negatives (own), left out (mask) or positives (soft)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
@@ -158,9 +195,13 @@ def main(argv: list[str] | None = None) -> dict:
         cfg["text_cfg"].update(layers=1, width=32, heads=2)
         cfg["embed_dim"] = 32
     model = open_clip.CLIP(**cfg).to(args.device)
+    # what is checkpointed: the CLIP and, when used, the layout head (not exported)
+    modules = torch.nn.ModuleDict({"clip": model})
+    if args.aux_weight > 0:
+        modules["layout"] = torch.nn.Linear(cfg["embed_dim"], len(SHAPES) * (3 + len(COLORS))).to(args.device)
     tokenizer = open_clip.tokenize
     ctx = cfg["text_cfg"]["context_length"]
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(modules.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
 
     def lr_at(s: int) -> float:
         return warmup_cosine(s, args.steps, args.lr, args.warmup)
@@ -171,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     step, extra = 0, {"elapsed": 0.0}
     if has_state(work):
-        step, extra = load_state(work, model, opt, rng)
+        step, extra = load_state(work, modules, opt, rng)
         gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8))
         print(f"resumed from step {step}")
     pre = _preprocess_from_open_clip(model).to(args.device)
@@ -197,16 +238,18 @@ def main(argv: list[str] | None = None) -> dict:
         n_pos = len({m["prompt"] for m in metas})
         true = truth_matrix(scenes, list(captions.values())).to(args.device) if args.targets != "own" else None
         loss = contrastive_loss(logits, target, n_pos, true, args.targets)
+        aux = layout_loss(modules["layout"], img, scenes) if args.aux_weight > 0 else torch.zeros(())
+        loss = loss + args.aux_weight * aux
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
         opt.step()
         step += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", scale=f"{scale.item():.1f}")
-        rec = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1), "time": time.time() - t0}
+        bar.set_postfix(loss=f"{loss.item():.3f}", layout=f"{aux.item():.3f}", scale=f"{scale.item():.1f}")
+        rec = {"step": step, "loss": loss.item(), "layout_loss": aux.item(), "lr": lr_at(step - 1), "time": time.time() - t0}
         if step % args.eval_every == 0 or step == args.steps:
             model.eval()
             backbone.clear_cache()
@@ -215,9 +258,9 @@ def main(argv: list[str] | None = None) -> dict:
         log.write(json.dumps(rec) + "\n")
         log.flush()
         if step % args.ckpt_every == 0 or step == args.steps:
-            save_state(work, model, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
+            save_state(work, modules, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
         if args.stop_after is not None and step >= args.stop_after:
-            save_state(work, model, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
+            save_state(work, modules, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
             bar.close()
             return {"steps": step, "stopped": True}
     bar.close()

@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None,
                    help="pipeline folder to export: the one-step model (distill; default assets/shapesworld-t2i) "
                         "or the multi-step teacher (teacher; default: none)")
-    p.add_argument("--steps", type=int, default=None, help="default: vae 1000, teacher 4000, distill 2000")
+    p.add_argument("--steps", type=int, default=None, help="default: vae 1000, teacher 4000, distill 1500")
     p.add_argument("--batch", type=int, default=None, help="default: vae 32, teacher 32, distill 64")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--teacher", default=None,
                    help="distill: teacher pipeline folder (default: --work/teacher/model, e.g. assets/shapesworld-t2i-teacher)")
     p.add_argument("--guidance", type=float, default=3.0, help="teacher guidance when recording trajectories")
-    p.add_argument("--trajectories", type=int, default=8192)
+    p.add_argument("--trajectories", type=int, default=4096)
     p.add_argument("--ckpt-every", type=int, default=200)
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step")
     p.add_argument("--fp16", action="store_true", help="save the final pipeline in fp16")
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     args = p.parse_args(argv)
-    args.steps = args.steps or {"vae": 1000, "teacher": 4000, "distill": 2000}[args.stage]
+    args.steps = args.steps or {"vae": 1000, "teacher": 4000, "distill": 1500}[args.stage]
     args.batch = args.batch or {"vae": 32, "teacher": 32, "distill": 64}[args.stage]
     if args.stage == "distill" and args.out is None:
         args.out = "assets/shapesworld-t2i"

@@ -1,0 +1,182 @@
+"""The ``reno`` command: ReNO noise optimisation for every prompt and seed, written in the ShapesWorld
+evaluator's format.
+
+    reno --prompt "a photo of a red circle left of a blue square" --n-seeds 2 --out outputs/reno
+    python -m diffusion_align.reno --prompts eval --iters 50 --out outputs/reno_eval
+
+Writes to ``--out``: ``NNNN.png`` (optimised) with ``prompts.jsonl``, ``initial/NNNN.png`` with
+``initial/prompts.jsonl``, ``grid.png`` (initial | optimised, a row per image) and ``log.jsonl`` (one line
+per prompt, seed and iteration: total and per-term reward, regulariser, noise norm, seconds). Images are
+written as each batch finishes, so Ctrl-C keeps everything finished so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .reno import RenoConfig, SDGenerator, reno
+
+#: the embedded one-step model and its reward (used when ``--model`` / ``--rewards`` are not given)
+EMBEDDED_MODEL = "assets/shapesworld-t2i"
+EMBEDDED_REWARD = "clip:assets/shapesworld-clip"
+#: for hub models, the reference's CLIP term (100 - logit_scale * cos, weight 0.01); the HPS, PickScore and
+#: ImageReward terms of the reference combination join when their families land (issue #8)
+HUB_REWARD = "0.01*hfclip:laion/CLIP-ViT-H-14-laion2B-s32B-b79K?mode=logit"
+GRID_ROWS = 64  #: images shown in grid.png (initial | optimised, one row each)
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def read_prompts(args) -> list[str]:
+    """``--prompt`` (repeatable) or ``--prompts``: a ShapesWorld suite name, a JSONL file with
+    ``"prompt"`` fields, or a text file with one prompt per line."""
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        path = Path(args.prompts)
+        if args.prompts in ("eval", "train") or path.suffix == ".jsonl":
+            from mmreward.shapes.suites import load_suite
+
+            prompts += [m["prompt"] for m in load_suite(args.prompts)]
+        elif path.is_file():
+            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        else:
+            raise SystemExit(f"--prompts {args.prompts}: no such file (or a suite name: eval, train)")
+    if not prompts:
+        raise SystemExit("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise SystemExit(f"prompt {i} is empty")
+    return prompts[: args.limit] if args.limit else prompts
+
+
+def load_pipeline(model: str, device: str, dtype: torch.dtype):
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
+    except (OSError, ValueError) as e:
+        hint = "" if Path(model).exists() else " (not a local folder; a hub id needs internet access)"
+        raise SystemExit(f"cannot load model {model!r}{hint}: {e}") from e
+    return pipe.to(device)
+
+
+def initial_noise(shape: tuple[int, ...], seeds: list[int], device: str) -> torch.Tensor:
+    """One latent per seed, drawn as the pipeline draws it (``randn_tensor`` with a generator on
+    ``device``), so the initial image is the plain sample with that seed."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return torch.cat([randn_tensor((1, *shape[1:]), generator=torch.Generator(device).manual_seed(s), device=torch.device(device))
+                      for s in seeds]).float()
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="reno", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="prompt file (.txt one per line, .jsonl with 'prompt') or a ShapesWorld suite: eval, train")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--model", default=None, help=f"diffusers pipeline, hub id or folder (default {EMBEDDED_MODEL})")
+    p.add_argument("--rewards", default=None,
+                   help=f"reward spec (default {EMBEDDED_REWARD} for the embedded model, {HUB_REWARD} otherwise)")
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--lr", type=float, default=5.0)
+    p.add_argument("--reg-weight", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed .. seed+n_seeds-1 per prompt")
+    p.add_argument("--n-seeds", type=int, default=1)
+    p.add_argument("--steps", type=int, default=1, help="sampling steps of the generator (1-4)")
+    p.add_argument("--batch", type=int, default=8, help="images optimised together (results do not depend on it)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"--out {out} is a file, expected a directory")
+    if args.iters < 1 or args.n_seeds < 1 or args.batch < 1:
+        raise SystemExit("--iters, --n-seeds and --batch must be at least 1")
+    prompts = read_prompts(args)
+    model = args.model or EMBEDDED_MODEL
+    spec = args.rewards or (EMBEDDED_REWARD if args.model is None else HUB_REWARD)
+    dtype = DTYPES[args.dtype]
+    if dtype != torch.float32 and args.device == "cpu":
+        raise SystemExit(f"--dtype {args.dtype} needs a GPU (--device cuda); use float32 on the CPU")
+
+    from mmreward import load_reward
+
+    pipe = load_pipeline(model, args.device, dtype)
+    gen = SDGenerator(pipe, steps=args.steps, gradient_checkpointing=args.gradient_checkpointing)
+    reward = load_reward(spec, device=args.device, dtype=dtype)
+    cfg = RenoConfig(iters=args.iters, lr=args.lr, reg_weight=args.reg_weight, grad_clip=args.grad_clip, seed=args.seed)
+
+    (out / "initial").mkdir(parents=True, exist_ok=True)
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(args.seed, args.seed + args.n_seeds)]
+    index, initial_index, grid_rows = [], [], []
+    log = (out / "log.jsonl").open("w")
+    summary = {"model": model, "rewards": spec, "config": vars(cfg), "steps": args.steps, "images": 0,
+               "initial_reward": [], "best_reward": [], "interrupted": False}
+    try:
+        for k in range(0, len(jobs), args.batch):
+            chunk = jobs[k : k + args.batch]
+            ps = [prompts[i] for i, _ in chunk]
+            noise = initial_noise(gen.latent_shape(len(chunk)), [s for _, s in chunk], args.device)
+
+            def write_log(rec, chunk=chunk):
+                for j, (i, s) in enumerate(chunk):
+                    line = {"prompt_index": i, "seed": s, "iter": rec["iter"], "reward": rec["reward"][j],
+                            "reg": rec["reg"][j], "noise_norm": rec["noise_norm"][j], "time": rec["time"] / len(chunk)}
+                    if "components" in rec:
+                        line["components"] = {n: v[j] for n, v in rec["components"].items()}
+                    log.write(json.dumps(line) + "\n")
+                log.flush()
+
+            # Ctrl-C inside reno() ends this batch early with its best so far
+            res = reno(gen, reward, ps, noise, cfg, progress=not args.no_progress, on_iteration=write_log)
+            for j, ((i, s), a, b) in enumerate(zip(chunk, to_pil(res.initial), to_pil(res.best))):
+                name = f"{i:04d}_{s}.png"
+                a.save(out / "initial" / name)
+                b.save(out / name)
+                index.append(json.dumps({"image": name, "prompt": prompts[i], "seed": s,
+                                         "reward": res.best_reward[j].item(), "best_iter": int(res.best_iter[j])}))
+                initial_index.append(json.dumps({"image": name, "prompt": prompts[i], "seed": s,
+                                                 "reward": res.initial_reward[j].item()}))
+                if len(grid_rows) < 2 * GRID_ROWS:
+                    grid_rows += [a, b]
+                summary["initial_reward"].append(res.initial_reward[j].item())
+                summary["best_reward"].append(res.best_reward[j].item())
+            (out / "prompts.jsonl").write_text("\n".join(index) + "\n")
+            (out / "initial" / "prompts.jsonl").write_text("\n".join(initial_index) + "\n")
+            if len(res.log) < cfg.iters:
+                summary["interrupted"] = True
+                break
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+    finally:
+        log.close()
+    summary["images"] = len(index)
+    if grid_rows:
+        from mmreward.images import image_grid
+
+        image_grid(grid_rows, cols=2).save(out / "grid.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if summary["images"]:
+        n = summary["images"]
+        print(f"reno: {n} images in {out}; mean reward {sum(summary['initial_reward']) / n:.4f} -> "
+              f"{sum(summary['best_reward']) / n:.4f}" + (" (interrupted)" if summary["interrupted"] else ""))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

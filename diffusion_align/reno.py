@@ -46,60 +46,138 @@ def clip_grad_per_sample(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     return grad
 
 
-class SDGenerator:
-    """Differentiable few-step sampling of a Stable-Diffusion-style pipeline (SD-Turbo, SD 2.x, the
-    embedded ShapesWorld model): ``z`` ``[B,C,h,w]`` (unit-variance noise) -> images ``[B,3,H,W]`` in [0,1].
+class FewStepGenerator:
+    """Differentiable few-step sampling of a diffusers text-to-image pipeline: noise ``z`` ``[B,C,h,w]``
+    (unit variance) -> images ``[B,3,H,W]`` in [0,1].
 
     Gradients flow from the images back to ``z`` through the VAE decoder, the scheduler steps and the
-    denoiser; all weights are frozen. ``steps`` > 1 draws the schedulers' fresh noise from ``generator``
-    (ReNO re-seeds it every iteration so the map from ``z`` to the image stays fixed)."""
+    denoiser; all weights are frozen. The last step returns the scheduler's clean-sample estimate (as the
+    pipelines do for one step). ``timesteps`` overrides the scheduler's (PixArt-DMD uses ``[400]``).
+    ``steps`` > 1 draws the schedulers' fresh noise from ``generator`` (ReNO re-seeds it every iteration so
+    the map from ``z`` to the image stays fixed). Subclasses say how prompts condition the denoiser.
+    """
 
-    def __init__(self, pipe, steps: int = 1, gradient_checkpointing: bool = False) -> None:
+    def __init__(self, pipe, steps: int = 1, timesteps: list[int] | None = None,
+                 gradient_checkpointing: bool = False) -> None:
         if not 1 <= steps <= 4:
             raise ValueError(f"steps must be between 1 and 4 for a one-step model, got {steps}")
-        for name in ("unet", "vae", "scheduler", "text_encoder", "tokenizer"):
-            if getattr(pipe, name, None) is None:
-                raise ValueError(f"pipeline {type(pipe).__name__} has no {name}: SDGenerator needs a "
-                                 "Stable-Diffusion-style pipeline")
-        self.pipe, self.steps = pipe, steps
-        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
-            m.requires_grad_(False).eval()
+        self.pipe, self.steps, self.timesteps = pipe, steps, timesteps
+        self.denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+        if self.denoiser is None or getattr(pipe, "vae", None) is None:
+            raise ValueError(f"{type(pipe).__name__} has no unet/transformer and vae: not a latent text-to-image pipeline")
+        for name in ("denoiser", "text_encoder", "text_encoder_2"):
+            m = self.denoiser if name == "denoiser" else getattr(pipe, name, None)
+            if m is not None:
+                m.requires_grad_(False).eval()
+        pipe.vae.requires_grad_(False).eval()
         if gradient_checkpointing:
-            pipe.unet.enable_gradient_checkpointing()
-            pipe.unet.train()  # diffusers only checkpoints in training mode; no dropout in these models
+            self.denoiser.enable_gradient_checkpointing()
+            self.denoiser.train()  # diffusers checkpoints only in training mode (these models have no dropout)
 
     @property
     def device(self) -> torch.device:
-        return self.pipe.unet.device
+        return self.denoiser.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.pipe.unet.dtype
+        return self.denoiser.dtype
+
+    @property
+    def image_size(self) -> int:
+        size = self.denoiser.config.sample_size
+        return (size if isinstance(size, int) else size[0]) * self.pipe.vae_scale_factor
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
-        unet = self.pipe.unet
-        size = unet.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        return (batch, unet.config.in_channels, size, size)
+        size = self.image_size // self.pipe.vae_scale_factor
+        return (batch, self.denoiser.config.in_channels, size, size)
 
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> torch.Tensor:
-        """Prompt embeddings ``[B, L, D]`` (no classifier-free guidance: one-step models do not use it)."""
-        embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, do_classifier_free_guidance=False)
-        return embeds
+    def encode(self, prompts: list[str]) -> dict:
+        """Keyword arguments of the denoiser for ``prompts`` (no classifier-free guidance)."""
+        raise NotImplementedError
 
-    def __call__(self, z: torch.Tensor, cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        pipe, sched = self.pipe, self.pipe.scheduler
-        sched.set_timesteps(self.steps, device=self.device)
+    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        out = self.denoiser(x, timestep=t.reshape(1).expand(x.shape[0]), **cond).sample
+        c = self.denoiser.config.in_channels
+        return out[:, :c] if out.shape[1] == 2 * c else out  # learned variance (PixArt): keep the mean part
+
+    def __call__(self, z: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        sched = self.pipe.scheduler
+        if self.timesteps is not None:
+            sched.set_timesteps(timesteps=self.timesteps, device=self.device)
+        else:
+            sched.set_timesteps(self.steps, device=self.device)
         x = z.to(self.dtype) * sched.init_noise_sigma
-        for t in sched.timesteps:
-            out = pipe.unet(sched.scale_model_input(x, t), t, encoder_hidden_states=cond).sample
-            x = sched.step(out, t, x, generator=generator).prev_sample
-        vae = pipe.vae
-        x = x / vae.config.scaling_factor
+        for i, t in enumerate(sched.timesteps):
+            out = sched.step(self.denoise(sched.scale_model_input(x, t), t, cond), t, x, generator=generator)
+            if i == len(sched.timesteps) - 1:  # the clean-sample estimate, not a re-noised one (DDPM)
+                x = getattr(out, "pred_original_sample", None)
+                x = out.prev_sample if x is None else x
+            else:
+                x = out.prev_sample
+        return self.decode(x)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        vae = self.pipe.vae
+        x = latents / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):
             x = x + vae.config.shift_factor
+        if getattr(vae.config, "force_upcast", False) and vae.dtype == torch.float16:
+            vae.to(torch.float32)  # the SD/SDXL VAE overflows in fp16 (as the pipelines do, decode in fp32)
+        x = x.to(vae.dtype)
         return (vae.decode(x).sample.float() / 2 + 0.5).clamp(0, 1)
+
+
+class SDGenerator(FewStepGenerator):
+    """Stable Diffusion 1.x/2.x layout (SD-Turbo, the embedded ShapesWorld model): one CLIP text encoder."""
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> dict:
+        embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, do_classifier_free_guidance=False)
+        return {"encoder_hidden_states": embeds}
+
+
+class SDXLGenerator(FewStepGenerator):
+    """SDXL layout (SDXL-Turbo): two CLIP text encoders, pooled text embedding and size/crop time ids."""
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> dict:
+        pipe = self.pipe
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+        size = self.image_size
+        proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else int(pooled.shape[-1])
+        ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=embeds.dtype,
+                                     text_encoder_projection_dim=proj)
+        return {"encoder_hidden_states": embeds,
+                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.to(self.device).repeat(len(prompts), 1)}}
+
+
+class PixArtGenerator(FewStepGenerator):
+    """PixArt-α layout (PixArt-DMD one-step): a DiT transformer conditioned on T5 embeddings and their mask."""
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> dict:
+        embeds, mask, _, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=self.device)
+        added = {"resolution": None, "aspect_ratio": None}
+        if self.denoiser.config.sample_size == 128:  # the 1024 px model's micro-conditions
+            size = self.image_size
+            added = {"resolution": torch.tensor([[size, size]] * len(prompts), dtype=embeds.dtype, device=self.device),
+                     "aspect_ratio": torch.ones(len(prompts), 1, dtype=embeds.dtype, device=self.device)}
+        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "added_cond_kwargs": added}
+
+
+def make_generator(pipe, steps: int = 1, timesteps: list[int] | None = None,
+                   gradient_checkpointing: bool = False) -> FewStepGenerator:
+    """The generator for ``pipe``'s layout: PixArt (a transformer), SDXL (two text encoders) or SD."""
+    if getattr(pipe, "transformer", None) is not None and "PixArt" in type(pipe).__name__:
+        cls = PixArtGenerator
+    elif getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None:
+        cls = SDXLGenerator
+    elif getattr(pipe, "unet", None) is not None and getattr(pipe, "text_encoder", None) is not None:
+        cls = SDGenerator
+    else:
+        raise ValueError(f"ReNO supports Stable Diffusion, SDXL and PixArt-α pipelines, not {type(pipe).__name__}")
+    return cls(pipe, steps=steps, timesteps=timesteps, gradient_checkpointing=gradient_checkpointing)
 
 
 @dataclass
@@ -141,7 +219,7 @@ def reno(
 ) -> RenoResult:
     """Optimise ``noise`` ``[B,...]`` (one sample per prompt) for ``reward`` through ``generator``.
 
-    ``generator`` is e.g. :class:`SDGenerator`; ``reward(images, prompts) -> [B]`` (higher is better).
+    ``generator`` is a :class:`FewStepGenerator` (see :func:`make_generator`); ``reward(images, prompts) -> [B]`` (higher is better).
     A reward with ``components()`` (a weighted sum) has each term logged. Non-finite rewards raise
     :class:`~mmreward.errors.RewardError`. ``KeyboardInterrupt`` stops early and returns the best so far.
     """

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .reno import RenoConfig, SDGenerator, reno
+from .reno import RenoConfig, make_generator, reno
 
 #: the embedded one-step model and its reward (used when ``--model`` / ``--rewards`` are not given)
 EMBEDDED_MODEL = "assets/shapesworld-t2i"
@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0, help="first seed; seeds are seed .. seed+n_seeds-1 per prompt")
     p.add_argument("--n-seeds", type=int, default=1)
     p.add_argument("--steps", type=int, default=1, help="sampling steps of the generator (1-4)")
+    p.add_argument("--timesteps", type=int, nargs="+", default=None,
+                   help="explicit sampling timesteps instead of --steps (PixArt-DMD: 400)")
     p.add_argument("--batch", type=int, default=8, help="images optimised together (results do not depend on it)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--out", required=True)
@@ -117,7 +119,11 @@ def main(argv: list[str] | None = None) -> dict:
     from mmreward import load_reward
 
     pipe = load_pipeline(model, args.device, dtype)
-    gen = SDGenerator(pipe, steps=args.steps, gradient_checkpointing=args.gradient_checkpointing)
+    try:
+        gen = make_generator(pipe, steps=args.steps, timesteps=args.timesteps,
+                             gradient_checkpointing=args.gradient_checkpointing)
+    except ValueError as e:
+        raise SystemExit(f"--model {model}: {e}") from e
     reward = load_reward(spec, device=args.device, dtype=dtype)
     cfg = RenoConfig(iters=args.iters, lr=args.lr, reg_weight=args.reg_weight, grad_clip=args.grad_clip, seed=args.seed)
 

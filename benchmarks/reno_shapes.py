@@ -1,0 +1,228 @@
+"""ReNO on ShapesWorld: the exact evaluator's score of the embedded one-step model before and after
+noise optimisation, against best-of-N sampling at the same number of generator+reward evaluations,
+with the reward-hacking check and the speed ratios.
+
+    python benchmarks/reno_shapes.py [--per-category 36] [--seeds 2] [--iters 50] [--batch 16]
+
+Writes ``benchmarks/results/reno_shapes.json`` and ``.md`` and ``reno_shapes_samples.png`` (prompt |
+initial | ReNO | best-of-N; green = correct by the evaluator, red = wrong).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from diffusion_align.reno import RenoConfig, chi_regulariser, make_generator, reno
+from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD, initial_noise
+from mmreward import load_reward
+from mmreward.images import image_grid
+from mmreward.shapes import evaluate, load_suite
+from mmreward.shapes.prompts import CATEGORIES
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
+    return list((images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+
+
+def scores(images: list[np.ndarray], metas: list[dict]) -> dict:
+    res = evaluate(images, metas)
+    ok = np.array([r["correct"] for r in res["per_image"]])
+    held = np.array([bool(m.get("held_out")) for m in metas])
+    return {"overall": res["overall"], "per_category": res["per_category"], "n": res["n"],
+            "held_out_compositions": float(ok[held].mean()) if held.any() else None, "correct": ok.tolist()}
+
+
+@torch.no_grad()
+def best_of_n(gen, reward, prompts: list[str], seeds: list[int], n: int, batch: int) -> tuple[list, list]:
+    """For each (prompt, seed): ``n`` candidates (the seed's own noise first, then seeds ``seed*100000 + k``),
+    the one the reward ranks best. Returns the chosen images and their rewards."""
+    images, rewards = [], []
+    for p, s in tqdm(list(zip(prompts, seeds)), desc=f"best-of-{n}"):
+        cond = gen.encode([p])
+        best_r, best_im = -float("inf"), None
+        cand = [s] + [s * 100000 + k for k in range(1, n)]
+        for k in range(0, n, batch):
+            chunk = cand[k : k + batch]
+            z = initial_noise(gen.latent_shape(len(chunk)), chunk, str(gen.device))
+            c = {key: _repeat(v, len(chunk)) for key, v in cond.items()}
+            ims = gen(z, c)
+            r = reward(ims, [p] * len(chunk))
+            j = int(r.argmax())
+            if r[j].item() > best_r:
+                best_r, best_im = r[j].item(), ims[j : j + 1]
+        images += to_uint8(best_im)
+        rewards.append(best_r)
+    return images, rewards
+
+
+def _repeat(v, n: int):
+    if isinstance(v, dict):
+        return {k: _repeat(x, n) for k, x in v.items()}
+    if isinstance(v, torch.Tensor):
+        return v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v
+    return v
+
+
+def forward_backward_time(gen, reward, prompts: list[str], seeds: list[int], reps: int = 5) -> float:
+    """Seconds of one plain forward+backward pass (generator, decoder, reward) at this batch size."""
+    cond = gen.encode(prompts)
+    times = []
+    for _ in range(reps + 1):
+        z = initial_noise(gen.latent_shape(len(prompts)), seeds, str(gen.device)).requires_grad_(True)
+        t = time.perf_counter()
+        loss = -reward(gen(z, cond), prompts).sum() + 0.01 * chi_regulariser(z).sum()
+        loss.backward()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[1:]))
+
+
+def sample_grid(rows: list[tuple[str, np.ndarray, bool, np.ndarray, bool, np.ndarray, bool]]) -> Image.Image:
+    tiles = []
+    for prompt, *cells in rows:
+        label = Image.new("RGB", (192, 128), "white")
+        ImageDraw.Draw(label).multiline_text((4, 40), _wrap(prompt.removeprefix("a photo of "), 28), fill="black")
+        tiles.append(label)
+        for k in range(0, len(cells), 2):
+            im, ok = cells[k], cells[k + 1]
+            tile = Image.new("RGB", (192, 128), (40, 160, 60) if ok else (200, 40, 40))
+            tile.paste(Image.fromarray(im).resize((120, 120), Image.NEAREST), (36, 4))
+            tiles.append(tile)
+    header = [Image.new("RGB", (192, 128), "white")]
+    for name in ("initial (one step)", "ReNO", "best-of-N"):
+        h = Image.new("RGB", (192, 128), "white")
+        ImageDraw.Draw(h).text((4, 60), name, fill="black")
+        header.append(h)
+    return image_grid(header + tiles, cols=4)
+
+
+def _wrap(text: str, width: int) -> str:
+    lines, cur = [], ""
+    for w in text.split():
+        if cur and len(cur) + len(w) + 1 > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    return "\n".join(lines + [cur])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--per-category", type=int, default=36, help="prompts of each category (suite order)")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--model", default=EMBEDDED_MODEL)
+    p.add_argument("--rewards", default=EMBEDDED_REWARD)
+    p.add_argument("--lr", type=float, default=5.0)
+    p.add_argument("--reg-weight", type=float, default=0.01)
+    p.add_argument("--grad-clip", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS / "reno_shapes.json"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from diffusers import DiffusionPipeline
+
+    suite = load_suite("eval")
+    metas = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][: args.per_category]]
+    jobs = [(m, s) for m in metas for s in range(args.seeds)]
+    pipe = DiffusionPipeline.from_pretrained(args.model)
+    gen = make_generator(pipe)
+    reward = load_reward(args.rewards)
+    cfg = RenoConfig(iters=args.iters, lr=args.lr, reg_weight=args.reg_weight, grad_clip=args.grad_clip)
+
+    init_imgs, reno_imgs, r0, r1, iter_times, best_iters = [], [], [], [], [], []
+    t_start = time.time()
+    for k in tqdm(range(0, len(jobs), args.batch), desc="reno batches"):
+        chunk = jobs[k : k + args.batch]
+        prompts, seeds = [m["prompt"] for m, _ in chunk], [s for _, s in chunk]
+        res = reno(gen, reward, prompts, initial_noise(gen.latent_shape(len(chunk)), seeds, "cpu"), cfg, progress=False)
+        init_imgs += to_uint8(res.initial)
+        reno_imgs += to_uint8(res.best)
+        r0 += res.initial_reward.tolist()
+        r1 += res.best_reward.tolist()
+        best_iters += res.best_iter.tolist()
+        iter_times += [rec["time"] for rec in res.log[:-1]]  # iterations with an update
+    reno_wall = time.time() - t_start
+
+    t = time.time()
+    bon_imgs, bon_r = best_of_n(gen, reward, [m["prompt"] for m, _ in jobs], [s for _, s in jobs], args.iters, args.batch)
+    bon_wall = time.time() - t
+
+    rows = [m for m, _ in jobs]
+    result = {
+        "model": args.model, "rewards": args.rewards, "config": vars(cfg), "prompts": len(metas), "seeds": args.seeds,
+        "images": len(jobs), "threads": args.threads,
+        "evaluator": {"initial": scores(init_imgs, rows), "reno": scores(reno_imgs, rows),
+                      f"best_of_{args.iters}": scores(bon_imgs, rows)},
+        "reward": {"initial": float(np.mean(r0)), "reno": float(np.mean(r1)), f"best_of_{args.iters}": float(np.mean(bon_r))},
+        "best_iter_mean": float(np.mean(best_iters)),
+        "wall_time_s": {"reno": reno_wall, f"best_of_{args.iters}": bon_wall},
+    }
+    ev = result["evaluator"]
+    c0, c1 = np.array(ev["initial"]["correct"]), np.array(ev["reno"]["correct"])
+    result["reward_hacking"] = {
+        "reward_rise": result["reward"]["reno"] - result["reward"]["initial"],
+        "evaluator_rise": ev["reno"]["overall"] - ev["initial"]["overall"],
+        "fixed": int((~c0 & c1).sum()), "broken": int((c0 & ~c1).sum()),
+        "reward_rose_but_wrong": int(((np.array(r1) > np.array(r0)) & ~c1).sum()),
+    }
+
+    # speed: a ReNO iteration against one plain forward+backward at the same batch size; and per prompt
+    fb = forward_backward_time(gen, reward, [m["prompt"] for m, _ in jobs[: args.batch]], [s for _, s in jobs[: args.batch]])
+    per_iter = float(np.median(iter_times)) if iter_times else float("nan")
+    t = time.time()
+    reno(gen, reward, [metas[0]["prompt"]], initial_noise(gen.latent_shape(1), [0], "cpu"), cfg, progress=False)
+    one_prompt = time.time() - t
+    result["speed"] = {"batch": args.batch, "iteration_s": per_iter, "forward_backward_s": fb,
+                       "iteration_over_forward_backward": per_iter / fb,
+                       f"{args.iters}_iterations_one_prompt_s": one_prompt}
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    picks = [i for tag in CATEGORIES for i in [j for j, (m, _) in enumerate(jobs) if m["tag"] == tag][:2]]
+    bon_ok = np.array(ev[f"best_of_{args.iters}"]["correct"])
+    sample_grid([(rows[i]["prompt"], init_imgs[i], c0[i], reno_imgs[i], c1[i], bon_imgs[i], bon_ok[i]) for i in picks]).save(
+        out.with_name("reno_shapes_samples.png"))
+    for v in ev.values():
+        v.pop("correct")
+    out.write_text(json.dumps(result, indent=2))
+    out.with_suffix(".md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:
+    ev, names = r["evaluator"], list(r["evaluator"])
+    lines = ["## ReNO on ShapesWorld", "",
+             f"`{r['model']}` optimised for `{r['rewards']}`: {r['prompts']} evaluation-suite prompts × {r['seeds']} seeds "
+             f"= {r['images']} images, {r['config']['iters']} iterations (lr {r['config']['lr']}, λ {r['config']['reg_weight']}, "
+             f"clip {r['config']['grad_clip']}); best-of-N draws as many samples as ReNO evaluates the generator.", "",
+             "| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for tag in CATEGORIES:
+        lines.append(f"| {tag} | " + " | ".join(f"{ev[k]['per_category'][tag]:.3f}" for k in names) + " |")
+    lines += ["| **overall** | " + " | ".join(f"**{ev[k]['overall']:.3f}**" for k in names) + " |",
+              "| held-out compositions | " + " | ".join(f"{ev[k]['held_out_compositions']:.3f}" for k in names) + " |",
+              "| mean reward | " + " | ".join(f"{r['reward'][k]:.4f}" for k in names) + " |",
+              "| wall time (s) | – | " + " | ".join(f"{v:.0f}" for v in r["wall_time_s"].values()) + " |", ""]
+    h, s = r["reward_hacking"], r["speed"]
+    lines += [f"Reward hacking: reward +{h['reward_rise']:.4f}, evaluator {h['evaluator_rise']:+.3f}; {h['fixed']} images "
+              f"fixed, {h['broken']} broken; {h['reward_rose_but_wrong']} images whose reward rose are still wrong.", "",
+              f"Speed ({r['threads']} CPU threads, batch {s['batch']}): one ReNO iteration {s['iteration_s']:.3f} s vs one plain "
+              f"forward+backward {s['forward_backward_s']:.3f} s → ratio **{s['iteration_over_forward_backward']:.2f}**; "
+              f"{r['config']['iters']} iterations for one prompt: {list(s.values())[-1]:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,14 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from diffusion_align.reno import RenoConfig, chi_regulariser, make_generator, reno
 from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD, initial_noise
 from mmreward import load_reward
-from mmreward.images import image_grid
+from mmreward.images import image_grid, text_tile, verdict_tile
 from mmreward.shapes import evaluate, load_suite
+from mmreward.shapes.evaluator import category_table
 from mmreward.shapes.prompts import CATEGORIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -86,34 +87,14 @@ def forward_backward_time(gen, reward, prompts: list[str], seeds: list[int], rep
     return float(np.median(times[1:]))
 
 
-def sample_grid(rows: list[tuple[str, np.ndarray, bool, np.ndarray, bool, np.ndarray, bool]]) -> Image.Image:
+def sample_grid(rows: list[tuple]) -> Image.Image:
+    """Rows ``(prompt, initial, ok, reno, ok, best_of_n, ok)``: the prompt, then each image on green/red."""
     tiles = []
     for prompt, *cells in rows:
-        label = Image.new("RGB", (192, 128), "white")
-        ImageDraw.Draw(label).multiline_text((4, 40), _wrap(prompt.removeprefix("a photo of "), 28), fill="black")
-        tiles.append(label)
-        for k in range(0, len(cells), 2):
-            im, ok = cells[k], cells[k + 1]
-            tile = Image.new("RGB", (192, 128), (40, 160, 60) if ok else (200, 40, 40))
-            tile.paste(Image.fromarray(im).resize((120, 120), Image.NEAREST), (36, 4))
-            tiles.append(tile)
-    header = [Image.new("RGB", (192, 128), "white")]
-    for name in ("initial (one step)", "ReNO", "best-of-N"):
-        h = Image.new("RGB", (192, 128), "white")
-        ImageDraw.Draw(h).text((4, 60), name, fill="black")
-        header.append(h)
+        tiles.append(text_tile(prompt.removeprefix("a photo of ")))
+        tiles += [verdict_tile(cells[k], cells[k + 1]) for k in range(0, len(cells), 2)]
+    header = [text_tile("")] + [text_tile(name, y=60) for name in ("initial (one step)", "ReNO", "best-of-N")]
     return image_grid(header + tiles, cols=4)
-
-
-def _wrap(text: str, width: int) -> str:
-    lines, cur = [], ""
-    for w in text.split():
-        if cur and len(cur) + len(w) + 1 > width:
-            lines.append(cur)
-            cur = w
-        else:
-            cur = f"{cur} {w}".strip()
-    return "\n".join(lines + [cur])
 
 
 def main() -> None:
@@ -208,12 +189,8 @@ def markdown(r: dict) -> str:
              f"`{r['model']}` optimised for `{r['rewards']}`: {r['prompts']} evaluation-suite prompts × {r['seeds']} seeds "
              f"= {r['images']} images, {r['config']['iters']} iterations (lr {r['config']['lr']}, λ {r['config']['reg_weight']}, "
              f"clip {r['config']['grad_clip']}); best-of-N draws as many samples as ReNO evaluates the generator.", "",
-             "| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for tag in CATEGORIES:
-        lines.append(f"| {tag} | " + " | ".join(f"{ev[k]['per_category'][tag]:.3f}" for k in names) + " |")
-    lines += ["| **overall** | " + " | ".join(f"**{ev[k]['overall']:.3f}**" for k in names) + " |",
-              "| held-out compositions | " + " | ".join(f"{ev[k]['held_out_compositions']:.3f}" for k in names) + " |",
-              "| mean reward | " + " | ".join(f"{r['reward'][k]:.4f}" for k in names) + " |",
+             *category_table(ev)]
+    lines += ["| mean reward | " + " | ".join(f"{r['reward'][k]:.4f}" for k in names) + " |",
               "| wall time (s) | – | " + " | ".join(f"{v:.0f}" for v in r["wall_time_s"].values()) + " |", ""]
     h, s = r["reward_hacking"], r["speed"]
     lines += [f"Reward hacking: reward +{h['reward_rise']:.4f}, evaluator {h['evaluator_rise']:+.3f}; {h['fixed']} images "

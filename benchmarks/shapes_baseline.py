@@ -17,13 +17,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from scipy import ndimage
 
 from mmreward import load_backbone
-from mmreward.images import image_grid
+from mmreward.images import image_grid, text_tile, verdict_tile
 from mmreward.shapes import evaluate, load_suite, render, sample_scene
 from mmreward.shapes.clip_eval import hard_negative_accuracy, hard_negative_items
+from mmreward.shapes.evaluator import category_table
 from mmreward.shapes.generate import sample_pipeline
 from mmreward.shapes.prompts import CATEGORIES
 from mmreward.shapes.suites import COMPOSITIONAL
@@ -93,33 +94,11 @@ def sample_grid(suite: list[dict], seeds: int, images: dict, per_category: int =
     picks = [i for tag in CATEGORIES for i in [k for k, m in enumerate(suite) if m["tag"] == tag][:per_category]]
     tiles = []
     for i in picks:
-        label = Image.new("RGB", (192, 128), "white")
-        ImageDraw.Draw(label).multiline_text((4, 40), _wrap(suite[i]["prompt"].removeprefix("a photo of "), 28), fill="black")
-        tiles.append(label)
+        tiles.append(text_tile(suite[i]["prompt"].removeprefix("a photo of ")))
         for imgs, ok in images.values():
-            for s in range(min(2, seeds)):
-                k = i * seeds + s
-                tile = Image.new("RGB", (192, 128), (40, 160, 60) if ok[k] else (200, 40, 40))
-                tile.paste(Image.fromarray(imgs[k]).resize((120, 120), Image.NEAREST), (36, 4))
-                tiles.append(tile)
-    header = [Image.new("RGB", (192, 128), "white")]
-    for name in images:
-        for s in range(min(2, seeds)):
-            h = Image.new("RGB", (192, 128), "white")
-            ImageDraw.Draw(h).multiline_text((4, 50), f"{name}\nseed {s}", fill="black")
-            header.append(h)
+            tiles += [verdict_tile(imgs[i * seeds + s], ok[i * seeds + s]) for s in range(min(2, seeds))]
+    header = [text_tile("")] + [text_tile(f"{name} seed {s}", y=50) for name in images for s in range(min(2, seeds))]
     return image_grid(header + tiles, cols=1 + len(images) * min(2, seeds))
-
-
-def _wrap(text: str, width: int) -> str:
-    lines, cur = [], ""
-    for w in text.split():
-        if cur and len(cur) + len(w) + 1 > width:
-            lines.append(cur)
-            cur = w
-        else:
-            cur = f"{cur} {w}".strip()
-    return "\n".join(lines + [cur])
 
 
 def main() -> None:
@@ -174,13 +153,8 @@ def markdown(r: dict) -> str:
         names = list(gen)
         n = next(iter(gen.values()))["n"]
         lines += [f"Embedded text-to-image models scored by the evaluator on the evaluation suite ({n} images per "
-                  "setting: 4 seeds per prompt):", "",
-                  "| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for tag in CATEGORIES:
-            lines.append(f"| {tag} | " + " | ".join(f"{gen[k]['per_category'][tag]:.3f}" for k in names) + " |")
-        lines += ["| **overall** | " + " | ".join(f"**{gen[k]['overall']:.3f}**" for k in names) + " |",
-                  "| held-out compositions | " + " | ".join(f"{gen[k]['held_out_compositions']:.3f}" for k in names) + " |",
-                  "| seen compositions | " + " | ".join(f"{gen[k]['seen_compositions']:.3f}" for k in names) + " |",
+                  "setting: 4 seeds per prompt):", "", *category_table(gen)]
+        lines += ["| seen compositions | " + " | ".join(f"{gen[k]['seen_compositions']:.3f}" for k in names) + " |",
                   "| sampling steps (guidance) | " + " | ".join(f"{gen[k]['steps']} ({gen[k]['guidance']:g})" for k in names) + " |",
                   "| seconds per image (CPU) | " + " | ".join(f"{gen[k]['seconds_per_image']:.4f}" for k in names) + " |", ""]
     return "\n".join(lines)

@@ -59,3 +59,29 @@ def image_grid(tiles: Sequence[Image.Image], cols: int, gap: int = 4, fill=(160,
     for i, t in enumerate(tiles):
         grid.paste(t, ((i % cols) * (w + gap), (i // cols) * (h + gap)))
     return grid
+
+
+TILE = (192, 128)  #: size of a labelled grid cell (width, height) in pixels
+
+
+def text_tile(text: str, width: int = 28, y: int = 40) -> Image.Image:
+    """A white grid cell with ``text`` word-wrapped at ``width`` characters."""
+    from PIL import ImageDraw
+
+    lines, cur = [], ""
+    for w in text.split():
+        if cur and len(cur) + len(w) + 1 > width:
+            lines.append(cur)
+            cur = w
+        else:
+            cur = f"{cur} {w}".strip()
+    tile = Image.new("RGB", TILE, "white")
+    ImageDraw.Draw(tile).multiline_text((4, y), "\n".join(lines + [cur]), fill="black")
+    return tile
+
+
+def verdict_tile(image: np.ndarray, correct: bool) -> Image.Image:
+    """A grid cell showing ``image`` (HxWx3 uint8, enlarged) on green (correct) or red (wrong)."""
+    tile = Image.new("RGB", TILE, (40, 160, 60) if correct else (200, 40, 40))
+    tile.paste(Image.fromarray(image).resize((120, 120), Image.NEAREST), (36, 4))
+    return tile

@@ -178,3 +178,15 @@ def evaluate(images, prompts) -> dict:
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
     return summarize([evaluate_image(im, p) for im, p in zip(images, prompts)])
+
+
+def category_table(columns: dict[str, dict]) -> list[str]:
+    """Markdown rows comparing evaluator results (``{column: {"per_category", "overall",
+    "held_out_compositions"}}``): a row per category, overall, held-out compositions."""
+    names = list(columns)
+    rows = ["| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for tag in CATEGORIES:
+        rows.append(f"| {tag} | " + " | ".join(f"{columns[k]['per_category'][tag]:.3f}" for k in names) + " |")
+    rows.append("| **overall** | " + " | ".join(f"**{columns[k]['overall']:.3f}**" for k in names) + " |")
+    rows.append("| held-out compositions | " + " | ".join(f"{columns[k]['held_out_compositions']:.3f}" for k in names) + " |")
+    return rows

@@ -117,7 +117,14 @@ def main() -> None:
 
     suite = load_suite("eval")
     metas = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][: args.per_category]]
-    jobs = [(m, s) for m in metas for s in range(args.seeds)]
+    # seeds 0..n-1 per prompt; a prompt that repeats in the suite continues with new seeds (as
+    # shapes.generate.sample_pipeline does), so repeated rows are distinct samples
+    seen: dict[str, int] = {}
+    jobs = []
+    for m in metas:
+        k = seen.get(m["prompt"], 0)
+        seen[m["prompt"]] = k + 1
+        jobs += [(m, k * args.seeds + s) for s in range(args.seeds)]
     pipe = DiffusionPipeline.from_pretrained(args.model)
     gen = make_generator(pipe)
     reward = load_reward(args.rewards)

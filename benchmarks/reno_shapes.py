@@ -26,6 +26,7 @@ from mmreward import load_reward
 from mmreward.images import image_grid, text_tile, verdict_tile
 from mmreward.shapes import evaluate, load_suite
 from mmreward.shapes.evaluator import category_table
+from mmreward.shapes.generate import repeat_counts
 from mmreward.shapes.prompts import CATEGORIES
 
 RESULTS = Path(__file__).parent / "results"
@@ -119,12 +120,8 @@ def main() -> None:
     metas = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][: args.per_category]]
     # seeds 0..n-1 per prompt; a prompt that repeats in the suite continues with new seeds (as
     # shapes.generate.sample_pipeline does), so repeated rows are distinct samples
-    seen: dict[str, int] = {}
-    jobs = []
-    for m in metas:
-        k = seen.get(m["prompt"], 0)
-        seen[m["prompt"]] = k + 1
-        jobs += [(m, k * args.seeds + s) for s in range(args.seeds)]
+    repeat = repeat_counts([m["prompt"] for m in metas])
+    jobs = [(m, k * args.seeds + s) for m, k in zip(metas, repeat) for s in range(args.seeds)]
     pipe = DiffusionPipeline.from_pretrained(args.model)
     gen = make_generator(pipe)
     reward = load_reward(args.rewards)

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
+
+from mmreward.images import to_pil
 
 from .reno import RenoConfig, make_generator, reno
 
@@ -72,11 +73,6 @@ def initial_noise(shape: tuple[int, ...], seeds: list[int], device: str) -> torc
 
     return torch.cat([randn_tensor((1, *shape[1:]), generator=torch.Generator(device).manual_seed(s), device=torch.device(device))
                       for s in seeds]).float()
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = (images.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(a) for a in arr]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
 
             # Ctrl-C inside reno() ends this batch early with its best so far
             res = reno(gen, reward, ps, noise, cfg, progress=not args.no_progress, on_iteration=write_log)
-            for j, ((i, s), a, b) in enumerate(zip(chunk, to_pil(res.initial), to_pil(res.best))):
+            for j, ((i, s), a, b) in enumerate(zip(chunk, map(to_pil, res.initial), map(to_pil, res.best))):
                 name = f"{i:04d}_{s}.png"
                 a.save(out / "initial" / name)
                 b.save(out / name)

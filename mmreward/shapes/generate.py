@@ -9,6 +9,16 @@ from PIL import Image
 from tqdm import tqdm
 
 
+def repeat_counts(prompts: list[str]) -> list[int]:
+    """For each prompt, how many times it occurred earlier in the list (its ``k``: seeds ``seed + k*n + s``)."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        out.append(seen.get(p, 0))
+        seen[p] = out[-1] + 1
+    return out
+
+
 def sample_pipeline(
     pipe,
     prompts: list[str],
@@ -33,11 +43,7 @@ def sample_pipeline(
         raise ValueError("no prompts to sample")
     if any(not p or not p.strip() for p in prompts):
         raise ValueError("empty prompt in the prompt list")
-    seen: dict[str, int] = {}
-    repeat = []  # k: how many times each prompt occurred before
-    for p in prompts:
-        repeat.append(seen.get(p, 0))
-        seen[p] = repeat[-1] + 1
+    repeat = repeat_counts(prompts)
     jobs = [(i, s) for i in range(len(prompts)) for s in range(seeds)]
     pipe.set_progress_bar_config(disable=True)
     for k in tqdm(range(0, len(jobs), batch), desc=f"sample ({steps} step{'s' * (steps > 1)})", disable=not progress):

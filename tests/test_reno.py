@@ -229,6 +229,45 @@ def test_cli_bad_input(tmp_path, pipe_dir, open_clip_dir):
         main(["--model", pipe_dir, "--out", str(tmp_path / "o"), *base])
 
 
+
+def test_cli_ctrl_c_keeps_finished_images(tmp_path, pipe_dir, open_clip_dir):
+    """SIGINT to the running command: the batches already finished (and the interrupted one's best so
+    far) are written with a consistent index, and the summary says it was interrupted."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "reno"
+    cmd = [sys.executable, "-m", "diffusion_align.reno", "--model", pipe_dir, "--rewards", f"clip:{open_clip_dir}",
+           "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--n-seeds", "3", "--batch", "1", "--iters", "100000",
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        # the first batch can only finish by interruption (100,000 iterations): wait for its log lines
+        while time.time() < deadline and proc.poll() is None:
+            log = out / "log.jsonl"
+            if log.is_file() and len(log.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["interrupted"] and summary["images"] == 1, summary
+    index = [json.loads(x) for x in (out / "prompts.jsonl").read_text().splitlines()]
+    assert [(r["prompt"], r["seed"]) for r in index] == [(PROMPTS[0], 0)]
+    assert (out / "0000_0.png").is_file() and (out / "initial" / "0000_0.png").is_file()
+    assert (out / "grid.png").is_file() and "interrupted" in output
+    logged = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert all(r["prompt_index"] == 0 and r["seed"] == 0 for r in logged) and len(logged) >= 3
+
+
 # ------------------------------------------------------------------------- other pipeline layouts
 def make_tiny_sdxl(folder) -> str:
     """A tiny SDXL-Turbo-layout pipeline (two CLIP text encoders, pooled embedding, time ids, Euler

@@ -1,0 +1,164 @@
+"""One config dataclass for the diffusion fine-tuning trainer, read from YAML and validated.
+
+Keys are flat, as in trl's ``DDPOConfig``; the defaults are the references' where they carry over (D3PO:
+β 0.1, ε 0.1, eta 1, AdamW wd 1e-4, grad-norm 1; DDPO: clip range 1e-4, advantage clip 5, per-prompt
+statistics with buffer 16 / min count 16) and sized for the embedded ShapesWorld model on a CPU otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+METHODS = ("d3po", "ddpo")
+
+
+class ConfigError(ValueError):
+    """A malformed training config (names the key and what is wrong)."""
+
+
+@dataclass
+class TrainConfig:
+    method: str = "d3po"
+    #: diffusers pipeline: hub id or local folder (default: the embedded multi-step ShapesWorld model)
+    pretrained: str = "assets/shapesworld-t2i-teacher"
+    output_dir: str = "outputs/d3po_shapes"
+    seed: int = 0
+    mixed_precision: str = "no"  # no | fp16 | bf16 (GPU)
+
+    # prompts: "shapes:train" / "shapes:eval" (committed ShapesWorld suites) or a text/JSONL file
+    prompts: str = "shapes:train"
+    # preference (D3PO) / reward (DDPO) source: evaluator, evaluator:graded, a reward spec, or labels
+    feedback: str = "evaluator"
+    labels_dir: str | None = None  # with feedback: labels (written by diffusion_align.label)
+
+    # LoRA (peft) on the UNet's attention projections
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+    # sampler: DDIM with eta > 0 (a stochastic policy), classifier-free guidance inside the policy
+    sample_steps: int = 20
+    sample_eta: float = 1.0
+    guidance_scale: float = 3.0
+    #: prompts per sampling batch per process; D3PO draws ``samples_per_prompt`` images of each from one x_T
+    sample_batch_size: int = 8
+    samples_per_prompt: int = 2
+    num_batches_per_epoch: int = 1
+
+    # training
+    num_epochs: int = 100
+    num_inner_epochs: int = 1
+    train_batch_size: int = 4  # pairs (D3PO) or samples (DDPO) per optimiser step and process
+    timestep_fraction: float = 1.0
+    learning_rate: float = 3e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-4
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+
+    # D3PO
+    beta: float = 0.1
+    eps: float = 0.1
+    # DDPO
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    per_prompt_stat_tracking: bool = True
+    stat_buffer_size: int = 16
+    stat_min_count: int = 16
+
+    # budget, checkpoints, logging
+    max_minutes: float | None = None  # stop (and checkpoint) after this much wall time
+    checkpoint_every: int = 5  # epochs
+    grid_every: int = 1  # epochs (0: never)
+    check_weight_sync: bool = False  # all-gather a LoRA checksum after every update (multi-process test)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> TrainConfig:
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        try:
+            return cls.from_dict(data or {})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(self.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        need(bool(self.pretrained.strip()), "pretrained must name a pipeline (hub id or folder)")
+        need(bool(self.prompts.strip()), "prompts must name a suite (shapes:train) or a file")
+        need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
+        need(self.sample_eta > 0, f"sample_eta must be > 0 (DDIM with eta = 0 is deterministic: no log-probability), got {self.sample_eta}")
+        need(self.guidance_scale >= 0, f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        for k in ("sample_batch_size", "num_batches_per_epoch", "num_epochs", "num_inner_epochs", "train_batch_size",
+                  "lora_rank", "stat_buffer_size", "stat_min_count"):
+            need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
+        need(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0, got {self.max_minutes}")
+        need(bool(self.lora_targets), "lora_targets must name at least one module")
+        if self.method == "d3po":
+            need(self.samples_per_prompt >= 2, f"d3po needs samples_per_prompt >= 2 (pairs), got {self.samples_per_prompt}")
+            need(self.beta > 0, f"beta must be > 0, got {self.beta}")
+            need(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
+        else:
+            need(self.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
+            need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")
+            need(self.adv_clip_max > 0, f"adv_clip_max must be > 0, got {self.adv_clip_max}")
+            need(self.feedback != "labels", "ddpo needs a reward (evaluator or a reward spec), not labels")
+        if self.feedback == "labels":
+            need(self.labels_dir is not None, "feedback: labels needs labels_dir (written by python -m diffusion_align.label)")
+
+
+def _coerce(key: str, value, hint):
+    """Check a YAML value against the field's type (ints are accepted for floats)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
+            raise ConfigError(f"{key} must be a list of {args[0].__name__}, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
+    return value

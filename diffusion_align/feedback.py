@@ -1,0 +1,60 @@
+"""Where the training signal comes from: a score per sampled image.
+
+* ``evaluator``: the ShapesWorld evaluator (1 when the image satisfies its prompt by GenEval's rules, else
+  0); ``evaluator:graded`` adds partial credit (the share of the prompt's clauses that hold, times ½) so
+  fewer pairs tie.
+* any reward spec of the reward core (``clip:assets/shapesworld-clip``, ``0.5*clip:A+0.5*clip:B``, ...).
+
+D3PO only uses the *order* of the two scores of a pair; DDPO normalises them into advantages. Human
+labels (a third D3PO source) come from the labelling step, :mod:`diffusion_align.label`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+Scorer = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+def _uint8(images: torch.Tensor) -> np.ndarray:
+    return (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def evaluator_scores(images: torch.Tensor, prompts: list[str], graded: bool = False) -> torch.Tensor:
+    """ShapesWorld evaluator verdicts ``[B]`` (float) for images ``[B,3,H,W]`` in [0,1]."""
+    from mmreward.shapes.evaluator import detect, judge
+    from mmreward.shapes.prompts import parse_prompt
+
+    out = []
+    for img, prompt in zip(_uint8(images), prompts):
+        meta = parse_prompt(prompt)
+        dets = detect(img)
+        ok = judge(meta, dets)[0]
+        if ok or not graded:
+            out.append(float(ok))
+            continue
+        # partial credit: each include clause judged on its own (relations against the whole scene)
+        n = len(meta["include"])
+        held = sum(judge({**meta, "include": meta["include"][: k + 1], "exclude": []}, dets)[0] for k in range(n))
+        out.append(0.5 * held / n)
+    return torch.tensor(out)
+
+
+def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
+    """A scorer from a feedback spec: ``evaluator``, ``evaluator:graded`` or a reward spec."""
+    spec = spec.strip()
+    if spec in ("evaluator", "evaluator:graded"):
+        graded = spec.endswith("graded")
+        return lambda images, prompts: evaluator_scores(images, prompts, graded)
+    from mmreward import load_reward
+
+    reward = load_reward(spec, device=device)
+
+    def score(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return reward(images.to(device), prompts).float().cpu()
+
+    return score

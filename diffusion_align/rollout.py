@@ -1,0 +1,197 @@
+"""Sampling a diffusers text-to-image pipeline as a policy: DDIM trajectories with per-step log-probabilities.
+
+A :class:`Rollout` holds everything training needs to re-evaluate a trajectory under new weights
+(latents ``x_T .. x_0``, timesteps, prompt embeddings) plus the log-probabilities of its transitions
+under the sampling weights (``log_probs``, PPO's "old" policy) and, when asked, under the frozen base
+model (``ref_log_probs``: D3PO's reference, computed with the LoRA adapters switched off).
+
+Classifier-free guidance is applied inside the policy (``guided_output``), in sampling and training alike.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+
+import torch
+
+from .ddim_logprob import ddim_step_with_logprob
+
+
+@dataclass
+class Rollout:
+    """A batch of ``B`` DDIM trajectories of ``T`` steps (latents ``[C,h,w]``, images ``[3,H,W]``)."""
+
+    prompts: list[str]
+    latents: torch.Tensor  # [B, T+1, C, h, w]: x_T, ..., x_0
+    timesteps: torch.Tensor  # [T] (long)
+    log_probs: torch.Tensor  # [B, T] under the sampling weights
+    cond: torch.Tensor  # [B, L, D] prompt embeddings
+    uncond: torch.Tensor  # [B, L, D] empty-prompt embeddings (classifier-free guidance)
+    images: torch.Tensor  # [B, 3, H, W] in [0, 1]
+    seeds: torch.Tensor  # [B] (long) the seed of each trajectory's noise
+    ref_log_probs: torch.Tensor | None = None  # [B, T] under the frozen base model
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: torch.Tensor | list[int]) -> Rollout:
+        """The trajectories at ``index`` (a new Rollout)."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "prompts":
+                out[f.name] = [v[int(i)] for i in idx]
+            elif f.name == "timesteps" or v is None:
+                out[f.name] = v
+            else:
+                out[f.name] = v[idx.to(v.device)]
+        return Rollout(**out)
+
+    def save(self, path) -> None:
+        """Write to a safetensors file (tensors; prompts in the metadata)."""
+        import json
+
+        from safetensors.torch import save_file
+
+        tensors = {f.name: getattr(self, f.name).detach().cpu().contiguous() for f in fields(self)
+                   if f.name != "prompts" and getattr(self, f.name) is not None}
+        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts)})
+
+    @staticmethod
+    def load(path, device: str | torch.device = "cpu") -> Rollout:
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            prompts = json.loads(f.metadata()["prompts"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        return Rollout(prompts=prompts, **tensors)
+
+    @staticmethod
+    def cat(rollouts: list[Rollout]) -> Rollout:
+        """Concatenate rollouts that share their timesteps."""
+        out = {}
+        for f in fields(Rollout):
+            vs = [getattr(r, f.name) for r in rollouts]
+            if f.name == "prompts":
+                out[f.name] = [p for v in vs for p in v]
+            elif f.name == "timesteps":
+                out[f.name] = vs[0]
+            elif any(v is None for v in vs):
+                out[f.name] = None
+            else:
+                out[f.name] = torch.cat(vs)
+        return Rollout(**out)
+
+
+def ddim_scheduler(pipe, steps: int):
+    """A DDIM scheduler with the pipeline's noise schedule, set to ``steps`` steps."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    sched.set_timesteps(steps, device=pipe.device)
+    return sched
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cond, uncond)`` text embeddings ``[B, L, D]`` of an SD-layout pipeline (empty negative prompt)."""
+    if any(not p or not p.strip() for p in prompts):
+        raise ValueError("empty prompt in the batch")
+    cond, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
+    return cond, uncond
+
+
+def guided_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
+                  guidance: float) -> torch.Tensor:
+    """The denoiser's output with classifier-free guidance ``u + g·(c − u)`` (no guidance when ``g <= 1``).
+    ``x``: ``[B,C,h,w]``; ``t``: a scalar or ``[B]``."""
+    t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
+    dtype = next(unet.parameters()).dtype
+    if guidance <= 1.0:
+        return unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
+    out = unet(torch.cat([x, x]).to(dtype), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond]).to(dtype)).sample
+    u, c = out.chunk(2)
+    return u + guidance * (c - u)
+
+
+@contextmanager
+def adapters_disabled(unet):
+    """Run ``unet`` as its base model: LoRA adapters (diffusers' peft integration) switched off."""
+    unet.disable_adapters()
+    try:
+        yield unet
+    finally:
+        unet.enable_adapters()
+
+
+@torch.no_grad()
+def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
+    """Latents ``[B,C,h,w]`` -> images ``[B,3,H,W]`` in [0,1] (float32)."""
+    vae = pipe.vae
+    img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
+    return (img.float() / 2 + 0.5).clamp(0, 1)
+
+
+def latent_shape(pipe, n: int) -> tuple[int, ...]:
+    size = pipe.unet.config.sample_size
+    return (n, pipe.unet.config.in_channels, size, size)
+
+
+def initial_noise(pipe, seeds: list[int]) -> torch.Tensor:
+    """``x_T`` ``[B,C,h,w]``: one standard-normal draw per seed (independent of the batch it is in)."""
+    shape = latent_shape(pipe, 1)[1:]
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(pipe.device)
+
+
+@torch.no_grad()
+def sample_rollouts(
+    pipe,
+    unet,
+    prompts: list[str],
+    noise: torch.Tensor,
+    step_seeds: list[int],
+    steps: int = 20,
+    eta: float = 1.0,
+    guidance: float = 3.0,
+    reference: bool = False,
+) -> Rollout:
+    """Sample ``len(prompts)`` DDIM trajectories from ``noise`` ``[B,C,h,w]`` (``x_T``).
+
+    The step noise of trajectory ``b`` comes from a generator seeded ``step_seeds[b]``: trajectories with
+    the same ``x_T`` and different step seeds diverge (D3PO's pairs). ``unet`` may carry LoRA adapters;
+    ``reference=True`` also scores every transition under the base model (adapters off).
+    """
+    sched = ddim_scheduler(pipe, steps)
+    cond, uncond = encode_prompts(pipe, prompts)
+    gens = [torch.Generator(noise.device).manual_seed(int(s)) for s in step_seeds]
+    x = noise * sched.init_noise_sigma
+    latents, log_probs, ref_log_probs = [x], [], []
+    for t in sched.timesteps:
+        out = guided_output(unet, x, t, cond, uncond, guidance)
+        x_next, lp = ddim_step_with_logprob(sched, out, t, x, eta, generator=gens)
+        if reference:
+            with adapters_disabled(unet):
+                ref_out = guided_output(unet, x, t, cond, uncond, guidance)
+            ref_log_probs.append(ddim_step_with_logprob(sched, ref_out, t, x, eta, prev_sample=x_next)[1])
+        latents.append(x_next)
+        log_probs.append(lp)
+        x = x_next
+    return Rollout(
+        prompts=list(prompts), latents=torch.stack(latents, 1), timesteps=sched.timesteps.clone(),
+        log_probs=torch.stack(log_probs, 1), cond=cond, uncond=uncond, images=decode(pipe, x),
+        seeds=torch.as_tensor(step_seeds, dtype=torch.long),
+        ref_log_probs=torch.stack(ref_log_probs, 1) if reference else None)
+
+
+def transition_log_prob(sched, unet, rollout: Rollout, j: torch.Tensor, guidance: float, eta: float) -> torch.Tensor:
+    """``log π_θ(x_{t-1} | x_t)`` ``[B]`` of step ``j[b]`` of each trajectory under ``unet``'s current
+    weights, with gradients (the training forward pass)."""
+    b = torch.arange(len(rollout), device=rollout.latents.device)
+    x, x_next = rollout.latents[b, j], rollout.latents[b, j + 1]
+    t = rollout.timesteps.to(x.device)[j]
+    out = guided_output(unet, x, t, rollout.cond, rollout.uncond, guidance)
+    return ddim_step_with_logprob(sched, out, t, x, eta, prev_sample=x_next)[1]

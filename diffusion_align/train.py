@@ -1,0 +1,450 @@
+"""Fine-tune a diffusion model's LoRA adapters with D3PO or DDPO, one config file per run.
+
+    accelerate launch diffusion_align/train.py --config configs/d3po_shapes.yaml
+    python diffusion_align/train.py --config configs/d3po_shapes.yaml [--resume] [--set key=value ...]
+
+Every epoch: (1) each process samples ``num_batches_per_epoch × sample_batch_size`` prompts
+(``samples_per_prompt`` DDIM trajectories each, sharing ``x_T``) with per-step log-probabilities;
+(2) the feedback source scores the images (D3PO turns scores into pair preferences, DDPO into
+per-prompt-normalised advantages); (3) the LoRA weights are updated, the loss accumulated over the
+denoising steps of each minibatch and the gradients averaged across processes (the forward pass goes
+through the accelerate-wrapped UNet, so LoRA gradients are all-reduced: ddpo-pytorch issue #10).
+
+Outputs in ``output_dir``: ``metrics.jsonl`` (one line per epoch and per update), ``grids/epoch_NNNN.png``,
+``checkpoint/`` (``pytorch_lora_weights.safetensors`` loadable with ``pipe.load_lora_weights`` plus
+optimizer/RNG state as safetensors; written every ``checkpoint_every`` epochs, at the end and on Ctrl-C)
+and ``lora/`` (the final adapters). ``--resume`` continues from ``checkpoint/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: its folder must not shadow top-level modules (config, losses...)
+    sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
+from diffusion_align.rollout import (
+    Rollout,
+    adapters_disabled,
+    ddim_scheduler,
+    initial_noise,
+    sample_rollouts,
+    transition_log_prob,
+)
+
+
+# ------------------------------------------------------------------------------------------ setup
+def read_prompts(spec: str) -> list[str]:
+    """``shapes:train`` / ``shapes:eval`` (ShapesWorld suites), a ``.jsonl`` file with ``prompt`` fields
+    or a text file with one prompt per line."""
+    from mmreward.shapes.suites import load_suite
+
+    if spec.startswith("shapes:"):
+        prompts = [m["prompt"] for m in load_suite(spec.split(":", 1)[1])]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"prompts: no such file {spec!r} (or a suite: shapes:train, shapes:eval)")
+        if path.suffix == ".jsonl":
+            prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
+        else:
+            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ConfigError(f"prompts: {spec!r} holds no prompts")
+    for i, p in enumerate(prompts):
+        if not p.strip():
+            raise ConfigError(f"prompts: prompt {i} of {spec!r} is empty")
+    return prompts
+
+
+def load_pipeline(name: str, device):
+    from diffusers import DiffusionPipeline
+
+    try:
+        pipe = DiffusionPipeline.from_pretrained(name)
+    except (OSError, ValueError) as e:
+        hint = "" if Path(name).exists() else " (not a local folder; a hub id needs internet access)"
+        raise ConfigError(f"pretrained: cannot load pipeline {name!r}{hint}: {e}") from e
+    if not hasattr(pipe, "unet") or not hasattr(pipe, "encode_prompt"):
+        raise ConfigError(f"pretrained: {name!r} is a {type(pipe).__name__}; expected a Stable Diffusion layout (UNet + one text encoder)")
+    pipe.set_progress_bar_config(disable=True)
+    for m in (pipe.vae, pipe.text_encoder, pipe.unet):
+        m.requires_grad_(False)
+    return pipe.to(device)
+
+
+def add_lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """Attach LoRA adapters (peft, gaussian init: the adapted model starts equal to the base) and return
+    the trainable parameters (fp32)."""
+    from peft import LoraConfig
+
+    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
+                                target_modules=cfg.lora_targets))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"lora_targets {cfg.lora_targets} matched no module of the UNet")
+    for p in params:
+        p.data = p.data.float()
+    return params
+
+
+class LoraState(torch.nn.Module):
+    """The UNet's LoRA weights as a module state dict (what :func:`mmreward.checkpoint.save_state` stores)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self._unet = [unet]  # not a submodule: only the adapters are state
+
+    def state_dict(self, *a, **k):
+        from peft.utils import get_peft_model_state_dict
+
+        return {n: v.detach().cpu() for n, v in get_peft_model_state_dict(self._unet[0]).items()}
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        from peft.utils import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self._unet[0], state)
+        if strict and getattr(result, "unexpected_keys", None):
+            raise RuntimeError(f"unexpected LoRA keys in checkpoint: {result.unexpected_keys[:5]}")
+        return result
+
+
+def save_lora(unet, folder: Path) -> None:
+    """``folder/pytorch_lora_weights.safetensors`` in the layout ``pipe.load_lora_weights(folder)`` reads."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
+
+
+def seeds_for(cfg: TrainConfig, epoch: int, batch: int, process: int) -> np.random.Generator:
+    """The RNG of one sampling batch: a function of (seed, epoch, batch, process) only, so runs are
+    reproducible, resumable at any epoch and different on every process."""
+    return np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, batch, process]))
+
+
+# --------------------------------------------------------------------------------------- sampling
+def sample_epoch(cfg: TrainConfig, pipe, unet, prompts: list[str], epoch: int, process: int) -> Rollout:
+    """This process's trajectories for one epoch: ``samples_per_prompt`` per drawn prompt, adjacent and
+    sharing ``x_T``; different step noise per trajectory."""
+    k = cfg.samples_per_prompt
+    out = []
+    for b in range(cfg.num_batches_per_epoch):
+        rng = seeds_for(cfg, epoch, b, process)
+        chosen = [prompts[int(i)] for i in rng.integers(len(prompts), size=cfg.sample_batch_size)]
+        noise_seeds = rng.integers(2**31, size=cfg.sample_batch_size)
+        step_seeds = rng.integers(2**31, size=cfg.sample_batch_size * k)
+        noise = initial_noise(pipe, [int(s) for s in noise_seeds for _ in range(k)])
+        out.append(sample_rollouts(pipe, unet, [p for p in chosen for _ in range(k)], noise, step_seeds.tolist(),
+                                   steps=cfg.sample_steps, eta=cfg.sample_eta, guidance=cfg.guidance_scale))
+    return Rollout.cat(out)
+
+
+def group_pairs(n_groups: int, k: int) -> torch.Tensor:
+    """All ``C(k, 2)`` index pairs ``[P, 2]`` within each group of ``k`` adjacent trajectories."""
+    within = [(a, b) for a in range(k) for b in range(a + 1, k)]
+    return torch.tensor([(g * k + a, g * k + b) for g in range(n_groups) for a, b in within], dtype=torch.long)
+
+
+# --------------------------------------------------------------------------------------- training
+def train_steps(cfg: TrainConfig, T: int, rng: torch.Generator, n: int) -> torch.Tensor:
+    """``[n, T_train]`` step indices: a random order of the denoising steps per pair/sample, of which the
+    first ``ceil(T * timestep_fraction)`` are trained."""
+    t_train = max(1, math.ceil(T * cfg.timestep_fraction))
+    return torch.stack([torch.randperm(T, generator=rng)[:t_train] for _ in range(n)])
+
+
+def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pairs: torch.Tensor,
+                pref: torch.Tensor, rng: torch.Generator) -> dict:
+    """One optimiser step on a minibatch of pairs ``[P,2]`` (indices into ``rollout``) with preferences ``[P,2]``.
+
+    The reference log-probabilities (base model: adapters off) are computed here, only for the pairs
+    trained on (ties never reach this point), unless the rollout already carries them."""
+    base = accelerator.unwrap_model(unet)
+    T = rollout.latents.shape[1] - 1
+    steps = train_steps(cfg, T, rng, len(pairs))  # [P, T_train]: both images of a pair at the same step
+    flat = pairs.reshape(-1)
+    sub = rollout.select(flat)
+    losses = []
+    for jj in range(steps.shape[1]):
+        j = steps[:, jj].repeat_interleave(2).to(sub.latents.device)  # [2P]
+        if sub.ref_log_probs is not None:
+            ref_lp = sub.ref_log_probs[torch.arange(len(sub), device=j.device), j]
+        else:
+            with torch.no_grad(), accelerator.autocast(), adapters_disabled(base):
+                ref_lp = transition_log_prob(sched, base, sub, j, cfg.guidance_scale, cfg.sample_eta)
+        last = jj == steps.shape[1] - 1
+        with accelerator.autocast(), (accelerator.no_sync(unet) if not last else _null()):
+            lp = transition_log_prob(sched, unet, sub, j, cfg.guidance_scale, cfg.sample_eta)
+            loss = d3po_loss(lp.view(-1, 2), ref_lp.view(-1, 2), pref.to(lp.device), cfg.beta, cfg.eps) / steps.shape[1]
+        accelerator.backward(loss)
+        losses.append(loss.item() * steps.shape[1])
+    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": float(np.mean(losses)), "grad_norm": float(norm)}
+
+
+def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, adv: torch.Tensor,
+                rng: torch.Generator) -> dict:
+    """One optimiser step on a minibatch of samples with advantages ``[B]``."""
+    T = rollout.latents.shape[1] - 1
+    steps = train_steps(cfg, T, rng, len(rollout))
+    b = torch.arange(len(rollout))
+    losses, kls, clips = [], [], []
+    for jj in range(steps.shape[1]):
+        j = steps[:, jj]
+        last = jj == steps.shape[1] - 1
+        with accelerator.autocast(), (accelerator.no_sync(unet) if not last else _null()):
+            lp = transition_log_prob(sched, unet, rollout, j.to(rollout.latents.device), cfg.guidance_scale, cfg.sample_eta)
+            old = rollout.log_probs[b, j].to(lp.device)
+            loss, stats = ddpo_loss(lp, old, adv.to(lp.device), cfg.clip_range, cfg.adv_clip_max)
+        accelerator.backward(loss / steps.shape[1])
+        losses.append(loss.item())
+        kls.append(stats["approx_kl"].item())
+        clips.append(stats["clipfrac"].item())
+    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return {"loss": float(np.mean(losses)), "approx_kl": float(np.mean(kls)), "clipfrac": float(np.mean(clips)),
+            "grad_norm": float(norm)}
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def weight_checksum(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """``[2]`` float64 (sum, sum of squares) of the trainable weights: equal on every process iff in sync."""
+    flat = torch.cat([p.detach().double().flatten() for p in params])
+    return torch.stack([flat.sum(), (flat * flat).sum()])
+
+
+# ----------------------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import gather_object
+    from tqdm import tqdm
+
+    from diffusion_align.feedback import make_scorer
+    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.images import image_grid, to_pil
+
+    # no GPU: processes talk over gloo (launched by torchrun, e.g. `accelerate launch --multi_gpu`)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    main_proc, rank = accelerator.is_main_process, accelerator.process_index
+    out = Path(cfg.output_dir)
+    ckpt = out / "checkpoint"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, expected a directory")
+    if resume and not has_state(ckpt):
+        raise ConfigError(f"--resume: no checkpoint in {ckpt}")
+    if not resume and has_state(ckpt):
+        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+    prompts = read_prompts(cfg.prompts) if cfg.feedback != "labels" else []
+    if cfg.feedback == "labels":
+        from diffusion_align.label import load_labelled
+
+        offline = load_labelled(cfg.labels_dir, accelerator.device)
+    else:
+        offline = None
+
+    torch.manual_seed(cfg.seed)  # identical LoRA init on every process
+    pipe = load_pipeline(cfg.pretrained, accelerator.device)
+    params = add_lora(pipe.unet, cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                            weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    unet, opt = accelerator.prepare(pipe.unet, opt)  # forward through `unet` (wrapped): gradients sync
+    base_unet = accelerator.unwrap_model(unet)
+    scorer = make_scorer(cfg.feedback, accelerator.device) if cfg.feedback != "labels" else None
+    tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
+    lora_state = LoraState(base_unet)
+
+    epoch, counters = 0, {"samples": 0, "pairs": 0, "updates": 0, "elapsed": 0.0}
+    if resume:
+        epoch, extra = load_state(ckpt, lora_state, opt.optimizer if hasattr(opt, "optimizer") else opt)
+        counters = extra["counters"]
+        tracker.load_state_dict(extra.get("tracker", {}))
+        if main_proc:
+            print(f"resumed from {ckpt} at epoch {epoch}")
+    out.mkdir(parents=True, exist_ok=True)
+    if main_proc:
+        (out / "config.json").write_text(json.dumps(vars(cfg), indent=2))
+    metrics = (out / "metrics.jsonl").open("a") if main_proc else None
+    t_start = time.time() - counters["elapsed"]
+
+    def checkpoint(next_epoch: int) -> None:
+        accelerator.wait_for_everyone()
+        if main_proc:
+            counters["elapsed"] = time.time() - t_start
+            save_state(ckpt, lora_state, opt.optimizer if hasattr(opt, "optimizer") else opt, next_epoch,
+                       {"counters": counters, "tracker": tracker.state_dict(), "method": cfg.method})
+            save_lora(base_unet, ckpt)
+
+    def log(rec: dict) -> None:
+        if main_proc:
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+
+    sched = ddim_scheduler(pipe, cfg.sample_steps)
+    interrupted, saved = False, epoch
+    bar = tqdm(total=cfg.num_epochs, initial=epoch, desc=cfg.method, disable=not (progress and main_proc), dynamic_ncols=True)
+    try:
+        while epoch < cfg.num_epochs:
+            if cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60:
+                if main_proc:
+                    tqdm.write(f"{cfg.method}: time budget of {cfg.max_minutes} min reached at epoch {epoch}")
+                break
+            t0 = time.time()
+            if offline is not None:  # human labels: the labelled pairs every epoch, split over processes
+                rollout, pairs, pref = offline[0], offline[1][rank :: accelerator.num_processes], offline[2][rank :: accelerator.num_processes]
+                keep = torch.ones(len(pairs), dtype=torch.bool)
+                rec = {"epoch": epoch}
+                all_scores = torch.zeros(0)
+            else:
+                # 1. sample (no gradients; the adapters as they are now = the "old" policy)
+                unet.eval()
+                rollout = sample_epoch(cfg, pipe, base_unet, prompts, epoch, rank)
+                t_sample = time.time() - t0
+                # 2. feedback
+                scores = scorer(rollout.images, rollout.prompts)
+                if not torch.isfinite(scores).all():
+                    raise ValueError(f"feedback {cfg.feedback!r} returned NaN/inf scores at epoch {epoch}; nothing saved for this epoch")
+                all_scores = accelerator.gather(scores.to(accelerator.device)).cpu()
+                rec = {"epoch": epoch, "score_mean": all_scores.mean().item(),
+                       "score_std": all_scores.std().item() if len(all_scores) > 1 else 0.0,
+                       "sample_s": t_sample, "samples_per_s": len(rollout) / t_sample}
+                if cfg.check_weight_sync:
+                    rec["sample_ids"] = gather_object([(rank, int(s)) for s in rollout.seeds])
+                if cfg.method == "d3po":
+                    pairs = group_pairs(len(rollout) // cfg.samples_per_prompt, cfg.samples_per_prompt)
+                    pref = pair_preferences(scores, pairs)
+                    keep = pref[:, 0] != 0  # ties carry no gradient: skip them
+                    pairs, pref = pairs[keep], pref[keep]
+            # 3. train
+            t1 = time.time()
+            g = torch.Generator().manual_seed(int(seeds_for(cfg, epoch, 10**6, rank).integers(2**31)))
+            updates = []
+            if cfg.method == "d3po":
+                n_pairs = accelerator.gather(torch.tensor([len(pairs)], device=accelerator.device)).cpu()
+                rec["pairs"] = int(n_pairs.sum())
+                rec["tie_rate"] = 1 - keep.float().mean().item()  # this process's share of tied pairs
+                # every process takes the same number of optimiser steps (DDP needs matching collectives)
+                n_steps = math.ceil(int(n_pairs.max()) / cfg.train_batch_size)
+                unet.train()
+                for _ in range(cfg.num_inner_epochs):
+                    order = torch.randperm(len(pairs), generator=g) if len(pairs) else torch.zeros(0, dtype=torch.long)
+                    for s in range(n_steps):
+                        idx = order[s * cfg.train_batch_size : (s + 1) * cfg.train_batch_size]
+                        if len(idx) == 0:  # this process has fewer pairs: a zero-weight step keeps it in sync
+                            idx, weight = torch.zeros(1, dtype=torch.long), 0.0
+                        else:
+                            weight = 1.0
+                        mb_pairs = pairs[idx] if len(pairs) else group_pairs(1, 2)
+                        mb_pref = pref[idx] * weight if len(pairs) else torch.zeros(1, 2)
+                        updates.append(d3po_update(cfg, accelerator, sched, unet, opt, params, rollout, mb_pairs, mb_pref, g))
+                counters["pairs"] += rec["pairs"]
+            else:
+                all_prompts = gather_object(rollout.prompts)
+                if cfg.per_prompt_stat_tracking:
+                    adv_all = tracker.update(all_prompts, all_scores.numpy())
+                else:
+                    adv_all = (all_scores.numpy() - all_scores.numpy().mean()) / (all_scores.numpy().std() + 1e-6)
+                adv = torch.tensor(adv_all[rank * len(rollout) : (rank + 1) * len(rollout)], dtype=torch.float32)
+                unet.train()
+                for _ in range(cfg.num_inner_epochs):
+                    order = torch.randperm(len(rollout), generator=g)
+                    for s in range(0, len(rollout), cfg.train_batch_size):
+                        idx = order[s : s + cfg.train_batch_size]
+                        updates.append(ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout.select(idx), adv[idx], g))
+            counters["samples"] += len(all_scores)
+            counters["updates"] += len(updates)
+            t_train = time.time() - t1
+            rec.update({k: float(np.mean([u[k] for u in updates])) for k in (updates[0] if updates else {})})
+            rec.update({"train_s": t_train, "updates": len(updates), "samples": counters["samples"],
+                        "total_pairs": counters["pairs"], "elapsed_s": time.time() - t_start})
+            if cfg.method == "d3po" and t_train > 0:
+                rec["pairs_per_s"] = rec["pairs"] * cfg.num_inner_epochs / t_train
+            if cfg.check_weight_sync:
+                sums = accelerator.gather(weight_checksum(params).to(accelerator.device)[None]).cpu()
+                rec["weight_sync_max_diff"] = (sums - sums[0]).abs().max().item()
+                rec["weight_checksum"] = sums[0].tolist()
+            if main_proc and cfg.grid_every and epoch % cfg.grid_every == 0:
+                (out / "grids").mkdir(exist_ok=True)
+                n = min(len(rollout), 4 * cfg.samples_per_prompt)
+                image_grid([to_pil(im) for im in rollout.images[:n]], cols=cfg.samples_per_prompt).save(out / "grids" / f"epoch_{epoch:04d}.png")
+            log(rec)
+            epoch += 1
+            bar.update(1)
+            bar.set_postfix(score=f"{rec.get('score_mean', float('nan')):.3f}", loss=f"{rec.get('loss', float('nan')):.4f}")
+            stop = stop_after_epochs is not None and epoch >= stop_after_epochs
+            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs or stop:
+                checkpoint(epoch)
+                saved = epoch
+            if stop:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        if main_proc:
+            tqdm.write(f"{cfg.method}: interrupted in epoch {epoch}; saving the adapters as they are (--resume restarts epoch {epoch})")
+        checkpoint(epoch)
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+    if not interrupted:
+        if saved != epoch:
+            checkpoint(epoch)
+        if main_proc and epoch >= cfg.num_epochs:
+            save_lora(base_unet, out / "lora")
+    accelerator.wait_for_everyone()
+    return {"epoch": epoch, "interrupted": interrupted, **counters, "output_dir": str(out)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="YAML run config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
+    p.add_argument("--stop-after-epochs", type=int, default=None, help="checkpoint and stop after this epoch (simulates a kill)")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    import yaml
+
+    try:
+        cfg = TrainConfig.from_yaml(args.config)
+        if args.set:
+            data = vars(cfg).copy()
+            for item in args.set:
+                if "=" not in item:
+                    raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+                k, v = item.split("=", 1)
+                data[k] = yaml.safe_load(v)
+            cfg = TrainConfig.from_dict(data)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from e
+    try:
+        return train(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from e
+
+
+if __name__ == "__main__":
+    main()

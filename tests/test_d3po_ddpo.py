@@ -1,0 +1,372 @@
+"""D3PO / DDPO trainer: the DDIM log-probability against an independent Gaussian computation, the losses
+against hand-computed values, rollout bookkeeping, config validation, LoRA export, resume-after-kill and
+a two-process accelerate launch. Tiny random pipelines, saved and loaded through the real loaders."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.ddim_logprob import ddim_step_with_logprob
+from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
+from diffusion_align.rollout import (
+    adapters_disabled,
+    ddim_scheduler,
+    initial_noise,
+    sample_rollouts,
+    transition_log_prob,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["a photo of a red circle", "a photo of a square left of a star"]
+
+
+@pytest.fixture(scope="module")
+def tiny_pipe_dir(tmp_path_factory) -> str:
+    from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_d3po_pipe")
+    save_pipeline(build_components(seed=0, tiny=True), folder)
+    return str(folder)
+
+
+# ------------------------------------------------------------------------------- DDIM log-probability
+@pytest.mark.parametrize("prediction_type,clip_sample", [("epsilon", False), ("v_prediction", False), ("epsilon", True)])
+def test_ddim_logprob_matches_an_independent_gaussian(prediction_type, clip_sample):
+    """Mean and σ from diffusers' own DDIMScheduler.step / _get_variance, density from torch.distributions."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type,
+                          timestep_spacing="trailing", clip_sample=clip_sample)
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 8, 8, generator=g)
+    out = torch.randn(3, 4, 8, 8, generator=g)
+    z = torch.randn(3, 4, 8, 8, generator=g)
+    for t in sched.timesteps[:-1]:  # every step but the last (where the reference clamps prev_t to 0)
+        prev_t = int(t) - 1000 // 10
+        std = math.sqrt(sched._get_variance(int(t), prev_t))  # eta = 1
+        mean = sched.step(out, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
+        drawn = sched.step(out, t, x, eta=1.0, variance_noise=z).prev_sample
+        expected = torch.distributions.Normal(mean, std).log_prob(drawn).flatten(1).mean(1)
+        prev, lp = ddim_step_with_logprob(sched, out, t, x, eta=1.0, prev_sample=drawn)
+        torch.testing.assert_close(lp, expected, rtol=1e-4, atol=1e-4)
+        # sampling: mean + σ·noise with the generator's noise
+        gen = torch.Generator().manual_seed(5)
+        sampled, lp2 = ddim_step_with_logprob(sched, out, t, x, eta=1.0, generator=gen)
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
+        torch.testing.assert_close(sampled, mean + std * noise, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(lp2, torch.distributions.Normal(mean, std).log_prob(sampled).flatten(1).mean(1), atol=1e-4)
+
+
+def test_ddim_logprob_last_step_uses_alpha_0_and_per_sample_timesteps():
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(prediction_type="epsilon", timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
+    sched.set_timesteps(4)
+    x, out = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    t_last = sched.timesteps[-1]
+    a_t, a_p = sched.alphas_cumprod[int(t_last)].double(), sched.alphas_cumprod[0].double()
+    std = ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt()
+    x0 = (x.double() - (1 - a_t).sqrt() * out) / a_t.sqrt()
+    mean = a_p.sqrt() * x0 + (1 - a_p - std**2).sqrt() * out
+    prev = mean + std * torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    _, lp = ddim_step_with_logprob(sched, out, t_last, x, prev_sample=prev.float())
+    assert torch.isfinite(lp).all() and std > 0  # σ > 0 at the last step: ᾱ_0, not final_alpha_cumprod = 1
+    expected = torch.distributions.Normal(mean, std).log_prob(prev).flatten(1).mean(1).float()
+    torch.testing.assert_close(lp, expected, rtol=1e-3, atol=1e-2)
+    # a [B] timestep vector equals stepping each sample at its own timestep
+    ts = torch.stack([sched.timesteps[0], sched.timesteps[2]])
+    _, both = ddim_step_with_logprob(sched, out, ts, x, prev_sample=x)
+    one = [ddim_step_with_logprob(sched, out[i : i + 1], ts[i], x[i : i + 1], prev_sample=x[i : i + 1])[1] for i in range(2)]
+    torch.testing.assert_close(both, torch.cat(one))
+    with pytest.raises(ValueError, match="eta must be > 0"):
+        ddim_step_with_logprob(sched, out, t_last, x, eta=0.0)
+
+
+# ------------------------------------------------------------------------------------------ losses
+def test_d3po_loss_hand_computed():
+    logp = torch.tensor([[0.05, -0.02], [0.5, -0.5], [0.03, 0.01]], requires_grad=True)
+    ref = torch.zeros(3, 2)
+    pref = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])
+    loss = d3po_loss(logp, ref, pref, beta=0.1, eps=0.1)
+    # pair 0: log r = (0.05, -0.02) inside the clamp: -log σ(0.1·(0.05 + 0.02))
+    l0 = math.log1p(math.exp(-0.1 * 0.07))
+    # pair 1: r clamped to (1.1, 0.9); the second image is preferred: -log σ(0.1·(-log 1.1 + log 0.9))
+    l1 = math.log1p(math.exp(-0.1 * (-math.log(1.1) + math.log(0.9))))
+    l2 = math.log(2)  # tie: constant
+    assert loss.item() == pytest.approx((l0 + l1 + l2) / 3, abs=1e-6)
+    loss.backward()
+    # gradients: only the unclamped, non-tied pair; preferred log-prob pushed up, rejected down
+    s = 1 / (1 + math.exp(0.1 * 0.07))  # 1 - σ(x)
+    torch.testing.assert_close(logp.grad[0], torch.tensor([-0.1 * s / 3, 0.1 * s / 3]))
+    assert torch.all(logp.grad[1:] == 0)
+
+
+def test_ddpo_loss_hand_computed():
+    logp = torch.tensor([0.1, -0.1, 0.0, 0.2])
+    old = torch.zeros(4)
+    adv = torch.tensor([2.0, 2.0, -1.0, 9.0])  # 9 is clipped to 5
+    loss, stats = ddpo_loss(logp, old, adv, clip_range=0.05, adv_clip_max=5.0)
+    r = torch.exp(logp)
+    expected = [
+        max(-2 * r[0].item(), -2 * 1.05),  # ratio above the clip: the clipped (larger) term
+        max(-2 * r[1].item(), -2 * 0.95),
+        max(1 * 1.0, 1 * 1.0),
+        max(-5 * r[3].item(), -5 * 1.05),
+    ]
+    assert loss.item() == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    assert stats["approx_kl"].item() == pytest.approx(0.5 * float(np.mean([0.01, 0.01, 0.0, 0.04])), abs=1e-7)
+    assert stats["clipfrac"].item() == pytest.approx(0.75)
+
+
+def test_per_prompt_stat_tracker_and_pair_preferences():
+    tr = PerPromptStatTracker(buffer_size=4, min_count=3)
+    a = tr.update(["p", "p", "q"], np.array([1.0, 3.0, 5.0]))  # too few per prompt: batch statistics
+    batch = np.array([1.0, 3.0, 5.0])
+    np.testing.assert_allclose(a, (batch - batch.mean()) / (batch.std() + 1e-6))
+    b = tr.update(["p", "q"], np.array([5.0, 0.0]))  # p now has 3 values (1, 3, 5): its own statistics
+    assert b[0] == pytest.approx((5 - 3) / (np.std([1, 3, 5]) + 1e-6))
+    tr.update(["p", "p"], np.array([7.0, 9.0]))
+    assert list(tr.stats["p"]) == [3.0, 5.0, 7.0, 9.0]  # a bounded buffer
+    h = pair_preferences(torch.tensor([0.2, 0.9, 0.5, 0.5]), torch.tensor([[0, 1], [2, 3], [1, 0]]))
+    assert h.tolist() == [[-1, 1], [0, 0], [1, -1]]
+
+
+# ------------------------------------------------------------------------------------------- rollouts
+def _lora_pipe(tiny_pipe_dir):
+    from diffusion_align.train import add_lora, load_pipeline
+
+    pipe = load_pipeline(tiny_pipe_dir, "cpu")
+    params = add_lora(pipe.unet, TrainConfig())
+    return pipe, params
+
+
+def test_rollout_log_probs_are_recomputed_exactly_and_reference_is_the_base(tiny_pipe_dir):
+    pipe, params = _lora_pipe(tiny_pipe_dir)
+    with torch.no_grad():  # move the adapters away from their zero start
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    noise = initial_noise(pipe, [3, 3])
+    ro = sample_rollouts(pipe, pipe.unet, PROMPTS, noise, [10, 11], steps=4, eta=1.0, guidance=2.0, reference=True)
+    assert ro.latents.shape == (2, 5, 4, 16, 16) and ro.log_probs.shape == (2, 4) and ro.images.shape == (2, 3, 64, 64)
+    assert torch.equal(ro.latents[0, 0], ro.latents[1, 0]) and not torch.equal(ro.latents[0, 1], ro.latents[1, 1])
+    sched = ddim_scheduler(pipe, 4)
+    for j in range(4):
+        idx = torch.full((2,), j)
+        lp = transition_log_prob(sched, pipe.unet, ro, idx, 2.0, 1.0)
+        torch.testing.assert_close(lp, ro.log_probs[:, j], rtol=1e-4, atol=1e-4)
+        with torch.no_grad(), adapters_disabled(pipe.unet):
+            ref = transition_log_prob(sched, pipe.unet, ro, idx, 2.0, 1.0)
+        torch.testing.assert_close(ref, ro.ref_log_probs[:, j], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(ro.log_probs, ro.ref_log_probs)  # the adapters change the policy
+    lp = transition_log_prob(sched, pipe.unet, ro, torch.tensor([0, 3]), 2.0, 1.0)
+    lp.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    assert all(p.grad is None for n, p in pipe.unet.named_parameters() if "lora" not in n)  # base frozen
+
+
+def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
+    from accelerate import Accelerator
+
+    from diffusion_align.train import d3po_update
+
+    pipe, params = _lora_pipe(tiny_pipe_dir)
+    cfg = TrainConfig(sample_steps=3, learning_rate=3e-3, guidance_scale=1.0)
+    noise = initial_noise(pipe, [1, 1, 2, 2])
+    ro = sample_rollouts(pipe, pipe.unet, [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, noise, [5, 6, 7, 8], steps=3,
+                         guidance=1.0, reference=True)
+    pairs, pref = torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    sched = ddim_scheduler(pipe, 3)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
+
+    def margin():  # preferred minus rejected log-prob, summed over steps
+        with torch.no_grad():
+            lp = torch.stack([transition_log_prob(sched, pipe.unet, ro, torch.full((4,), j), 1.0, 1.0) for j in range(3)], 1).sum(1)
+        return (lp[0] - lp[1] + lp[3] - lp[2]).item()
+
+    before = margin()
+    for _ in range(5):
+        d3po_update(cfg, Accelerator(cpu=True), sched, pipe.unet, opt, params, ro, pairs, pref, torch.Generator().manual_seed(0))
+    assert margin() > before + 1e-4
+
+
+# -------------------------------------------------------------------------------------------- config
+def test_config_validation(tmp_path):
+    assert TrainConfig.from_dict({"learning_rate": "3e-4", "num_epochs": 2}).learning_rate == 3e-4
+    bad = [
+        ({"lerning_rate": 1e-4}, "unknown config key"),
+        ({"num_epochs": "ten"}, "num_epochs must be int"),
+        ({"sample_eta": 0.0}, "sample_eta must be > 0"),
+        ({"method": "ppo"}, "method must be one of"),
+        ({"samples_per_prompt": 1}, "d3po needs samples_per_prompt >= 2"),
+        ({"feedback": "labels"}, "labels_dir"),
+        ({"method": "ddpo", "feedback": "labels", "labels_dir": "x"}, "ddpo needs a reward"),
+        ({"lora_targets": "to_q"}, "lora_targets must be a list"),
+        ({"timestep_fraction": 1.5}, "timestep_fraction"),
+    ]
+    for data, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            TrainConfig.from_dict(data)
+    with pytest.raises(ConfigError, match="not found"):
+        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("method: [d3po\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        TrainConfig.from_yaml(tmp_path / "broken.yaml")
+    for f in sorted((ROOT / "configs").glob("*.yaml")):  # every shipped config is valid
+        TrainConfig.from_yaml(f)
+
+
+def _write_cfg(tmp_path, pipe_dir, clip_dir, **over) -> Path:
+    import yaml
+
+    cfg = dict(method="d3po", pretrained=pipe_dir, output_dir=str(tmp_path / "run"), prompts="shapes:train",
+               feedback=f"clip:{clip_dir}", sample_steps=3, sample_batch_size=2, samples_per_prompt=2,
+               num_epochs=3, train_batch_size=1, learning_rate=1e-2, guidance_scale=2.0, checkpoint_every=10,
+               grid_every=1)
+    cfg.update(over)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _lora_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "pytorch_lora_weights.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["d3po", "ddpo"])
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, tiny_pipe_dir, open_clip_dir, method):
+    from diffusion_align.train import main
+
+    full = main(["--config", str(_write_cfg(tmp_path / "a", tiny_pipe_dir, open_clip_dir, method=method)), "--no-progress"])
+    assert full["epoch"] == 3 and full["updates"] > 0
+    cfg_b = _write_cfg(tmp_path / "b", tiny_pipe_dir, open_clip_dir, method=method)
+    part = main(["--config", str(cfg_b), "--stop-after-epochs", "1", "--no-progress"])
+    assert part["epoch"] == 1 and not (tmp_path / "b" / "run" / "lora").exists()
+    with pytest.raises(SystemExit, match="already holds a checkpoint"):
+        main(["--config", str(cfg_b), "--no-progress"])  # never overwrites a run by accident
+    rest = main(["--config", str(cfg_b), "--resume", "--no-progress"])
+    assert rest["epoch"] == 3 and rest["samples"] == full["samples"]
+    a, b = _lora_weights(tmp_path / "a" / "run" / "lora"), _lora_weights(tmp_path / "b" / "run" / "lora")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+    assert any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k or "lora.up" in k)  # it trained
+    rows = [json.loads(x) for x in (tmp_path / "b" / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert len(list((tmp_path / "b" / "run" / "grids").glob("epoch_*.png"))) == 3
+
+
+def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_clip_dir):
+    from diffusers import DiffusionPipeline
+
+    from diffusion_align.train import main
+
+    main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=2)), "--no-progress"])
+    pipe = DiffusionPipeline.from_pretrained(tiny_pipe_dir)
+    gen = torch.Generator().manual_seed(0)
+    base = pipe(PROMPTS[0], num_inference_steps=2, generator=gen, output_type="pt").images
+    pipe.load_lora_weights(str(tmp_path / "run" / "lora"))
+    tuned = pipe(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    assert (tuned - base).abs().max() > 1e-4  # the adapters are loaded and change the model
+    # and they are exactly the trained ones: the checkpoint's adapters give the same images
+    pipe2 = DiffusionPipeline.from_pretrained(tiny_pipe_dir)
+    pipe2.load_lora_weights(str(tmp_path / "run" / "checkpoint"))
+    again = pipe2(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(again, tuned)
+
+
+def test_bad_input_gives_clear_errors(tmp_path, tiny_pipe_dir, open_clip_dir):
+    from diffusion_align.train import main
+
+    with pytest.raises(SystemExit, match="cannot load pipeline"):
+        main(["--config", str(_write_cfg(tmp_path, str(tmp_path / "nope"), open_clip_dir)), "--no-progress"])
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(SystemExit, match="holds no prompts"):
+        main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, prompts=str(empty))), "--no-progress"])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)), "--resume", "--no-progress"])
+    with pytest.raises(SystemExit, match="unknown config key"):
+        main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)), "--set", "lr=1", "--no-progress"])
+
+
+def test_nan_feedback_stops_without_corrupting_the_checkpoint(tmp_path, tiny_pipe_dir, monkeypatch):
+    import diffusion_align.feedback as fb
+    from diffusion_align.train import main
+
+    cfg = _write_cfg(tmp_path, tiny_pipe_dir, "unused", feedback="evaluator", checkpoint_every=1)
+    main(["--config", str(cfg), "--stop-after-epochs", "1", "--no-progress"])
+    state = (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes()
+    monkeypatch.setattr(fb, "evaluator_scores", lambda images, prompts, graded=False: torch.full((len(prompts),), float("nan")))
+    with pytest.raises(ValueError, match="NaN"):
+        main(["--config", str(cfg), "--resume", "--no-progress"])
+    assert (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes() == state
+
+
+@pytest.mark.slow
+def test_two_process_launch_splits_samples_and_keeps_weights_identical(tmp_path, tiny_pipe_dir, open_clip_dir):
+    cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=2, check_weight_sync=True, sample_batch_size=2,
+                     train_batch_size=1)
+    # accelerate >= 1.0 runs `--cpu --num_processes N` as ONE process unless MPI is set up; `--multi_gpu` goes
+    # through torchrun, and the trainer selects gloo on CPU-only machines
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           str(ROOT / "diffusion_align" / "train.py"), "--config", str(cfg), "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for r in rows:
+        ids = r["sample_ids"]
+        assert {rank for rank, _ in ids} == {0, 1}  # both processes sampled
+        seeds = {rank: {s for q, s in ids if q == rank} for rank in (0, 1)}
+        assert not seeds[0] & seeds[1]  # ... different samples
+        assert r["weight_sync_max_diff"] == 0.0  # ... and hold identical weights after the updates
+    assert rows[0]["weight_checksum"] != rows[1]["weight_checksum"]  # the weights did change
+    assert rows[-1]["samples"] == 2 * 2 * 2 * 2  # epochs × processes × prompts × samples per prompt
+
+
+def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_clip_dir):
+    import io
+
+    from diffusion_align.label import annotate, load_labelled
+    from diffusion_align.label import main as label_main
+    from diffusion_align.train import main
+
+    cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)
+    out = tmp_path / "labels"
+    assert label_main(["sample", "--config", str(cfg), "--out", str(out), "--prompts", "2", "--per-prompt", "3"]) == 6
+    pairs = [json.loads(x) for x in (out / "pairs.jsonl").read_text().splitlines()]
+    assert [(p["a"], p["b"]) for p in pairs] == [(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)]
+    assert all((out / p["image"]).is_file() for p in pairs)
+    # a person: left, right, tie, skip, then quits; a second session resumes with the skipped pair
+    shown = io.StringIO()
+    assert annotate(out, inp=io.StringIO("1\n2\nt\ns\nq\n"), out=shown) == 3
+    assert "which image is better" in shown.getvalue() and pairs[0]["prompt"] in shown.getvalue()
+    assert annotate(out, inp=io.StringIO("2\n\n"), out=io.StringIO()) == 1
+    labels = [json.loads(x) for x in (out / "labels.jsonl").read_text().splitlines()]
+    assert labels == [{"pair": 0, "chosen": 0}, {"pair": 1, "chosen": 1}, {"pair": 2, "chosen": None},
+                      {"pair": 3, "chosen": 1}]
+    ro, idx, pref = load_labelled(out)
+    assert idx.tolist() == [[0, 1], [0, 2], [3, 4]] and pref.tolist() == [[1, -1], [-1, 1], [-1, 1]]
+    assert len(ro) == 6 and ro.latents.shape[1] == 4
+    # a second annotator disagreeing on pair 0 makes it a tie (majority vote); the auto-labeller fills all
+    (out / "labels_b.jsonl").write_text(json.dumps({"pair": 0, "chosen": 1}) + "\n")
+    assert load_labelled(out)[1].tolist() == [[0, 2], [3, 4]]
+    assert annotate(out, annotator="clip", auto=f"clip:{open_clip_dir}") == 6
+    # train on the labels: no sampling, updates on the labelled pairs
+    res = main(["--config", str(cfg), "--set", "feedback=labels", "--set", f"labels_dir={out}", "--set", "num_epochs=1",
+                "--no-progress"])
+    assert res["updates"] >= 1
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["pairs"] == len(load_labelled(out)[1]) and "score_mean" not in rows[0]

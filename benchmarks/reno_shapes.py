@@ -24,8 +24,8 @@ from diffusion_align.reno import RenoConfig, chi_regulariser, make_generator, re
 from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD, initial_noise
 from mmreward import load_reward
 from mmreward.images import image_grid, text_tile, verdict_tile
-from mmreward.shapes import evaluate, load_suite
-from mmreward.shapes.evaluator import category_table
+from mmreward.shapes import load_suite
+from mmreward.shapes.evaluator import category_table, suite_scores
 from mmreward.shapes.generate import repeat_counts
 from mmreward.shapes.prompts import CATEGORIES
 
@@ -34,14 +34,6 @@ RESULTS = Path(__file__).parent / "results"
 
 def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
     return list((images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
-
-
-def scores(images: list[np.ndarray], metas: list[dict]) -> dict:
-    res = evaluate(images, metas)
-    ok = np.array([r["correct"] for r in res["per_image"]])
-    held = np.array([bool(m.get("held_out")) for m in metas])
-    return {"overall": res["overall"], "per_category": res["per_category"], "n": res["n"],
-            "held_out_compositions": float(ok[held].mean()) if held.any() else None, "correct": ok.tolist()}
 
 
 @torch.no_grad()
@@ -149,8 +141,8 @@ def main() -> None:
     result = {
         "model": args.model, "rewards": args.rewards, "config": vars(cfg), "prompts": len(metas), "seeds": args.seeds,
         "images": len(jobs), "threads": args.threads,
-        "evaluator": {"initial": scores(init_imgs, rows), "reno": scores(reno_imgs, rows),
-                      f"best_of_{args.iters}": scores(bon_imgs, rows)},
+        "evaluator": {"initial": suite_scores(init_imgs, rows), "reno": suite_scores(reno_imgs, rows),
+                      f"best_of_{args.iters}": suite_scores(bon_imgs, rows)},
         "reward": {"initial": float(np.mean(r0)), "reno": float(np.mean(r1)), f"best_of_{args.iters}": float(np.mean(bon_r))},
         "best_iter_mean": float(np.mean(best_iters)),
         "wall_time_s": {"reno": reno_wall, f"best_of_{args.iters}": bon_wall},

@@ -107,11 +107,15 @@ def main() -> None:
     p.add_argument("--clip", default="assets/shapesworld-clip")
     p.add_argument("--t2i", default="assets/shapesworld-t2i", help="one-step pipeline folder ('' to skip)")
     p.add_argument("--teacher", default="assets/shapesworld-t2i-teacher", help="multi-step pipeline folder ('' to skip)")
+    p.add_argument("--only-clip", action="store_true", help="re-measure only the CLIP section of the existing results")
     args = p.parse_args()
 
     suite = load_suite("eval")
-    result = {"suite": {"prompts": len(suite), "per_category": {t: sum(m["tag"] == t for m in suite) for t in CATEGORIES}}}
-    result["evaluator_ground_truth"] = evaluator_accuracy(suite, args.seeds)
+    if args.only_clip:
+        result = json.loads((RESULTS / "shapes_baseline.json").read_text())
+    else:
+        result = {"suite": {"prompts": len(suite), "per_category": {t: sum(m["tag"] == t for m in suite) for t in CATEGORIES}}}
+        result["evaluator_ground_truth"] = evaluator_accuracy(suite, args.seeds)
 
     backbone = load_backbone(f"clip:{args.clip}")
     items = hard_negative_items(suite * args.seeds, seed=777)
@@ -119,10 +123,12 @@ def main() -> None:
     seen = [it for it in items if not it[1]["held_out"]]
     result["clip_hard_negative_accuracy"]["seen_compositions"] = hard_negative_accuracy(backbone, seen)["overall"]
 
-    from diffusers import DiffusionPipeline
+    images = {}
+    if not args.only_clip:
+        from diffusers import DiffusionPipeline
 
-    pipes = {k: DiffusionPipeline.from_pretrained(v) for k, v in (("t2i", args.t2i), ("teacher", args.teacher)) if v}
-    result["generator"], images = generator_scores(pipes, suite, args.seeds)
+        pipes = {k: DiffusionPipeline.from_pretrained(v) for k, v in (("t2i", args.t2i), ("teacher", args.teacher)) if v}
+        result["generator"], images = generator_scores(pipes, suite, args.seeds)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     if images:

@@ -288,6 +288,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     if main_proc:
         (out / "config.json").write_text(json.dumps(vars(cfg), indent=2))
     metrics = (out / "metrics.jsonl").open("a") if main_proc else None
+    tb = None
+    if main_proc:
+        try:  # TensorBoard when installed
+            from torch.utils.tensorboard import SummaryWriter
+
+            tb = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
     t_start = time.time() - counters["elapsed"]
 
     def checkpoint(next_epoch: int) -> None:
@@ -302,6 +310,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
         if main_proc:
             metrics.write(json.dumps(rec) + "\n")
             metrics.flush()
+            if tb is not None:
+                for k, v in rec.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        tb.add_scalar(f"{cfg.method}/{k}", v, rec["epoch"])
 
     sched = ddim_scheduler(pipe, cfg.sample_steps)
     interrupted, saved = False, epoch
@@ -409,6 +421,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
         bar.close()
         if metrics is not None:
             metrics.close()
+        if tb is not None:
+            tb.close()
     if not interrupted:
         if saved != epoch:
             checkpoint(epoch)

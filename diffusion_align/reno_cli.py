@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
     model = args.model or EMBEDDED_MODEL
     spec = args.rewards or (EMBEDDED_REWARD if args.model is None else HUB_REWARD)
     dtype = DTYPES[args.dtype]
-    if dtype != torch.float32 and args.device == "cpu":
-        raise SystemExit(f"--dtype {args.dtype} needs a GPU (--device cuda); use float32 on the CPU")
+    if dtype == torch.float16 and args.device == "cpu":
+        raise SystemExit(f"--dtype {args.dtype} needs a GPU (--device cuda); use float32 or bf16 on the CPU")
 
     from mmreward import load_reward
 

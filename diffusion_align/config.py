@@ -116,7 +116,7 @@ class TrainConfig:
         need(bool(self.pretrained.strip()), "pretrained must name a pipeline (hub id or folder)")
         need(bool(self.prompts.strip()), "prompts must name a suite (shapes:train) or a file")
         need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
-        need(self.sample_eta > 0, f"sample_eta must be > 0 (DDIM with eta = 0 is deterministic: no log-probability), got {self.sample_eta}")
+        need(0 < self.sample_eta <= 1, f"sample_eta must be in (0, 1] (eta = 0 is deterministic: no log-probability), got {self.sample_eta}")
         need(self.guidance_scale >= 0, f"guidance_scale must be >= 0, got {self.guidance_scale}")
         for k in ("sample_batch_size", "num_batches_per_epoch", "num_epochs", "num_inner_epochs", "train_batch_size",
                   "lora_rank", "stat_buffer_size", "stat_min_count"):
@@ -127,6 +127,8 @@ class TrainConfig:
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0, got {self.max_minutes}")
         need(bool(self.lora_targets), "lora_targets must name at least one module")
+        need(self.stat_min_count <= self.stat_buffer_size,
+             f"stat_min_count ({self.stat_min_count}) must not exceed stat_buffer_size ({self.stat_buffer_size})")
         if self.method == "d3po":
             need(self.samples_per_prompt >= 2, f"d3po needs samples_per_prompt >= 2 (pairs), got {self.samples_per_prompt}")
             need(self.beta > 0, f"beta must be > 0, got {self.beta}")

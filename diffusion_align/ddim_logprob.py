@@ -8,7 +8,8 @@ With ``eta > 0`` a DDIM step is a Gaussian policy ``π(x_{t-1} | x_t, c) = N(μ,
 
 As in the reference: the log-probability is *averaged* over the latent's entries (so PPO's clip range
 and D3PO's ratio clamp act on a per-dimension scale), ``x_{t−1}`` is detached, and the previous timestep
-is clamped to ≥ 0 (``ᾱ_0``, not the scheduler's ``final_alpha_cumprod``, at the last step, so σ stays > 0).
+is clamped to ≥ 0 (``ᾱ_0``, not the scheduler's ``final_alpha_cumprod``, at the last step). A schedule whose
+last timestep is 0 (``leading`` spacing without offset) has a σ = 0 step and is refused.
 ``epsilon``, ``v_prediction`` and ``sample`` parametrisations are supported.
 """
 
@@ -39,6 +40,8 @@ def split_prediction(scheduler, model_output: torch.Tensor, sample: torch.Tensor
         eps = (sample - a * x0) / s
     else:
         raise ValueError(f"unsupported prediction_type {kind!r}; expected epsilon, v_prediction or sample")
+    if getattr(scheduler.config, "thresholding", False):
+        raise ValueError("schedulers with thresholding=True are not supported (dynamic thresholding of x̂_0)")
     if getattr(scheduler.config, "clip_sample", False):
         r = scheduler.config.clip_sample_range
         x0 = x0.clamp(-r, r)  # ε̂ stays the model's (diffusers' default use_clipped_model_output=False)
@@ -75,6 +78,9 @@ def ddim_step_with_logprob(
     x0, eps = split_prediction(scheduler, out32, x32, alpha_t)
     variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
     std = eta * variance.clamp(min=0).sqrt()
+    if (std <= 0).any():
+        raise ValueError(f"timestep {t.tolist()} has a zero-variance DDIM step (its previous timestep clamps to itself); "
+                         "use timestep_spacing='trailing' or steps_offset >= 1")
     mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
     if prev_sample is None:
         if isinstance(generator, list):

@@ -36,11 +36,21 @@ def evaluator_scores(images: torch.Tensor, prompts: list[str], graded: bool = Fa
         if ok or not graded:
             out.append(float(ok))
             continue
-        # partial credit: each include clause judged on its own (relations against the whole scene)
-        n = len(meta["include"])
-        held = sum(judge({**meta, "include": meta["include"][: k + 1], "exclude": []}, dets)[0] for k in range(n))
-        out.append(0.5 * held / n)
+        inc = meta["include"]
+        out.append(0.5 * sum(_clause_holds(inc, k, dets) for k in range(len(inc))) / len(inc))
     return torch.tensor(out)
+
+
+def _clause_holds(include: list[dict], k: int, dets) -> bool:
+    """Whether clause ``k`` holds on its own: its objects exist (count, colour) and, for a relation,
+    stand in that relation to the objects of the clause it refers to."""
+    from mmreward.shapes.evaluator import judge
+
+    clause = include[k]
+    if "position" not in clause:
+        return judge({"include": [clause]}, dets)[0]
+    rel, target = clause["position"]
+    return judge({"include": [include[target], {**clause, "position": [rel, 0]}]}, dets)[0]
 
 
 def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:

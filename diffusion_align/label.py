@@ -45,7 +45,7 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
     run = TrainConfig.from_dict({**vars(cfg), "samples_per_prompt": per_prompt, "sample_batch_size": n_prompts,
                                  "num_batches_per_epoch": 1})
     rollout: Rollout = sample_epoch(run, pipe, pipe.unet, prompts, epoch=0, process=0)
-    rollout.save(out / "rollouts.safetensors")
+    rollout.save(out / "rollouts.safetensors", sampler_info(cfg, lora))
     pairs = group_pairs(n_prompts, per_prompt)
     (out / "pairs").mkdir(exist_ok=True)
     with (out / "pairs.jsonl").open("w") as f:
@@ -54,6 +54,14 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
             image_grid([to_pil(rollout.images[a]), to_pil(rollout.images[b]), text_tile(rollout.prompts[a])], cols=3).save(out / name)
             f.write(json.dumps({"pair": pid, "a": a, "b": b, "prompt": rollout.prompts[a], "image": name}) + "\n")
     return len(pairs)
+
+
+SAMPLER_KEYS = ("pretrained", "sample_steps", "sample_eta", "guidance_scale")
+
+
+def sampler_info(cfg: TrainConfig, lora: str | None = None) -> dict:
+    """What training must share with the sampled trajectories to re-score them correctly."""
+    return {**{k: getattr(cfg, k) for k in SAMPLER_KEYS}, "lora": lora}
 
 
 def read_pairs(folder: Path) -> list[dict]:
@@ -75,7 +83,7 @@ def annotate(folder: Path, annotator: str | None = None, auto: str | None = None
         from .feedback import make_scorer
         from .rollout import Rollout
 
-        ro = Rollout.load(folder / "rollouts.safetensors")
+        ro = Rollout.load(folder / "rollouts.safetensors")[0]
         scores = make_scorer(auto)(ro.images, ro.prompts)
     n = 0
     with path.open("a") as f:
@@ -102,9 +110,10 @@ def annotate(folder: Path, annotator: str | None = None, auto: str | None = None
     return n
 
 
-def load_labelled(folder: str | Path, device="cpu"):
+def load_labelled(folder: str | Path, device="cpu", cfg: TrainConfig | None = None):
     """``(rollout, pairs [P,2], preferences [P,2])`` from a labelled folder: every ``labels*.jsonl`` votes,
-    the majority wins, ties (and pairs nobody labelled) are left out."""
+    the majority wins, ties (and pairs nobody labelled) are left out. With ``cfg``, its sampler (model,
+    steps, eta, guidance) must be the one the trajectories were drawn with."""
     from .rollout import Rollout
 
     folder = Path(folder)
@@ -128,7 +137,13 @@ def load_labelled(folder: str | Path, device="cpu"):
             pref.append((1.0, -1.0) if c[0] > c[1] else (-1.0, 1.0))
     if not idx:
         raise ConfigError(f"labels_dir {folder}: no labelled pair with a preference (all ties or unlabelled)")
-    return Rollout.load(folder / "rollouts.safetensors", device), torch.tensor(idx), torch.tensor(pref)
+    rollout, info = Rollout.load(folder / "rollouts.safetensors", device)
+    if cfg is not None:
+        diff = {k: (info.get(k), getattr(cfg, k)) for k in SAMPLER_KEYS if info.get(k) != getattr(cfg, k)}
+        if diff:
+            raise ConfigError(f"labels_dir {folder} was sampled with other settings than this config "
+                              f"(key: (sampled, config)): {diff}; re-sample or use the same settings")
+    return rollout, torch.tensor(idx), torch.tensor(pref)
 
 
 def main(argv: list[str] | None = None) -> int:

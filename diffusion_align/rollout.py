@@ -49,26 +49,27 @@ class Rollout:
                 out[f.name] = v[idx.to(v.device)]
         return Rollout(**out)
 
-    def save(self, path) -> None:
-        """Write to a safetensors file (tensors; prompts in the metadata)."""
+    def save(self, path, info: dict | None = None) -> None:
+        """Write to a safetensors file (tensors; prompts and ``info``, e.g. the sampler, in the metadata)."""
         import json
 
         from safetensors.torch import save_file
 
         tensors = {f.name: getattr(self, f.name).detach().cpu().contiguous() for f in fields(self)
                    if f.name != "prompts" and getattr(self, f.name) is not None}
-        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts)})
+        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts), "info": json.dumps(info or {})})
 
     @staticmethod
-    def load(path, device: str | torch.device = "cpu") -> Rollout:
+    def load(path, device: str | torch.device = "cpu") -> tuple[Rollout, dict]:
+        """``(rollout, info)`` from :meth:`save`."""
         import json
 
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt", device=str(device)) as f:
-            prompts = json.loads(f.metadata()["prompts"])
+            meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return Rollout(prompts=prompts, **tensors)
+        return Rollout(prompts=json.loads(meta["prompts"]), **tensors), json.loads(meta.get("info", "{}"))
 
     @staticmethod
     def cat(rollouts: list[Rollout]) -> Rollout:
@@ -93,6 +94,9 @@ def ddim_scheduler(pipe, steps: int):
 
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.device)
+    if int(sched.timesteps.min()) == 0:
+        raise ValueError(f"the {steps}-step DDIM schedule of this pipeline ends at t = 0, a step without noise (no "
+                         "log-probability); set the scheduler's timestep_spacing to 'trailing' or steps_offset to 1")
     return sched
 
 

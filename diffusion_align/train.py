@@ -12,8 +12,9 @@ through the accelerate-wrapped UNet, so LoRA gradients are all-reduced: ddpo-pyt
 
 Outputs in ``output_dir``: ``metrics.jsonl`` (one line per epoch and per update), ``grids/epoch_NNNN.png``,
 ``checkpoint/`` (``pytorch_lora_weights.safetensors`` loadable with ``pipe.load_lora_weights`` plus
-optimizer/RNG state as safetensors; written every ``checkpoint_every`` epochs, at the end and on Ctrl-C)
-and ``lora/`` (the final adapters). ``--resume`` continues from ``checkpoint/``.
+optimizer state as safetensors; written every ``checkpoint_every`` epochs, at the end, when the time
+budget runs out and on Ctrl-C, which finishes the current epoch first) and ``lora/`` (the final adapters).
+``--resume`` continues from ``checkpoint/`` and gives the weights of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import json
 import math
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -120,14 +122,28 @@ class LoraState(torch.nn.Module):
         return result
 
 
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+
 def save_lora(unet, folder: Path) -> None:
-    """``folder/pytorch_lora_weights.safetensors`` in the layout ``pipe.load_lora_weights(folder)`` reads."""
+    """``folder/pytorch_lora_weights.safetensors`` in the layout ``pipe.load_lora_weights(folder)`` reads,
+    with the adapter config (rank, alpha, targets) as metadata; written to a temp folder and renamed, so a
+    kill never leaves a half-written file."""
+    import os
+    import shutil
+
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
+    folder = Path(folder)
+    tmp = folder / ".saving"
+    tmp.mkdir(parents=True, exist_ok=True)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
+    StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, safe_serialization=True,
+                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
+    os.replace(tmp / LORA_FILE, folder / LORA_FILE)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def seeds_for(cfg: TrainConfig, epoch: int, batch: int, process: int) -> np.random.Generator:
@@ -162,36 +178,36 @@ def group_pairs(n_groups: int, k: int) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- training
 def train_steps(cfg: TrainConfig, T: int, rng: torch.Generator, n: int) -> torch.Tensor:
     """``[n, T_train]`` step indices: a random order of the denoising steps per pair/sample, of which the
-    first ``ceil(T * timestep_fraction)`` are trained."""
-    t_train = max(1, math.ceil(T * cfg.timestep_fraction))
+    first ``int(T * timestep_fraction)`` (at least 1) are trained, as in the references."""
+    t_train = max(1, int(T * cfg.timestep_fraction))
     return torch.stack([torch.randperm(T, generator=rng)[:t_train] for _ in range(n)])
 
 
 def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pairs: torch.Tensor,
-                pref: torch.Tensor, rng: torch.Generator) -> dict:
+                pref: torch.Tensor, rng: torch.Generator, scale: float = 1.0) -> dict:
     """One optimiser step on a minibatch of pairs ``[P,2]`` (indices into ``rollout``) with preferences ``[P,2]``.
 
-    The reference log-probabilities (base model: adapters off) are computed here, only for the pairs
-    trained on (ties never reach this point), unless the rollout already carries them."""
-    base = accelerator.unwrap_model(unet)
+    ``scale`` multiplies this process's mean loss (so that, averaged over processes, every pair of the
+    step weighs the same). The reference log-probabilities (base model: adapters off) are computed here,
+    only for the pairs trained on, unless the rollout already carries them."""
+    module = accelerator.unwrap_model(unet)  # the same weights, without the DDP wrapper
     T = rollout.latents.shape[1] - 1
     steps = train_steps(cfg, T, rng, len(pairs))  # [P, T_train]: both images of a pair at the same step
-    flat = pairs.reshape(-1)
-    sub = rollout.select(flat)
+    sub = rollout.select(pairs.reshape(-1))
     losses = []
     for jj in range(steps.shape[1]):
         j = steps[:, jj].repeat_interleave(2).to(sub.latents.device)  # [2P]
         if sub.ref_log_probs is not None:
             ref_lp = sub.ref_log_probs[torch.arange(len(sub), device=j.device), j]
         else:
-            with torch.no_grad(), accelerator.autocast(), adapters_disabled(base):
-                ref_lp = transition_log_prob(sched, base, sub, j, cfg.guidance_scale, cfg.sample_eta)
+            with torch.no_grad(), accelerator.autocast(), adapters_disabled(module):
+                ref_lp = transition_log_prob(sched, module, sub, j, cfg.guidance_scale, cfg.sample_eta)
         last = jj == steps.shape[1] - 1
-        with accelerator.autocast(), (accelerator.no_sync(unet) if not last else _null()):
+        with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(unet)):
             lp = transition_log_prob(sched, unet, sub, j, cfg.guidance_scale, cfg.sample_eta)
-            loss = d3po_loss(lp.view(-1, 2), ref_lp.view(-1, 2), pref.to(lp.device), cfg.beta, cfg.eps) / steps.shape[1]
-        accelerator.backward(loss)
-        losses.append(loss.item() * steps.shape[1])
+            loss = d3po_loss(lp.view(-1, 2), ref_lp.view(-1, 2), pref.to(lp.device), cfg.beta, cfg.eps)
+        accelerator.backward(loss * scale / steps.shape[1])
+        losses.append(loss.item())
     norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -200,7 +216,8 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
 
 def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, adv: torch.Tensor,
                 rng: torch.Generator) -> dict:
-    """One optimiser step on a minibatch of samples with advantages ``[B]``."""
+    """One optimiser step on a minibatch of samples with advantages ``[B]`` (PPO-clip per denoising step,
+    the loss averaged over the trained steps: the references' accumulation over timesteps)."""
     T = rollout.latents.shape[1] - 1
     steps = train_steps(cfg, T, rng, len(rollout))
     b = torch.arange(len(rollout))
@@ -208,7 +225,7 @@ def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, ad
     for jj in range(steps.shape[1]):
         j = steps[:, jj]
         last = jj == steps.shape[1] - 1
-        with accelerator.autocast(), (accelerator.no_sync(unet) if not last else _null()):
+        with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(unet)):
             lp = transition_log_prob(sched, unet, rollout, j.to(rollout.latents.device), cfg.guidance_scale, cfg.sample_eta)
             old = rollout.log_probs[b, j].to(lp.device)
             loss, stats = ddpo_loss(lp, old, adv.to(lp.device), cfg.clip_range, cfg.adv_clip_max)
@@ -223,18 +240,61 @@ def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, ad
             "grad_norm": float(norm)}
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+def train_d3po_epoch(cfg, accelerator, sched, unet, opt, params, rollout, pairs, pref, g) -> tuple[list[dict], int]:
+    """All optimiser steps of one epoch on this process's untied pairs. Every process takes the same
+    number of steps (DDP's collectives must match); a process out of pairs contributes zero, and each
+    process's loss is scaled by ``N · local / global`` pairs of the step so every pair weighs the same."""
+    n = accelerator.gather(torch.tensor([len(pairs)], device=accelerator.device)).cpu().tolist()
+    B, N, rank = cfg.train_batch_size, accelerator.num_processes, accelerator.process_index
+    n_steps = math.ceil(max(n) / B)
+    updates = []
+    for _ in range(cfg.num_inner_epochs):
+        order = torch.randperm(len(pairs), generator=g)
+        for s in range(n_steps):
+            counts = [min(max(c - s * B, 0), B) for c in n]
+            idx = order[s * B : (s + 1) * B]
+            if len(idx):
+                mb_pairs, mb_pref = pairs[idx], pref[idx]
+            else:  # a dummy pair with zero preference: constant loss, zero gradient, collectives in step
+                mb_pairs, mb_pref = group_pairs(1, 2), torch.zeros(1, 2)
+            scale = N * counts[rank] / sum(counts)
+            updates.append(d3po_update(cfg, accelerator, sched, unet, opt, params, rollout, mb_pairs, mb_pref, g, scale))
+    return updates, sum(n)
 
 
 def weight_checksum(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """``[2]`` float64 (sum, sum of squares) of the trainable weights: equal on every process iff in sync."""
     flat = torch.cat([p.detach().double().flatten() for p in params])
     return torch.stack([flat.sum(), (flat * flat).sum()])
+
+
+class StopFlag:
+    """Ctrl-C (SIGINT) asks the run to stop at the next epoch boundary (a second Ctrl-C aborts at once);
+    processes agree on stopping there, so the checkpoint always holds whole epochs."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        import signal
+
+        self._previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+            print("\nstop requested: finishing this epoch and saving (Ctrl-C again aborts; the last checkpoint is kept)",
+                  flush=True)
+
+        signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 # ----------------------------------------------------------------------------------------- the run
@@ -247,6 +307,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     from mmreward.checkpoint import has_state, load_state, save_state
     from mmreward.images import image_grid, to_pil
 
+    if cfg.mixed_precision != "no" and not torch.cuda.is_available():
+        raise ConfigError(f"mixed_precision: {cfg.mixed_precision} needs a GPU; use 'no' on the CPU")
     # no GPU: processes talk over gloo (launched by torchrun, e.g. `accelerate launch --multi_gpu`)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     main_proc, rank = accelerator.is_main_process, accelerator.process_index
@@ -258,36 +320,46 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
     if not resume and has_state(ckpt):
         raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
-    prompts = read_prompts(cfg.prompts) if cfg.feedback != "labels" else []
+    offline = None
     if cfg.feedback == "labels":
         from diffusion_align.label import load_labelled
 
-        offline = load_labelled(cfg.labels_dir, accelerator.device)
-    else:
-        offline = None
+        offline = load_labelled(cfg.labels_dir, accelerator.device, cfg)
+    prompts = read_prompts(cfg.prompts) if offline is None else []
 
     torch.manual_seed(cfg.seed)  # identical LoRA init on every process
     pipe = load_pipeline(cfg.pretrained, accelerator.device)
+    try:
+        sched = ddim_scheduler(pipe, cfg.sample_steps)
+    except ValueError as e:
+        raise ConfigError(f"pretrained {cfg.pretrained!r}: {e}") from e
     params = add_lora(pipe.unet, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    unet, opt = accelerator.prepare(pipe.unet, opt)  # forward through `unet` (wrapped): gradients sync
-    base_unet = accelerator.unwrap_model(unet)
-    scorer = make_scorer(cfg.feedback, accelerator.device) if cfg.feedback != "labels" else None
+    unet, opt = accelerator.prepare(pipe.unet, opt)  # train through `unet` (wrapped): gradients are all-reduced
+    module = accelerator.unwrap_model(unet)
+    raw_opt = getattr(opt, "optimizer", opt)
+    scorer = make_scorer(cfg.feedback, accelerator.device) if offline is None else None
     tracker = PerPromptStatTracker(cfg.stat_buffer_size, cfg.stat_min_count)
-    lora_state = LoraState(base_unet)
+    lora_state = LoraState(module)
 
     epoch, counters = 0, {"samples": 0, "pairs": 0, "updates": 0, "elapsed": 0.0}
     if resume:
-        epoch, extra = load_state(ckpt, lora_state, opt.optimizer if hasattr(opt, "optimizer") else opt)
+        epoch, extra = load_state(ckpt, lora_state, raw_opt)
+        if extra.get("method") != cfg.method:
+            raise ConfigError(f"--resume: {ckpt} is a {extra.get('method')} run, the config says {cfg.method}")
         counters = extra["counters"]
         tracker.load_state_dict(extra.get("tracker", {}))
-        if main_proc:
-            print(f"resumed from {ckpt} at epoch {epoch}")
     out.mkdir(parents=True, exist_ok=True)
+    metrics_path = out / "metrics.jsonl"
     if main_proc:
         (out / "config.json").write_text(json.dumps(vars(cfg), indent=2))
-    metrics = (out / "metrics.jsonl").open("a") if main_proc else None
+        # rows of epochs after the checkpoint (a killed run) are redone: drop them
+        old = [x for x in metrics_path.read_text().splitlines() if x.strip()] if resume and metrics_path.is_file() else []
+        metrics_path.write_text("".join(x + "\n" for x in old if json.loads(x)["epoch"] < epoch))
+        if resume:
+            print(f"resumed from {ckpt} at epoch {epoch}")
+    metrics = metrics_path.open("a") if main_proc else None
     tb = None
     if main_proc:
         try:  # TensorBoard when installed
@@ -302,9 +374,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
         accelerator.wait_for_everyone()
         if main_proc:
             counters["elapsed"] = time.time() - t_start
-            save_state(ckpt, lora_state, opt.optimizer if hasattr(opt, "optimizer") else opt, next_epoch,
+            save_state(ckpt, lora_state, raw_opt, next_epoch,
                        {"counters": counters, "tracker": tracker.state_dict(), "method": cfg.method})
-            save_lora(base_unet, ckpt)
+            save_lora(module, ckpt)
 
     def log(rec: dict) -> None:
         if main_proc:
@@ -315,121 +387,106 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
                     if isinstance(v, (int, float)) and k != "epoch":
                         tb.add_scalar(f"{cfg.method}/{k}", v, rec["epoch"])
 
-    sched = ddim_scheduler(pipe, cfg.sample_steps)
-    interrupted, saved = False, epoch
+    saved, stopped_by = epoch, None
     bar = tqdm(total=cfg.num_epochs, initial=epoch, desc=cfg.method, disable=not (progress and main_proc), dynamic_ncols=True)
     try:
-        while epoch < cfg.num_epochs:
-            if cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60:
-                if main_proc:
-                    tqdm.write(f"{cfg.method}: time budget of {cfg.max_minutes} min reached at epoch {epoch}")
-                break
-            t0 = time.time()
-            if offline is not None:  # human labels: the labelled pairs every epoch, split over processes
-                rollout, pairs, pref = offline[0], offline[1][rank :: accelerator.num_processes], offline[2][rank :: accelerator.num_processes]
-                keep = torch.ones(len(pairs), dtype=torch.bool)
+        with StopFlag() as flag:
+            while epoch < cfg.num_epochs:
+                # every process must agree to stop (Ctrl-C or time budget), at an epoch boundary
+                over = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
+                votes = accelerator.gather(torch.tensor([[flag.requested, over]], device=accelerator.device)).cpu()
+                if votes.any():
+                    stopped_by = "interrupt" if votes[:, 0].any() else "time budget"
+                    break
                 rec = {"epoch": epoch}
-                all_scores = torch.zeros(0)
-            else:
-                # 1. sample (no gradients; the adapters as they are now = the "old" policy)
-                unet.eval()
-                rollout = sample_epoch(cfg, pipe, base_unet, prompts, epoch, rank)
-                t_sample = time.time() - t0
-                # 2. feedback
-                scores = scorer(rollout.images, rollout.prompts)
-                if not torch.isfinite(scores).all():
-                    raise ValueError(f"feedback {cfg.feedback!r} returned NaN/inf scores at epoch {epoch}; nothing saved for this epoch")
-                all_scores = accelerator.gather(scores.to(accelerator.device)).cpu()
-                rec = {"epoch": epoch, "score_mean": all_scores.mean().item(),
-                       "score_std": all_scores.std().item() if len(all_scores) > 1 else 0.0,
-                       "sample_s": t_sample, "samples_per_s": len(rollout) / t_sample}
-                if cfg.check_weight_sync:
-                    rec["sample_ids"] = gather_object([(rank, int(s)) for s in rollout.seeds])
-                if cfg.method == "d3po":
-                    pairs = group_pairs(len(rollout) // cfg.samples_per_prompt, cfg.samples_per_prompt)
-                    pref = pair_preferences(scores, pairs)
-                    keep = pref[:, 0] != 0  # ties carry no gradient: skip them
-                    pairs, pref = pairs[keep], pref[keep]
-            # 3. train
-            t1 = time.time()
-            g = torch.Generator().manual_seed(int(seeds_for(cfg, epoch, 10**6, rank).integers(2**31)))
-            updates = []
-            if cfg.method == "d3po":
-                n_pairs = accelerator.gather(torch.tensor([len(pairs)], device=accelerator.device)).cpu()
-                rec["pairs"] = int(n_pairs.sum())
-                rec["tie_rate"] = 1 - keep.float().mean().item()  # this process's share of tied pairs
-                # every process takes the same number of optimiser steps (DDP needs matching collectives)
-                n_steps = math.ceil(int(n_pairs.max()) / cfg.train_batch_size)
-                unet.train()
-                for _ in range(cfg.num_inner_epochs):
-                    order = torch.randperm(len(pairs), generator=g) if len(pairs) else torch.zeros(0, dtype=torch.long)
-                    for s in range(n_steps):
-                        idx = order[s * cfg.train_batch_size : (s + 1) * cfg.train_batch_size]
-                        if len(idx) == 0:  # this process has fewer pairs: a zero-weight step keeps it in sync
-                            idx, weight = torch.zeros(1, dtype=torch.long), 0.0
-                        else:
-                            weight = 1.0
-                        mb_pairs = pairs[idx] if len(pairs) else group_pairs(1, 2)
-                        mb_pref = pref[idx] * weight if len(pairs) else torch.zeros(1, 2)
-                        updates.append(d3po_update(cfg, accelerator, sched, unet, opt, params, rollout, mb_pairs, mb_pref, g))
-                counters["pairs"] += rec["pairs"]
-            else:
-                all_prompts = gather_object(rollout.prompts)
-                if cfg.per_prompt_stat_tracking:
-                    adv_all = tracker.update(all_prompts, all_scores.numpy())
+                t0 = time.time()
+                if offline is not None:  # human labels: the labelled pairs every epoch, split over processes
+                    rollout = offline[0]
+                    pairs, pref = offline[1][rank :: accelerator.num_processes], offline[2][rank :: accelerator.num_processes]
+                    all_scores = torch.zeros(0)
                 else:
-                    adv_all = (all_scores.numpy() - all_scores.numpy().mean()) / (all_scores.numpy().std() + 1e-6)
-                adv = torch.tensor(adv_all[rank * len(rollout) : (rank + 1) * len(rollout)], dtype=torch.float32)
+                    # 1. sample (no gradients; the adapters as they are now = the "old" policy)
+                    unet.eval()
+                    rollout = sample_epoch(cfg, pipe, module, prompts, epoch, rank)
+                    rec["sample_s"] = time.time() - t0
+                    rec["samples_per_s"] = len(rollout) / rec["sample_s"]
+                    # 2. feedback
+                    scores = scorer(rollout.images, rollout.prompts)
+                    all_scores = accelerator.gather(scores.to(accelerator.device)).cpu()
+                    if not torch.isfinite(all_scores).all():
+                        raise ValueError(f"feedback {cfg.feedback!r} returned NaN/inf scores at epoch {epoch}; "
+                                         f"stopping (the checkpoint of epoch {saved} is kept)")
+                    rec["score_mean"] = all_scores.mean().item()
+                    rec["score_std"] = all_scores.std().item() if len(all_scores) > 1 else 0.0
+                    if cfg.check_weight_sync:
+                        rec["sample_ids"] = gather_object([(rank, int(s)) for s in rollout.seeds])
+                    if cfg.method == "d3po":
+                        pairs = group_pairs(len(rollout) // cfg.samples_per_prompt, cfg.samples_per_prompt)
+                        pref = pair_preferences(scores, pairs)
+                        keep = pref[:, 0] != 0  # ties carry no gradient: skip them
+                        rec["tie_rate"] = 1 - keep.float().mean().item()  # this process's share
+                        pairs, pref = pairs[keep], pref[keep]
+                # 3. train
+                t1 = time.time()
+                g = torch.Generator().manual_seed(int(seeds_for(cfg, epoch, 10**6, rank).integers(2**31)))
                 unet.train()
-                for _ in range(cfg.num_inner_epochs):
-                    order = torch.randperm(len(rollout), generator=g)
-                    for s in range(0, len(rollout), cfg.train_batch_size):
-                        idx = order[s : s + cfg.train_batch_size]
-                        updates.append(ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout.select(idx), adv[idx], g))
-            counters["samples"] += len(all_scores)
-            counters["updates"] += len(updates)
-            t_train = time.time() - t1
-            rec.update({k: float(np.mean([u[k] for u in updates])) for k in (updates[0] if updates else {})})
-            rec.update({"train_s": t_train, "updates": len(updates), "samples": counters["samples"],
-                        "total_pairs": counters["pairs"], "elapsed_s": time.time() - t_start})
-            if cfg.method == "d3po" and t_train > 0:
-                rec["pairs_per_s"] = rec["pairs"] * cfg.num_inner_epochs / t_train
-            if cfg.check_weight_sync:
-                sums = accelerator.gather(weight_checksum(params).to(accelerator.device)[None]).cpu()
-                rec["weight_sync_max_diff"] = (sums - sums[0]).abs().max().item()
-                rec["weight_checksum"] = sums[0].tolist()
-            if main_proc and cfg.grid_every and epoch % cfg.grid_every == 0:
-                (out / "grids").mkdir(exist_ok=True)
-                n = min(len(rollout), 4 * cfg.samples_per_prompt)
-                image_grid([to_pil(im) for im in rollout.images[:n]], cols=cfg.samples_per_prompt).save(out / "grids" / f"epoch_{epoch:04d}.png")
-            log(rec)
-            epoch += 1
-            bar.update(1)
-            bar.set_postfix(score=f"{rec.get('score_mean', float('nan')):.3f}", loss=f"{rec.get('loss', float('nan')):.4f}")
-            stop = stop_after_epochs is not None and epoch >= stop_after_epochs
-            if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs or stop:
+                if cfg.method == "d3po":
+                    updates, rec["pairs"] = train_d3po_epoch(cfg, accelerator, sched, unet, opt, params, rollout, pairs, pref, g)
+                    counters["pairs"] += rec["pairs"]
+                else:
+                    all_prompts = gather_object(rollout.prompts)
+                    s = all_scores.numpy()
+                    adv_all = tracker.update(all_prompts, s) if cfg.per_prompt_stat_tracking else (s - s.mean()) / (s.std() + 1e-8)
+                    adv = torch.tensor(adv_all[rank * len(rollout) : (rank + 1) * len(rollout)], dtype=torch.float32)
+                    updates = []
+                    for _ in range(cfg.num_inner_epochs):
+                        order = torch.randperm(len(rollout), generator=g)
+                        for k in range(0, len(rollout), cfg.train_batch_size):
+                            idx = order[k : k + cfg.train_batch_size]
+                            updates.append(ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout.select(idx), adv[idx], g))
+                counters["samples"] += len(all_scores)
+                counters["updates"] += len(updates)
+                rec["train_s"] = time.time() - t1
+                rec.update({k: float(np.mean([u[k] for u in updates])) for k in (updates[0] if updates else {})})
+                rec.update({"updates": len(updates), "samples": counters["samples"], "total_pairs": counters["pairs"],
+                            "elapsed_s": time.time() - t_start})
+                if cfg.method == "d3po":
+                    rec["pairs_per_s"] = rec["pairs"] * cfg.num_inner_epochs / max(rec["train_s"], 1e-9)
+                if cfg.check_weight_sync:
+                    sums = accelerator.gather(weight_checksum(params).to(accelerator.device)[None]).cpu()
+                    rec["weight_sync_max_diff"] = (sums - sums[0]).abs().max().item()
+                    rec["weight_checksum"] = sums[0].tolist()
+                if main_proc and cfg.grid_every and epoch % cfg.grid_every == 0:
+                    (out / "grids").mkdir(exist_ok=True)
+                    n = min(len(rollout), 4 * cfg.samples_per_prompt)
+                    image_grid([to_pil(im) for im in rollout.images[:n]], cols=cfg.samples_per_prompt).save(
+                        out / "grids" / f"epoch_{epoch:04d}.png")
+                log(rec)
+                epoch += 1
+                bar.update(1)
+                bar.set_postfix(score=f"{rec.get('score_mean', float('nan')):.3f}", loss=f"{rec.get('loss', float('nan')):.4f}")
+                stop = stop_after_epochs is not None and epoch >= stop_after_epochs
+                if epoch % cfg.checkpoint_every == 0 or epoch == cfg.num_epochs or stop:
+                    checkpoint(epoch)
+                    saved = epoch
+                if stop:
+                    stopped_by = "stop_after_epochs"
+                    break
+            if saved != epoch:
                 checkpoint(epoch)
-                saved = epoch
-            if stop:
-                break
-    except KeyboardInterrupt:
-        interrupted = True
-        if main_proc:
-            tqdm.write(f"{cfg.method}: interrupted in epoch {epoch}; saving the adapters as they are (--resume restarts epoch {epoch})")
-        checkpoint(epoch)
+            if main_proc and epoch >= cfg.num_epochs:
+                save_lora(module, out / "lora")
     finally:
         bar.close()
         if metrics is not None:
             metrics.close()
         if tb is not None:
             tb.close()
-    if not interrupted:
-        if saved != epoch:
-            checkpoint(epoch)
-        if main_proc and epoch >= cfg.num_epochs:
-            save_lora(base_unet, out / "lora")
+    if main_proc and stopped_by in ("interrupt", "time budget"):
+        print(f"{cfg.method}: stopped ({stopped_by}) at epoch {epoch}; `--resume` continues from {ckpt}")
     accelerator.wait_for_everyone()
-    return {"epoch": epoch, "interrupted": interrupted, **counters, "output_dir": str(out)}
+    return {"epoch": epoch, "interrupted": stopped_by == "interrupt", "stopped_by": stopped_by, **counters,
+            "output_dir": str(out)}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -76,6 +76,13 @@ def has_state(folder: str | os.PathLike) -> bool:
     return (Path(folder) / STATE_FILE).is_file()
 
 
+def read_state_info(folder: str | os.PathLike) -> tuple[int, dict]:
+    """``(step, extra)`` of a checkpoint, without loading its tensors."""
+    with safe_open(str(Path(folder) / STATE_FILE), framework="pt") as f:
+        meta = json.loads(f.metadata()["state"])
+    return int(meta["step"]), meta.get("extra", {})
+
+
 def load_state(
     folder: str | os.PathLike,
     model: torch.nn.Module,

@@ -90,6 +90,37 @@ def test_ddim_logprob_last_step_uses_alpha_0_and_per_sample_timesteps():
         ddim_step_with_logprob(sched, out, t_last, x, eta=0.0)
 
 
+def test_a_schedule_ending_at_t0_is_refused():
+    """`leading` spacing without offset ends at t = 0: a step with σ = 0 has no log-probability."""
+    from types import SimpleNamespace
+
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(timestep_spacing="leading", steps_offset=0, clip_sample=False)
+    sched.set_timesteps(4)
+    assert int(sched.timesteps[-1]) == 0
+    with pytest.raises(ValueError, match="zero-variance"):
+        ddim_step_with_logprob(sched, torch.randn(1, 4, 4, 4), sched.timesteps[-1], torch.randn(1, 4, 4, 4))
+    with pytest.raises(ValueError, match="ends at t = 0"):
+        ddim_scheduler(SimpleNamespace(scheduler=sched, device="cpu"), 4)
+
+
+def test_graded_evaluator_credits_each_clause_on_its_own():
+    from diffusion_align.feedback import _clause_holds
+    from mmreward.shapes import Detection, parse_prompt
+
+    meta = parse_prompt("a photo of a red circle and a blue square")
+    only_square = [Detection("square", "blue", (0.6, 0.4, 0.8, 0.6), 100, 0.0), Detection("circle", "green", (0.1, 0.4, 0.3, 0.6), 100, 0.0)]
+    only_circle = [Detection("square", "green", (0.6, 0.4, 0.8, 0.6), 100, 0.0), Detection("circle", "red", (0.1, 0.4, 0.3, 0.6), 100, 0.0)]
+    assert [_clause_holds(meta["include"], k, only_square) for k in range(2)] == [False, True]
+    assert [_clause_holds(meta["include"], k, only_circle) for k in range(2)] == [True, False]
+    pos = parse_prompt("a photo of a circle left of a square")
+    left = [Detection("circle", "red", (0.1, 0.4, 0.3, 0.6), 100, 0.0), Detection("square", "blue", (0.6, 0.4, 0.8, 0.6), 100, 0.0)]
+    right = [Detection("circle", "red", (0.6, 0.4, 0.8, 0.6), 100, 0.0), Detection("square", "blue", (0.1, 0.4, 0.3, 0.6), 100, 0.0)]
+    assert [_clause_holds(pos["include"], k, left) for k in range(2)] == [True, True]
+    assert [_clause_holds(pos["include"], k, right) for k in range(2)] == [True, False]
+
+
 # ------------------------------------------------------------------------------------------ losses
 def test_d3po_loss_hand_computed():
     logp = torch.tensor([[0.05, -0.02], [0.5, -0.5], [0.03, 0.01]], requires_grad=True)
@@ -203,13 +234,15 @@ def test_config_validation(tmp_path):
     bad = [
         ({"lerning_rate": 1e-4}, "unknown config key"),
         ({"num_epochs": "ten"}, "num_epochs must be int"),
-        ({"sample_eta": 0.0}, "sample_eta must be > 0"),
+        ({"sample_eta": 0.0}, "eta = 0 is deterministic"),
         ({"method": "ppo"}, "method must be one of"),
         ({"samples_per_prompt": 1}, "d3po needs samples_per_prompt >= 2"),
         ({"feedback": "labels"}, "labels_dir"),
         ({"method": "ddpo", "feedback": "labels", "labels_dir": "x"}, "ddpo needs a reward"),
         ({"lora_targets": "to_q"}, "lora_targets must be a list"),
         ({"timestep_fraction": 1.5}, "timestep_fraction"),
+        ({"sample_eta": 1.5}, "sample_eta must be in"),
+        ({"stat_min_count": 32}, "must not exceed stat_buffer_size"),
     ]
     for data, msg in bad:
         with pytest.raises(ConfigError, match=msg):
@@ -271,7 +304,8 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_
 
     from diffusion_align.train import main
 
-    main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=2)), "--no-progress"])
+    # alpha != rank: the export must carry the scale (alpha / rank) to `load_lora_weights`
+    main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=2, lora_alpha=8.0)), "--no-progress"])
     pipe = DiffusionPipeline.from_pretrained(tiny_pipe_dir)
     gen = torch.Generator().manual_seed(0)
     base = pipe(PROMPTS[0], num_inference_steps=2, generator=gen, output_type="pt").images
@@ -283,6 +317,15 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_
     pipe2.load_lora_weights(str(tmp_path / "run" / "checkpoint"))
     again = pipe2(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     torch.testing.assert_close(again, tuned)
+    # ... and equal the trained UNet itself (LoRA state restored from the training checkpoint, alpha 8)
+    from diffusion_align.train import LoraState, add_lora
+    from mmreward.checkpoint import load_state
+
+    pipe3 = DiffusionPipeline.from_pretrained(tiny_pipe_dir)
+    add_lora(pipe3.unet, TrainConfig(lora_alpha=8.0))
+    load_state(tmp_path / "run" / "checkpoint", LoraState(pipe3.unet))
+    direct = pipe3(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    torch.testing.assert_close(direct, tuned, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_input_gives_clear_errors(tmp_path, tiny_pipe_dir, open_clip_dir):
@@ -364,9 +407,43 @@ def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_cl
     (out / "labels_b.jsonl").write_text(json.dumps({"pair": 0, "chosen": 1}) + "\n")
     assert load_labelled(out)[1].tolist() == [[0, 2], [3, 4]]
     assert annotate(out, annotator="clip", auto=f"clip:{open_clip_dir}") == 6
+    # the trajectories must be re-scored with the sampler that drew them
+    with pytest.raises(SystemExit, match="sampled with other settings"):
+        main(["--config", str(cfg), "--set", "feedback=labels", "--set", f"labels_dir={out}", "--set", "sample_steps=5",
+              "--no-progress"])
     # train on the labels: no sampling, updates on the labelled pairs
     res = main(["--config", str(cfg), "--set", "feedback=labels", "--set", f"labels_dir={out}", "--set", "num_epochs=1",
                 "--no-progress"])
     assert res["updates"] >= 1
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["pairs"] == len(load_labelled(out)[1]) and "score_mean" not in rows[0]
+
+
+def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir, open_clip_dir):
+    import signal
+    import time
+
+    cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=1000, checkpoint_every=1000, grid_every=0)
+    cmd = [sys.executable, str(ROOT / "diffusion_align" / "train.py"), "--config", str(cfg), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text().strip()):
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "stop requested" in output and "stopped (interrupt)" in output
+    from diffusion_align.train import main
+    from mmreward.checkpoint import read_state_info
+
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    epoch, _ = read_state_info(tmp_path / "run" / "checkpoint")
+    assert epoch == len(rows) >= 1  # whole epochs only: the checkpoint holds every logged epoch
+    res = main(["--config", str(cfg), "--resume", "--set", f"num_epochs={epoch + 1}", "--no-progress"])
+    assert res["epoch"] == epoch + 1
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(epoch + 1))

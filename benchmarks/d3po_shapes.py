@@ -57,7 +57,7 @@ def sample_suite(pipe, cfg: TrainConfig, prompts: list[str], seeds: list[int], b
 
 def diversity(images: torch.Tensor, groups: int, per: int) -> float:
     """Mean pairwise RMS distance (pixels in [0,1]) between the ``per`` images of each of ``groups`` prompts."""
-    x = images.view(groups, per, -1)
+    x = images.reshape(groups, per, -1)
     d = [((x[g, a] - x[g, b]) ** 2).mean().sqrt().item() for g in range(groups) for a in range(per) for b in range(a + 1, per)]
     return float(np.mean(d))
 

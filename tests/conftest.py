@@ -85,3 +85,23 @@ def images() -> torch.Tensor:
 
 def to_uint8_hwc(img: torch.Tensor) -> np.ndarray:
     return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def interrupt_when(cmd: list[str], ready, cwd=None, wait: float = 180) -> tuple[int, str]:
+    """Run ``cmd``, send it SIGINT (Ctrl-C) once ``ready()`` is true, and return ``(returncode, output)``.
+    Fails if the command ends before it is ready."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    try:
+        deadline = time.time() + wait
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    return proc.returncode, output

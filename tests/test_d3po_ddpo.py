@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_when
 
 from diffusion_align.config import ConfigError, TrainConfig
 from diffusion_align.ddim_logprob import ddim_step_with_logprob
@@ -420,23 +421,12 @@ def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_cl
 
 
 def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir, open_clip_dir):
-    import signal
-    import time
 
     cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=1000, checkpoint_every=1000, grid_every=0)
     cmd = [sys.executable, str(ROOT / "diffusion_align" / "train.py"), "--config", str(cfg), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     metrics = tmp_path / "run" / "metrics.jsonl"
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and not (metrics.is_file() and metrics.read_text().strip()):
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read()
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output
+    code, output = interrupt_when(cmd, lambda: metrics.is_file() and bool(metrics.read_text().strip()), cwd=tmp_path)
+    assert code == 0, output
     assert "stop requested" in output and "stopped (interrupt)" in output
     from diffusion_align.train import main
     from mmreward.checkpoint import read_state_info

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import interrupt_when
 
 from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
 from diffusion_align.reno import (
@@ -234,30 +235,16 @@ def test_cli_ctrl_c_keeps_finished_images(tmp_path, pipe_dir, open_clip_dir):
     """SIGINT to the running command: the batches already finished (and the interrupted one's best so
     far) are written with a consistent index, and the summary says it was interrupted."""
     import json
-    import signal
-    import subprocess
     import sys
-    import time
 
     out = tmp_path / "reno"
     cmd = [sys.executable, "-m", "diffusion_align.reno", "--model", pipe_dir, "--rewards", f"clip:{open_clip_dir}",
            "--prompt", PROMPTS[0], "--prompt", PROMPTS[1], "--n-seeds", "3", "--batch", "1", "--iters", "100000",
            "--out", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.time() + 120
-        # the first batch can only finish by interruption (100,000 iterations): wait for its log lines
-        while time.time() < deadline and proc.poll() is None:
-            log = out / "log.jsonl"
-            if log.is_file() and len(log.read_text().splitlines()) >= 3:
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stdout.read()
-        proc.send_signal(signal.SIGINT)
-        output, _ = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, output
+    log = out / "log.jsonl"
+    # the first batch can only finish by interruption (100,000 iterations): wait for its log lines
+    code, output = interrupt_when(cmd, lambda: log.is_file() and len(log.read_text().splitlines()) >= 3)
+    assert code == 0, output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] and summary["images"] == 1, summary
     index = [json.loads(x) for x in (out / "prompts.jsonl").read_text().splitlines()]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from diffusion_align.config import TrainConfig
 from diffusion_align.rollout import initial_noise, sample_rollouts
 from diffusion_align.train import load_pipeline, train
-from mmreward.images import image_grid, line_chart, text_tile, verdict_tile
+from mmreward.images import image_grid, line_chart, text_tile, to_uint8, verdict_tile
 from mmreward.shapes import load_suite
 from mmreward.shapes.evaluator import category_table, suite_scores
 from mmreward.shapes.generate import repeat_counts
@@ -37,10 +37,6 @@ from mmreward.shapes.prompts import CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-
-
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    return list((images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
 
 
 @torch.no_grad()

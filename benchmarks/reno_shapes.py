@@ -23,17 +23,13 @@ from tqdm import tqdm
 from diffusion_align.reno import RenoConfig, chi_regulariser, make_generator, reno
 from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD, initial_noise
 from mmreward import load_reward
-from mmreward.images import image_grid, text_tile, verdict_tile
+from mmreward.images import image_grid, text_tile, to_uint8, verdict_tile
 from mmreward.shapes import load_suite
 from mmreward.shapes.evaluator import category_table, suite_scores
 from mmreward.shapes.generate import repeat_counts
 from mmreward.shapes.prompts import CATEGORIES
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def to_uint8(images: torch.Tensor) -> list[np.ndarray]:
-    return list((images.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
 
 
 @torch.no_grad()

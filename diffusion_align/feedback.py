@@ -13,23 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import torch
 
 Scorer = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
-def _uint8(images: torch.Tensor) -> np.ndarray:
-    return (images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-
-
 def evaluator_scores(images: torch.Tensor, prompts: list[str], graded: bool = False) -> torch.Tensor:
     """ShapesWorld evaluator verdicts ``[B]`` (float) for images ``[B,3,H,W]`` in [0,1]."""
+    from mmreward.images import to_uint8
     from mmreward.shapes.evaluator import detect, judge
     from mmreward.shapes.prompts import parse_prompt
 
     out = []
-    for img, prompt in zip(_uint8(images), prompts):
+    for img, prompt in zip(to_uint8(images), prompts):
         meta = parse_prompt(prompt)
         dets = detect(img)
         ok = judge(meta, dets)[0]

@@ -36,10 +36,15 @@ def to_tensor(image: ImageLike) -> torch.Tensor:
     raise RewardError(f"unsupported image type {type(image).__name__}; expected a path, PIL image, array or tensor")
 
 
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Images ``[N,3,H,W]`` (or one ``[3,H,W]``) in ``[0,1]`` -> uint8 ``[N,H,W,3]`` (``[H,W,3]``)."""
+    x = (images.detach().float().clamp(0, 1) * 255).round().byte()
+    return x.movedim(-3, -1).cpu().numpy()
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """A ``[3,H,W]`` tensor in ``[0,1]`` -> PIL RGB image."""
-    arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+    return Image.fromarray(to_uint8(image))
 
 
 def load_images(images: Sequence[ImageLike]) -> list[torch.Tensor]:

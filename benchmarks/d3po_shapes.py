@@ -4,13 +4,15 @@ model on the held-out evaluation suite, before and during fine-tuning, against t
     python benchmarks/d3po_shapes.py [--methods d3po ddpo] [--minutes 60] [--chunks 6]
 
 Each method trains from ``configs/<method>_shapes.yaml`` (the evaluator labels D3PO's pairs / is DDPO's
-reward) for ``--minutes`` of training wall time, in ``--chunks`` resumed pieces; after each piece the
-checkpoint's LoRA adapters are evaluated on the evaluation suite (432 prompts, GenEval seeds, the
+reward): D3PO for ``--minutes`` of training wall time in ``--chunks`` resumed pieces, DDPO to the same
+epoch counts (the same number of samples, drawn for the same prompts with the same seeds); after each
+piece the checkpoint's LoRA adapters are evaluated on the evaluation suite (432 prompts, GenEval seeds, the
 training sampler: DDIM, eta 1, the config's steps and guidance). Evaluation time is not training time.
 
 Also measured: held-out compositions, sample diversity across seeds (mean pairwise RMS pixel distance
 between 4 seeds of 24 prompts), sampling and training throughput against plain inference of the same
-pipeline in the same run. Writes ``benchmarks/results/d3po_shapes.{json,md}``, ``d3po_shapes_curve.png``
+pipeline in the same run. The base evaluation and each finished method are kept in ``--work``, so
+``--methods ddpo`` later adds DDPO to an earlier D3PO run. Writes ``benchmarks/results/d3po_shapes.{json,md}``, ``d3po_shapes_curve.png``
 and ``d3po_shapes_samples.png`` (before | after per method; green = correct, red = wrong).
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from diffusion_align.config import TrainConfig
@@ -93,39 +96,60 @@ def plain_inference_rate(cfg: TrainConfig, n: int = 32) -> float:
     return n / (time.time() - t0)
 
 
-def run_method(method: str, args, suite, div_rows, base: dict) -> dict:
+def run_method(method: str, args, suite, div_rows, base: dict, match: list[dict] | None = None) -> dict:
+    """Train ``method`` in chunks, evaluating after each. ``match`` (D3PO's curve): train to the same epoch
+    counts, i.e. the same number of samples on the same prompts, instead of for ``--minutes``."""
     cfg = TrainConfig.from_yaml(ROOT / "configs" / f"{method}_shapes.yaml")
     out = Path(args.work) / method
     if out.exists() and not args.resume:
         shutil.rmtree(out)
-    curve = [{"minutes": 0.0, "pairs": 0, "samples": 0, "overall": base["overall"],
+    curve = [{"minutes": 0.0, "epochs": 0, "pairs": 0, "samples": 0, "overall": base["overall"],
               "held_out_compositions": base["held_out_compositions"]}]
-    result = None
-    for k in range(1, args.chunks + 1):
-        budget = args.minutes * k / args.chunks
-        run = TrainConfig.from_dict({**vars(cfg), "output_dir": str(out), "max_minutes": budget, "num_epochs": 100000,
-                                     "checkpoint_every": 1000, "grid_every": 10})
+    targets = [c["epochs"] for c in match[1:]] if match else [None] * args.chunks
+    result = images = None
+    for k, target in enumerate(targets, 1):
+        budget = {"max_minutes": None, "num_epochs": target} if target else {
+            "max_minutes": args.minutes * k / len(targets), "num_epochs": 100000}
+        run = TrainConfig.from_dict({**vars(cfg), "output_dir": str(out), **budget, "checkpoint_every": 1000, "grid_every": 10})
         resume = (out / "checkpoint" / "state.safetensors").is_file()
         info = train(run, resume=resume, progress=True)
         result, images = evaluate_policy(with_lora(cfg, out / "checkpoint"), cfg, suite, div_rows)
-        curve.append({"minutes": info["elapsed"] / 60, "pairs": info["pairs"], "samples": info["samples"],
-                      "updates": info["updates"], "overall": result["overall"],
+        curve.append({"minutes": info["elapsed"] / 60, "epochs": info["epoch"], "pairs": info["pairs"],
+                      "samples": info["samples"], "updates": info["updates"], "overall": result["overall"],
                       "held_out_compositions": result["held_out_compositions"]})
         tqdm.write(f"{method}: {curve[-1]}")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     sampling = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
     training = [r["pairs_per_s"] for r in rows if r.get("pairs_per_s")]
-    return {"config": vars(cfg), "curve": curve, "final": result, "images": images,
-            "throughput": {"samples_per_s_sampling": float(np.mean(sampling)),
-                           "pairs_per_s_training": float(np.mean(training)) if training else None,
-                           "samples_per_s_training": float(np.mean([r["samples_per_s"] * r["sample_s"] / max(r["train_s"], 1e-9)
-                                                                    for r in rows if "sample_s" in r]))}}
+    r = {"config": vars(cfg), "curve": curve, "final": {k: v for k, v in result.items() if k != "correct"},
+         "gain": result["overall"] - base["overall"], "matched_to": "d3po epochs" if match else f"{args.minutes} min",
+         "throughput": {"samples_per_s_sampling": float(np.mean(sampling)),
+                        "pairs_per_s_training": float(np.mean(training)) if training else None,
+                        "samples_per_s_training": float(np.mean([r["samples_per_s"] * r["sample_s"] / max(r["train_s"], 1e-9)
+                                                                 for r in rows if "sample_s" in r]))}}
+    save_file({"images": torch.from_numpy(to_uint8(images))}, out / "eval_images.safetensors")
+    (out / "result.json").write_text(json.dumps(r, indent=2))
+    return r
+
+
+def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows) -> tuple[dict, torch.Tensor]:
+    """The base model's evaluation, reused from ``work`` when the sampler is the same (it is deterministic)."""
+    key = {k: getattr(cfg0, k) for k in ("pretrained", "sample_steps", "sample_eta", "guidance_scale")}
+    path = work / "base_eval.json"
+    if path.is_file() and json.loads(path.read_text()).get("sampler") == key:
+        return json.loads(path.read_text())["result"], load_file(work / "base_images.safetensors")["images"]
+    base, images = evaluate_policy(with_lora(cfg0, None), cfg0, suite, div_rows)
+    base = {k: v for k, v in base.items() if k != "correct"}
+    work.mkdir(parents=True, exist_ok=True)
+    save_file({"images": torch.from_numpy(to_uint8(images))}, work / "base_images.safetensors")
+    path.write_text(json.dumps({"sampler": key, "result": base}))
+    return base, torch.from_numpy(to_uint8(images))
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["d3po", "ddpo"], choices=["d3po", "ddpo"])
-    p.add_argument("--minutes", type=float, default=60.0, help="training wall time per method")
+    p.add_argument("--minutes", type=float, default=60.0, help="D3PO's training wall time")
     p.add_argument("--chunks", type=int, default=6, help="evaluation points along the run")
     p.add_argument("--work", default="outputs/bench_d3po")
     p.add_argument("--resume", action="store_true", help="continue the runs in --work")
@@ -133,25 +157,29 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
+    work = Path(args.work)
     suite = load_suite("eval")
     div_rows = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][:4]]
     cfg0 = TrainConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
-    base, base_images = evaluate_policy(with_lora(cfg0, None), cfg0, suite, div_rows)
+    base, base_images = cached_base(work, cfg0, suite, div_rows)
     plain = plain_inference_rate(cfg0)
-    result = {"suite": {"prompts": len(suite), "seeds": 1}, "base": {k: v for k, v in base.items() if k != "correct"},
-              "plain_inference_samples_per_s": plain, "minutes": args.minutes, "methods": {}}
-    images = {"base": base_images}
-    for method in args.methods:
-        r = run_method(method, args, suite, div_rows, base)
-        images[method] = r.pop("images")
-        r["final"] = {k: v for k, v in r["final"].items() if k != "correct"}
-        r["gain"] = r["final"]["overall"] - base["overall"]
-        r["throughput"]["sampling_vs_plain"] = r["throughput"]["samples_per_s_sampling"] / plain
-        result["methods"][method] = r
-        (RESULTS / "d3po_shapes.json").write_text(json.dumps(result, indent=2))
+    result = {"suite": {"prompts": len(suite), "seeds": 1}, "base": base, "plain_inference_samples_per_s": plain,
+              "minutes": args.minutes, "methods": {}}
+    for method in ("d3po", "ddpo"):  # D3PO first: DDPO is matched to its number of samples
+        if method in args.methods:
+            match = result["methods"]["d3po"]["curve"] if method == "ddpo" and "d3po" in result["methods"] else None
+            result["methods"][method] = run_method(method, args, suite, div_rows, base, match)
+        elif (work / method / "result.json").is_file():  # finished earlier in this work folder
+            result["methods"][method] = json.loads((work / method / "result.json").read_text())
+            tqdm.write(f"{method}: results of the earlier run in {work / method}")
+        if method in result["methods"]:
+            t = result["methods"][method]["throughput"]
+            t["sampling_vs_plain"] = t["samples_per_s_sampling"] / plain
+            (RESULTS / "d3po_shapes.json").write_text(json.dumps(result, indent=2))
     write_markdown(result)
     series = {m: [(c["minutes"], c["overall"]) for c in r["curve"]] for m, r in result["methods"].items()}
     line_chart(series, "training minutes (2 CPU cores)", "evaluator overall (held-out suite)").save(RESULTS / "d3po_shapes_curve.png")
+    images = {"base": base_images} | {m: load_file(work / m / "eval_images.safetensors")["images"] for m in result["methods"]}
     sample_grid(suite, images).save(RESULTS / "d3po_shapes_samples.png")
     return result
 
@@ -160,7 +188,8 @@ def write_markdown(result: dict) -> None:
     cols = {"base": result["base"]} | {m: r["final"] for m, r in result["methods"].items()}
     lines = ["# D3PO / DDPO on ShapesWorld", "",
              f"Held-out evaluation suite ({result['suite']['prompts']} prompts, 1 seed each), the exact evaluator; "
-             f"{result['minutes']:.0f} min of training per method on 2 CPU cores. `benchmarks/d3po_shapes.py`.", ""]
+             f"D3PO trained {result['minutes']:.0f} min on 2 CPU cores, DDPO the same number of samples. "
+             "`benchmarks/d3po_shapes.py`.", ""]
     lines += category_table(cols)
     lines.append("| diversity (pairwise RMS) | " + " | ".join(f"{c['diversity']:.3f}" for c in cols.values()) + " |")
     lines += ["", "| method | gain (overall) | pairs / samples | sampling samples/s (vs plain) | training pairs/s |",
@@ -172,10 +201,10 @@ def write_markdown(result: dict) -> None:
                      f"({t['sampling_vs_plain']:.2f}×) | {t['pairs_per_s_training'] or 0:.2f} |")
     lines += ["", f"Plain inference of the same pipeline: {result['plain_inference_samples_per_s']:.2f} samples/s.", "",
               "Curve (overall score against training time and labelled pairs):", "",
-              "| method | minutes | pairs | samples | overall | held-out compositions |", "|---|---|---|---|---|---|"]
+              "| method | minutes | epochs | pairs | samples | overall | held-out compositions |", "|---|---|---|---|---|---|---|"]
     for m, r in result["methods"].items():
         for c in r["curve"]:
-            lines.append(f"| {m} | {c['minutes']:.1f} | {c['pairs']} | {c['samples']} | {c['overall']:.3f} | {c['held_out_compositions']:.3f} |")
+            lines.append(f"| {m} | {c['minutes']:.1f} | {c.get('epochs', '')} | {c['pairs']} | {c['samples']} | {c['overall']:.3f} | {c['held_out_compositions']:.3f} |")
     (RESULTS / "d3po_shapes.md").write_text("\n".join(lines) + "\n")
 
 
@@ -188,7 +217,7 @@ def sample_grid(suite: list[dict], images: dict[str, torch.Tensor], rows_per_cat
         for i in idx:
             tiles.append(text_tile(suite[i]["prompt"]))
             for ims in images.values():
-                im = to_uint8(ims[i : i + 1])[0]
+                im = ims[i].numpy()
                 tiles.append(verdict_tile(im, evaluate_image(im, suite[i])["correct"]))
     return image_grid(tiles, cols=cols)
 

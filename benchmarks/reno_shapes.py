@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from diffusion_align.inputs import noise_for_seeds
 from diffusion_align.reno import RenoConfig, chi_regulariser, make_generator, reno
-from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD, initial_noise
+from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD
 from mmreward import load_reward
 from mmreward.images import image_grid, text_tile, to_uint8, verdict_tile
 from mmreward.shapes import load_suite
@@ -43,7 +44,7 @@ def best_of_n(gen, reward, prompts: list[str], seeds: list[int], n: int, batch: 
         cand = [s] + [s * 100000 + k for k in range(1, n)]
         for k in range(0, n, batch):
             chunk = cand[k : k + batch]
-            z = initial_noise(gen.latent_shape(len(chunk)), chunk, str(gen.device))
+            z = noise_for_seeds(gen.latent_shape(len(chunk)), chunk, str(gen.device))
             c = {key: _repeat(v, len(chunk)) for key, v in cond.items()}
             ims = gen(z, c)
             r = reward(ims, [p] * len(chunk))
@@ -68,7 +69,7 @@ def forward_backward_time(gen, reward, prompts: list[str], seeds: list[int], rep
     cond = gen.encode(prompts)
     times = []
     for _ in range(reps + 1):
-        z = initial_noise(gen.latent_shape(len(prompts)), seeds, str(gen.device)).requires_grad_(True)
+        z = noise_for_seeds(gen.latent_shape(len(prompts)), seeds, str(gen.device)).requires_grad_(True)
         t = time.perf_counter()
         loss = -reward(gen(z, cond), prompts).sum() + 0.01 * chi_regulariser(z).sum()
         loss.backward()
@@ -120,7 +121,7 @@ def main() -> None:
     for k in tqdm(range(0, len(jobs), args.batch), desc="reno batches"):
         chunk = jobs[k : k + args.batch]
         prompts, seeds = [m["prompt"] for m, _ in chunk], [s for _, s in chunk]
-        res = reno(gen, reward, prompts, initial_noise(gen.latent_shape(len(chunk)), seeds, "cpu"), cfg, progress=False)
+        res = reno(gen, reward, prompts, noise_for_seeds(gen.latent_shape(len(chunk)), seeds, "cpu"), cfg, progress=False)
         init_imgs += to_uint8(res.initial)
         reno_imgs += to_uint8(res.best)
         r0 += res.initial_reward.tolist()
@@ -156,7 +157,7 @@ def main() -> None:
     fb = forward_backward_time(gen, reward, [m["prompt"] for m, _ in jobs[: args.batch]], [s for _, s in jobs[: args.batch]])
     per_iter = float(np.median(iter_times)) if iter_times else float("nan")
     t = time.time()
-    reno(gen, reward, [metas[0]["prompt"]], initial_noise(gen.latent_shape(1), [0], "cpu"), cfg, progress=False)
+    reno(gen, reward, [metas[0]["prompt"]], noise_for_seeds(gen.latent_shape(1), [0], "cpu"), cfg, progress=False)
     one_prompt = time.time() - t
     result["speed"] = {"batch": args.batch, "iteration_s": per_iter, "forward_backward_s": fb,
                        "iteration_over_forward_backward": per_iter / fb,

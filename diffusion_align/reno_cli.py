@@ -20,6 +20,7 @@ import torch
 
 from mmreward.images import to_pil
 
+from . import inputs
 from .reno import RenoConfig, make_generator, reno
 
 #: the embedded one-step model and its reward (used when ``--model`` / ``--rewards`` are not given)
@@ -34,45 +35,18 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 def read_prompts(args) -> list[str]:
-    """``--prompt`` (repeatable) or ``--prompts``: a ShapesWorld suite name, a JSONL file with
-    ``"prompt"`` fields, or a text file with one prompt per line."""
+    """``--prompt`` (repeatable) and ``--prompts`` (:func:`diffusion_align.inputs.read_prompts`)."""
     prompts = list(args.prompt or [])
-    if args.prompts:
-        path = Path(args.prompts)
-        if args.prompts in ("eval", "train") or path.suffix == ".jsonl":
-            from mmreward.shapes.suites import load_suite
-
-            prompts += [m["prompt"] for m in load_suite(args.prompts)]
-        elif path.is_file():
-            prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        else:
-            raise SystemExit(f"--prompts {args.prompts}: no such file (or a suite name: eval, train)")
-    if not prompts:
-        raise SystemExit("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
-    for i, p in enumerate(prompts):
-        if not p.strip():
-            raise SystemExit(f"prompt {i} is empty")
-    return prompts[: args.limit] if args.limit else prompts
-
-
-def load_pipeline(model: str, device: str, dtype: torch.dtype):
-    from diffusers import DiffusionPipeline
-
     try:
-        pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=dtype)
-    except (OSError, ValueError) as e:
-        hint = "" if Path(model).exists() else " (not a local folder; a hub id needs internet access)"
-        raise SystemExit(f"cannot load model {model!r}{hint}: {e}") from e
-    return pipe.to(device)
-
-
-def initial_noise(shape: tuple[int, ...], seeds: list[int], device: str) -> torch.Tensor:
-    """One latent per seed, drawn as the pipeline draws it (``randn_tensor`` with a generator on
-    ``device``), so the initial image is the plain sample with that seed."""
-    from diffusers.utils.torch_utils import randn_tensor
-
-    return torch.cat([randn_tensor((1, *shape[1:]), generator=torch.Generator(device).manual_seed(s), device=torch.device(device))
-                      for s in seeds]).float()
+        prompts += inputs.read_prompts(args.prompts) if args.prompts else []
+        if not prompts:
+            raise ValueError("no prompts: pass --prompt TEXT (repeatable) or --prompts FILE")
+        for i, p in enumerate(prompts):
+            if not p.strip():
+                raise ValueError(f"prompt {i} is empty")
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
+    return prompts[: args.limit] if args.limit else prompts
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -114,7 +88,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from mmreward import load_reward
 
-    pipe = load_pipeline(model, args.device, dtype)
+    try:
+        pipe = inputs.load_pipeline(model, args.device, dtype)
+    except ValueError as e:
+        raise SystemExit(str(e)) from e
     try:
         gen = make_generator(pipe, steps=args.steps, timesteps=args.timesteps,
                              gradient_checkpointing=args.gradient_checkpointing)
@@ -133,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
         for k in range(0, len(jobs), args.batch):
             chunk = jobs[k : k + args.batch]
             ps = [prompts[i] for i, _ in chunk]
-            noise = initial_noise(gen.latent_shape(len(chunk)), [s for _, s in chunk], args.device)
+            noise = inputs.noise_for_seeds(gen.latent_shape(len(chunk)), [s for _, s in chunk], args.device)
 
             def write_log(rec, chunk=chunk):
                 for j, (i, s) in enumerate(chunk):

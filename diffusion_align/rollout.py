@@ -147,8 +147,9 @@ def latent_shape(pipe, n: int) -> tuple[int, ...]:
 
 def initial_noise(pipe, seeds: list[int]) -> torch.Tensor:
     """``x_T`` ``[B,C,h,w]``: one standard-normal draw per seed (independent of the batch it is in)."""
-    shape = latent_shape(pipe, 1)[1:]
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds]).to(pipe.device)
+    from .inputs import noise_for_seeds
+
+    return noise_for_seeds(latent_shape(pipe, 1), seeds, pipe.device)
 
 
 @torch.no_grad()

@@ -27,13 +27,13 @@ if __name__ == "__main__":  # run as a script: its folder must not shadow top-le
 
 import argparse
 import json
-import math
 import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 
+from diffusion_align import inputs
 from diffusion_align.config import ConfigError, TrainConfig
 from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
 from diffusion_align.rollout import (
@@ -48,42 +48,24 @@ from diffusion_align.rollout import (
 
 # ------------------------------------------------------------------------------------------ setup
 def read_prompts(spec: str) -> list[str]:
-    """``shapes:train`` / ``shapes:eval`` (ShapesWorld suites), a ``.jsonl`` file with ``prompt`` fields
-    or a text file with one prompt per line."""
-    from mmreward.shapes.suites import load_suite
-
-    if spec.startswith("shapes:"):
-        prompts = [m["prompt"] for m in load_suite(spec.split(":", 1)[1])]
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"prompts: no such file {spec!r} (or a suite: shapes:train, shapes:eval)")
-        if path.suffix == ".jsonl":
-            prompts = [json.loads(line)["prompt"] for line in path.read_text().splitlines() if line.strip()]
-        else:
-            prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ConfigError(f"prompts: {spec!r} holds no prompts")
-    for i, p in enumerate(prompts):
-        if not p.strip():
-            raise ConfigError(f"prompts: prompt {i} of {spec!r} is empty")
-    return prompts
+    """The config's ``prompts`` (:func:`diffusion_align.inputs.read_prompts`), errors as config errors."""
+    try:
+        return inputs.read_prompts(spec)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def load_pipeline(name: str, device):
-    from diffusers import DiffusionPipeline
-
+    """A Stable-Diffusion-layout pipeline (UNet + one text encoder), all weights frozen."""
     try:
-        pipe = DiffusionPipeline.from_pretrained(name)
-    except (OSError, ValueError) as e:
-        hint = "" if Path(name).exists() else " (not a local folder; a hub id needs internet access)"
-        raise ConfigError(f"pretrained: cannot load pipeline {name!r}{hint}: {e}") from e
+        pipe = inputs.load_pipeline(name, device)
+    except ValueError as e:
+        raise ConfigError(f"pretrained: {e}") from e
     if not hasattr(pipe, "unet") or not hasattr(pipe, "encode_prompt"):
         raise ConfigError(f"pretrained: {name!r} is a {type(pipe).__name__}; expected a Stable Diffusion layout (UNet + one text encoder)")
-    pipe.set_progress_bar_config(disable=True)
     for m in (pipe.vae, pipe.text_encoder, pipe.unet):
         m.requires_grad_(False)
-    return pipe.to(device)
+    return pipe
 
 
 def add_lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
@@ -183,20 +165,44 @@ def train_steps(cfg: TrainConfig, T: int, rng: torch.Generator, n: int) -> torch
     return torch.stack([torch.randperm(T, generator=rng)[:t_train] for _ in range(n)])
 
 
+def pair_components(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(images [U], pos [P,2], comp [U])``: the distinct images of pairs ``[P,2]``, each pair as positions
+    into ``images``, and each image's connected component of the pair graph (images of one group: one
+    prompt and ``x_T``). Images are scored once per step however many pairs they are in, and a component
+    shares its step order, so both images of every pair are trained at the same step."""
+    images, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
+    parent = list(range(len(images)))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in inverse.view(-1, 2).tolist():
+        parent[root(a)] = root(b)
+    roots = torch.tensor([root(a) for a in range(len(images))])
+    return images, inverse.view(-1, 2), torch.unique(roots, return_inverse=True)[1]
+
+
 def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pairs: torch.Tensor,
                 pref: torch.Tensor, rng: torch.Generator, scale: float = 1.0) -> dict:
     """One optimiser step on a minibatch of pairs ``[P,2]`` (indices into ``rollout``) with preferences ``[P,2]``.
 
-    ``scale`` multiplies this process's mean loss (so that, averaged over processes, every pair of the
-    step weighs the same). The reference log-probabilities (base model: adapters off) are computed here,
-    only for the pairs trained on, unless the rollout already carries them."""
+    Each distinct image is run through the UNet once per trained step, however many pairs it is in (a
+    group of k images gives C(k,2) pairs for the price of k trajectories). ``scale`` multiplies this
+    process's mean loss (so that, averaged over processes, every pair of the step weighs the same). The
+    reference log-probabilities (base model: adapters off) are computed here, only for the images trained
+    on, unless the rollout already carries them."""
     module = accelerator.unwrap_model(unet)  # the same weights, without the DDP wrapper
     T = rollout.latents.shape[1] - 1
-    steps = train_steps(cfg, T, rng, len(pairs))  # [P, T_train]: both images of a pair at the same step
-    sub = rollout.select(pairs.reshape(-1))
+    images, pos, comp = pair_components(pairs)
+    steps = train_steps(cfg, T, rng, int(comp.max()) + 1)[comp]  # [U, T_train]: one order per component
+    sub = rollout.select(images)
+    pref = pref.to(sub.latents.device)
     losses = []
     for jj in range(steps.shape[1]):
-        j = steps[:, jj].repeat_interleave(2).to(sub.latents.device)  # [2P]
+        j = steps[:, jj].to(sub.latents.device)  # [U]
         if sub.ref_log_probs is not None:
             ref_lp = sub.ref_log_probs[torch.arange(len(sub), device=j.device), j]
         else:
@@ -205,13 +211,13 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
         last = jj == steps.shape[1] - 1
         with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(unet)):
             lp = transition_log_prob(sched, unet, sub, j, cfg.guidance_scale, cfg.sample_eta)
-            loss = d3po_loss(lp.view(-1, 2), ref_lp.view(-1, 2), pref.to(lp.device), cfg.beta, cfg.eps)
+            loss = d3po_loss(lp[pos], ref_lp[pos], pref, cfg.beta, cfg.eps)
         accelerator.backward(loss * scale / steps.shape[1])
         losses.append(loss.item())
     norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": float(np.mean(losses)), "grad_norm": float(norm)}
+    return {"loss": float(np.mean(losses)), "grad_norm": float(norm), "images": len(images)}
 
 
 def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, adv: torch.Tensor,
@@ -240,24 +246,40 @@ def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, ad
             "grad_norm": float(norm)}
 
 
+def pair_minibatches(pairs: torch.Tensor, size: int, k: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Pair indices per optimiser step: groups (``k`` adjacent images) in random order, each group's pairs
+    kept in one minibatch (so its images are run once), a minibatch closed once it holds ``size`` pairs."""
+    group = pairs[:, 0] // k
+    batches, current = [], []
+    for gid in torch.unique(group)[torch.randperm(len(torch.unique(group)), generator=g)].tolist():
+        current += torch.nonzero(group == gid).flatten().tolist()
+        if len(current) >= size:
+            batches.append(torch.tensor(current))
+            current = []
+    if current:
+        batches.append(torch.tensor(current))
+    return batches
+
+
 def train_d3po_epoch(cfg, accelerator, sched, unet, opt, params, rollout, pairs, pref, g) -> tuple[list[dict], int]:
     """All optimiser steps of one epoch on this process's untied pairs. Every process takes the same
     number of steps (DDP's collectives must match); a process out of pairs contributes zero, and each
     process's loss is scaled by ``N · local / global`` pairs of the step so every pair weighs the same."""
+    N, rank = accelerator.num_processes, accelerator.process_index
     n = accelerator.gather(torch.tensor([len(pairs)], device=accelerator.device)).cpu().tolist()
-    B, N, rank = cfg.train_batch_size, accelerator.num_processes, accelerator.process_index
-    n_steps = math.ceil(max(n) / B)
     updates = []
     for _ in range(cfg.num_inner_epochs):
-        order = torch.randperm(len(pairs), generator=g)
+        batches = pair_minibatches(pairs, cfg.train_batch_size, cfg.samples_per_prompt, g)
+        n_steps = int(accelerator.gather(torch.tensor([len(batches)], device=accelerator.device)).max())
+        mine = torch.zeros(n_steps, dtype=torch.long)
+        mine[: len(batches)] = torch.tensor([len(b) for b in batches], dtype=torch.long)
+        counts = accelerator.gather(mine[None].to(accelerator.device)).cpu()  # [N, n_steps]
         for s in range(n_steps):
-            counts = [min(max(c - s * B, 0), B) for c in n]
-            idx = order[s * B : (s + 1) * B]
-            if len(idx):
-                mb_pairs, mb_pref = pairs[idx], pref[idx]
+            if s < len(batches):
+                mb_pairs, mb_pref = pairs[batches[s]], pref[batches[s]]
             else:  # a dummy pair with zero preference: constant loss, zero gradient, collectives in step
                 mb_pairs, mb_pref = group_pairs(1, 2), torch.zeros(1, 2)
-            scale = N * counts[rank] / sum(counts)
+            scale = N * counts[rank, s].item() / counts[:, s].sum().item()
             updates.append(d3po_update(cfg, accelerator, sched, unet, opt, params, rollout, mb_pairs, mb_pref, g, scale))
     return updates, sum(n)
 

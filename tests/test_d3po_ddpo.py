@@ -229,6 +229,72 @@ def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
     assert margin() > before + 1e-4
 
 
+def test_pair_components_and_minibatches_keep_groups_together():
+    from diffusion_align.train import pair_components, pair_minibatches
+
+    pairs = torch.tensor([[4, 5], [0, 2], [1, 2], [4, 7], [9, 8]])
+    images, pos, comp = pair_components(pairs)
+    assert images.tolist() == [0, 1, 2, 4, 5, 7, 8, 9]
+    assert torch.equal(images[pos], pairs)
+    groups = {tuple(images[comp == c].tolist()) for c in comp.unique()}
+    assert groups == {(0, 1, 2), (4, 5, 7), (8, 9)}
+    batches = pair_minibatches(pairs, size=2, k=4, g=torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(batches).tolist()) == list(range(5))  # every pair once
+    for b in batches:  # a group's pairs never straddle two minibatches
+        assert len(b) >= 2 or b is batches[-1]
+        for other in batches:
+            if other is not b:
+                assert not set((pairs[b, 0] // 4).tolist()) & set((pairs[other, 0] // 4).tolist())
+
+
+def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pipe_dir):
+    """Three pairs within one group of 3 and one pair of another: the update's gradient (each image run
+    once per step) equals the mean over pairs and steps of the D3PO loss computed pair by pair."""
+    import torch.nn.functional as F
+    from accelerate import Accelerator
+
+    from diffusion_align.train import d3po_update
+
+    pipe, params = _lora_pipe(tiny_pipe_dir)
+    with torch.no_grad():  # adapters away from zero, so policy and reference differ
+        g = torch.Generator().manual_seed(3)
+        for p in params:
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    cfg = TrainConfig(sample_steps=3, guidance_scale=2.0, beta=5.0, eps=0.5, max_grad_norm=1e9, samples_per_prompt=3)
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
+    ro = sample_rollouts(pipe, pipe.unet, prompts, initial_noise(pipe, [1, 1, 1, 2, 2, 2]), [5, 6, 7, 8, 9, 10],
+                         steps=3, guidance=2.0)
+    sched = ddim_scheduler(pipe, 3)
+    pairs = torch.tensor([[0, 1], [0, 2], [2, 1], [4, 3]])
+    pref = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]])
+
+    grads = {}
+
+    class Capture(torch.optim.SGD):
+        def step(self, closure=None):
+            grads.update({i: p.grad.clone() for i, p in enumerate(params)})
+
+    d3po_update(cfg, Accelerator(cpu=True), sched, pipe.unet, Capture(params, lr=0.0), params, ro, pairs, pref,
+                torch.Generator().manual_seed(0))
+    total = 0.0
+    for (a, b), h in zip(pairs.tolist(), pref):
+        for j in range(3):
+            idx = torch.tensor([a, b])
+            sub = ro.select(idx)
+            step = torch.full((2,), j)
+            with torch.no_grad(), adapters_disabled(pipe.unet):
+                ref = transition_log_prob(sched, pipe.unet, sub, step, 2.0, 1.0)
+            lp = transition_log_prob(sched, pipe.unet, sub, step, 2.0, 1.0)
+            log_r = torch.clamp(lp - ref, math.log(1 - cfg.eps), math.log(1 + cfg.eps))
+            total = total - F.logsigmoid(cfg.beta * (h * log_r).sum()) / (len(pairs) * 3)
+    for p in params:
+        p.grad = None
+    total.backward()
+    assert any(g.abs().sum() > 0 for g in grads.values())
+    for i, p in enumerate(params):
+        torch.testing.assert_close(grads[i], p.grad, rtol=1e-4, atol=1e-7)
+
+
 # -------------------------------------------------------------------------------------------- config
 def test_config_validation(tmp_path):
     assert TrainConfig.from_dict({"learning_rate": "3e-4", "num_epochs": 2}).learning_rate == 3e-4

@@ -222,7 +222,7 @@ def test_cli_bad_input(tmp_path, pipe_dir, open_clip_dir):
     afile.write_text("x")
     with pytest.raises(SystemExit, match="is a file"):
         main(["--model", pipe_dir, "--prompt", "a photo of a star", "--out", str(afile), *base])
-    with pytest.raises(SystemExit, match="cannot load model"):
+    with pytest.raises(SystemExit, match="cannot load pipeline"):
         main(["--model", str(tmp_path / "missing"), "--prompt", "a photo of a star", "--out", str(tmp_path / "o"), *base])
     with pytest.raises(SystemExit, match="empty"):
         main(["--model", pipe_dir, "--prompt", "  ", "--out", str(tmp_path / "o"), *base])

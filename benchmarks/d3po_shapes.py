@@ -105,29 +105,42 @@ def run_method(method: str, args, suite, div_rows, base: dict, match: list[dict]
         shutil.rmtree(out)
     curve = [{"minutes": 0.0, "epochs": 0, "pairs": 0, "samples": 0, "overall": base["overall"],
               "held_out_compositions": base["held_out_compositions"]}]
+    if args.resume and (out / "curve.json").is_file():  # chunks finished by an earlier invocation
+        curve = json.loads((out / "curve.json").read_text())
     targets = [c["epochs"] for c in match[1:]] if match else [None] * args.chunks
-    result = images = None
+    done_now = 0
     for k, target in enumerate(targets, 1):
+        if k < len(curve):
+            continue
+        if args.max_chunks is not None and done_now >= args.max_chunks:
+            tqdm.write(f"{method}: stopping after {done_now} chunk(s) (--max-chunks); --resume continues")
+            return None
         budget = {"max_minutes": None, "num_epochs": target} if target else {
             "max_minutes": args.minutes * k / len(targets), "num_epochs": 100000}
         run = TrainConfig.from_dict({**vars(cfg), "output_dir": str(out), **budget, "checkpoint_every": 1000, "grid_every": 10})
         resume = (out / "checkpoint" / "state.safetensors").is_file()
         info = train(run, resume=resume, progress=True)
+        if info["stopped_by"] == "interrupt":
+            raise SystemExit(f"{method}: interrupted; the checkpoint in {out} is kept (--resume redoes this chunk)")
         result, images = evaluate_policy(with_lora(cfg, out / "checkpoint"), cfg, suite, div_rows)
         curve.append({"minutes": info["elapsed"] / 60, "epochs": info["epoch"], "pairs": info["pairs"],
                       "samples": info["samples"], "updates": info["updates"], "overall": result["overall"],
                       "held_out_compositions": result["held_out_compositions"]})
+        save_file({"images": torch.from_numpy(to_uint8(images))}, out / "eval_images.safetensors")
+        (out / "last_eval.json").write_text(json.dumps({k: v for k, v in result.items() if k != "correct"}))
+        (out / "curve.json").write_text(json.dumps(curve, indent=1))
+        done_now += 1
         tqdm.write(f"{method}: {curve[-1]}")
+    result = json.loads((out / "last_eval.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     sampling = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
     training = [r["pairs_per_s"] for r in rows if r.get("pairs_per_s")]
-    r = {"config": vars(cfg), "curve": curve, "final": {k: v for k, v in result.items() if k != "correct"},
+    r = {"config": vars(cfg), "curve": curve, "final": result,
          "gain": result["overall"] - base["overall"], "matched_to": "d3po epochs" if match else f"{args.minutes} min",
          "throughput": {"samples_per_s_sampling": float(np.mean(sampling)),
                         "pairs_per_s_training": float(np.mean(training)) if training else None,
                         "samples_per_s_training": float(np.mean([r["samples_per_s"] * r["sample_s"] / max(r["train_s"], 1e-9)
                                                                  for r in rows if "sample_s" in r]))}}
-    save_file({"images": torch.from_numpy(to_uint8(images))}, out / "eval_images.safetensors")
     (out / "result.json").write_text(json.dumps(r, indent=2))
     return r
 
@@ -152,7 +165,8 @@ def main(argv=None) -> dict:
     p.add_argument("--minutes", type=float, default=60.0, help="D3PO's training wall time")
     p.add_argument("--chunks", type=int, default=6, help="evaluation points along the run")
     p.add_argument("--work", default="outputs/bench_d3po")
-    p.add_argument("--resume", action="store_true", help="continue the runs in --work")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --work (finished chunks are kept)")
+    p.add_argument("--max-chunks", type=int, default=None, help="train at most this many chunks per method now (--resume continues)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -168,7 +182,11 @@ def main(argv=None) -> dict:
     for method in ("d3po", "ddpo"):  # D3PO first: DDPO is matched to its number of samples
         if method in args.methods:
             match = result["methods"]["d3po"]["curve"] if method == "ddpo" and "d3po" in result["methods"] else None
-            result["methods"][method] = run_method(method, args, suite, div_rows, base, match)
+            r = run_method(method, args, suite, div_rows, base, match)
+            if r is not None:
+                result["methods"][method] = r
+            else:  # stopped early (--max-chunks): its curve so far
+                result.setdefault("partial", {})[method] = json.loads((work / method / "curve.json").read_text())
         elif (work / method / "result.json").is_file():  # finished earlier in this work folder
             result["methods"][method] = json.loads((work / method / "result.json").read_text())
             tqdm.write(f"{method}: results of the earlier run in {work / method}")
@@ -177,8 +195,8 @@ def main(argv=None) -> dict:
             t["sampling_vs_plain"] = t["samples_per_s_sampling"] / plain
             (RESULTS / "d3po_shapes.json").write_text(json.dumps(result, indent=2))
     write_markdown(result)
-    series = {m: [(c["minutes"], c["overall"]) for c in r["curve"]] for m, r in result["methods"].items()}
-    line_chart(series, "training minutes (2 CPU cores)", "evaluator overall (held-out suite)").save(RESULTS / "d3po_shapes_curve.png")
+    series = {m: [(c["samples"], c["overall"]) for c in r["curve"]] for m, r in result["methods"].items()}
+    line_chart(series, f"samples drawn (D3PO: {result['minutes']:.0f} min on 2 CPU cores)", "evaluator overall (held-out suite)").save(RESULTS / "d3po_shapes_curve.png")
     images = {"base": base_images} | {m: load_file(work / m / "eval_images.safetensors")["images"] for m in result["methods"]}
     sample_grid(suite, images).save(RESULTS / "d3po_shapes_samples.png")
     return result

@@ -6,6 +6,7 @@ Shapes: one call covers one denoising step of a minibatch; log-probabilities are
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict, deque
 
 import numpy as np
@@ -22,9 +23,11 @@ def d3po_loss(logp: torch.Tensor, ref_logp: torch.Tensor, pref: torch.Tensor, be
 
     ``logp``, ``ref_logp``: ``[P, 2]``; ``pref`` ``h``: ``[P, 2]``, ``(+1, −1)`` when the first image is
     preferred, ``(−1, +1)`` when the second is, ``(0, 0)`` for a tie (constant loss, no gradient).
-    Returns the mean over pairs."""
-    ratio = torch.clamp(torch.exp(logp - ref_logp), 1 - eps, 1 + eps)
-    return -F.logsigmoid(beta * (pref * torch.log(ratio)).sum(-1)).mean()
+    Returns the mean over pairs. The clamp is taken in log space (the same values and gradients): late
+    denoising steps have a small σ, so once the policy moves, ``log π_θ − log π_ref`` can exceed what
+    ``exp`` can represent, and ``exp`` then clamp would give ``0 · inf = NaN`` gradients."""
+    log_ratio = torch.clamp(logp - ref_logp, math.log(1 - eps), math.log(1 + eps))
+    return -F.logsigmoid(beta * (pref * log_ratio).sum(-1)).mean()
 
 
 def ddpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_range: float = 1e-4,

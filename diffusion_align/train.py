@@ -27,6 +27,7 @@ if __name__ == "__main__":  # run as a script: its folder must not shadow top-le
 
 import argparse
 import json
+import math
 import time
 from contextlib import nullcontext
 
@@ -214,10 +215,18 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
             loss = d3po_loss(lp[pos], ref_lp[pos], pref, cfg.beta, cfg.eps)
         accelerator.backward(loss * scale / steps.shape[1])
         losses.append(loss.item())
-    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-    opt.step()
+    norm = optimizer_step(accelerator, opt, params, cfg.max_grad_norm)
+    return {"loss": float(np.mean(losses)), "grad_norm": norm, "images": len(images), "skipped": float(not math.isfinite(norm))}
+
+
+def optimizer_step(accelerator, opt, params, max_norm: float) -> float:
+    """Clip the (all-reduced) gradients and step; a non-finite gradient norm skips the step instead of
+    writing NaN into the weights (every process sees the same norm, so all skip together)."""
+    norm = float(accelerator.clip_grad_norm_(params, max_norm))
+    if math.isfinite(norm):
+        opt.step()
     opt.zero_grad(set_to_none=True)
-    return {"loss": float(np.mean(losses)), "grad_norm": float(norm), "images": len(images)}
+    return norm
 
 
 def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, adv: torch.Tensor,
@@ -239,10 +248,9 @@ def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, ad
         losses.append(loss.item())
         kls.append(stats["approx_kl"].item())
         clips.append(stats["clipfrac"].item())
-    norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    norm = optimizer_step(accelerator, opt, params, cfg.max_grad_norm)
     return {"loss": float(np.mean(losses)), "approx_kl": float(np.mean(kls)), "clipfrac": float(np.mean(clips)),
+            "skipped": float(not math.isfinite(norm)),
             "grad_norm": float(norm)}
 
 
@@ -432,6 +440,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
                     rollout = sample_epoch(cfg, pipe, module, prompts, epoch, rank)
                     rec["sample_s"] = time.time() - t0
                     rec["samples_per_s"] = len(rollout) / rec["sample_s"]
+                    if not torch.isfinite(rollout.latents).all():
+                        raise ValueError(f"epoch {epoch}: the policy sampled NaN/inf latents; stopping (the checkpoint "
+                                         f"of epoch {saved} is kept; lower learning_rate or max_grad_norm)")
                     # 2. feedback
                     scores = scorer(rollout.images, rollout.prompts)
                     all_scores = accelerator.gather(scores.to(accelerator.device)).cpu()
@@ -469,7 +480,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
                 counters["samples"] += len(all_scores)
                 counters["updates"] += len(updates)
                 rec["train_s"] = time.time() - t1
-                rec.update({k: float(np.mean([u[k] for u in updates])) for k in (updates[0] if updates else {})})
+                for k in updates[0] if updates else {}:  # means (of the finite values); skipped steps counted
+                    vals = [u[k] for u in updates if math.isfinite(u[k])]
+                    rec[k] = float(np.sum(vals) if k == "skipped" else np.mean(vals) if vals else float("nan"))
                 rec.update({"updates": len(updates), "samples": counters["samples"], "total_pairs": counters["pairs"],
                             "elapsed_s": time.time() - t_start})
                 if cfg.method == "d3po":

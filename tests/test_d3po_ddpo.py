@@ -141,6 +141,30 @@ def test_d3po_loss_hand_computed():
     assert torch.all(logp.grad[1:] == 0)
 
 
+def test_d3po_loss_stays_finite_when_log_ratios_overflow_exp():
+    """Late steps have a small σ: log π_θ − log π_ref of hundreds must give finite (zero) gradients, not
+    exp-overflow NaNs; an in-range pair still gets its gradient."""
+    logp = torch.tensor([[400.0, -300.0], [0.05, -0.02]], requires_grad=True)
+    loss = d3po_loss(logp, torch.zeros(2, 2), torch.tensor([[1.0, -1.0], [1.0, -1.0]]), beta=0.1, eps=0.1)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logp.grad).all()
+    assert logp.grad[0].abs().sum() == 0 and (logp.grad[1].abs() > 0).all()
+
+
+def test_a_non_finite_gradient_skips_the_step_and_keeps_the_weights():
+    from accelerate import Accelerator
+
+    from diffusion_align.train import optimizer_step
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1)
+    w.grad = torch.tensor([1.0, float("nan"), 0.0])
+    assert not math.isfinite(optimizer_step(Accelerator(cpu=True), opt, [w], 1.0))
+    assert torch.equal(w.detach(), torch.ones(3)) and w.grad is None
+    w.grad = torch.tensor([1.0, 0.0, 0.0])
+    assert optimizer_step(Accelerator(cpu=True), opt, [w], 1.0) == 1.0 and w[0] < 1
+
+
 def test_ddpo_loss_hand_computed():
     logp = torch.tensor([0.1, -0.1, 0.0, 0.2])
     old = torch.zeros(4)

@@ -149,14 +149,16 @@ def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows) -> tuple[dict, t
     """The base model's evaluation, reused from ``work`` when the sampler is the same (it is deterministic)."""
     key = {k: getattr(cfg0, k) for k in ("pretrained", "sample_steps", "sample_eta", "guidance_scale")}
     path = work / "base_eval.json"
-    if path.is_file() and json.loads(path.read_text()).get("sampler") == key:
-        return json.loads(path.read_text())["result"], load_file(work / "base_images.safetensors")["images"]
+    cached = json.loads(path.read_text()) if path.is_file() else {}
+    if cached.get("sampler") == key:
+        return cached["result"], load_file(work / "base_images.safetensors")["images"]
     base, images = evaluate_policy(with_lora(cfg0, None), cfg0, suite, div_rows)
     base = {k: v for k, v in base.items() if k != "correct"}
+    images = torch.from_numpy(to_uint8(images))
     work.mkdir(parents=True, exist_ok=True)
-    save_file({"images": torch.from_numpy(to_uint8(images))}, work / "base_images.safetensors")
+    save_file({"images": images}, work / "base_images.safetensors")
     path.write_text(json.dumps({"sampler": key, "result": base}))
-    return base, torch.from_numpy(to_uint8(images))
+    return base, images
 
 
 def main(argv=None) -> dict:

@@ -215,18 +215,18 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
             loss = d3po_loss(lp[pos], ref_lp[pos], pref, cfg.beta, cfg.eps)
         accelerator.backward(loss * scale / steps.shape[1])
         losses.append(loss.item())
-    norm = optimizer_step(accelerator, opt, params, cfg.max_grad_norm)
-    return {"loss": float(np.mean(losses)), "grad_norm": norm, "images": len(images), "skipped": float(not math.isfinite(norm))}
+    return {"loss": float(np.mean(losses)), "images": len(images), **optimizer_step(accelerator, opt, params, cfg.max_grad_norm)}
 
 
-def optimizer_step(accelerator, opt, params, max_norm: float) -> float:
+def optimizer_step(accelerator, opt, params, max_norm: float) -> dict:
     """Clip the (all-reduced) gradients and step; a non-finite gradient norm skips the step instead of
-    writing NaN into the weights (every process sees the same norm, so all skip together)."""
+    writing NaN into the weights (every process sees the same norm, so all skip together).
+    Returns ``{"grad_norm", "skipped"}`` for the metrics."""
     norm = float(accelerator.clip_grad_norm_(params, max_norm))
     if math.isfinite(norm):
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return norm
+    return {"grad_norm": norm, "skipped": float(not math.isfinite(norm))}
 
 
 def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, adv: torch.Tensor,
@@ -248,18 +248,20 @@ def ddpo_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, ad
         losses.append(loss.item())
         kls.append(stats["approx_kl"].item())
         clips.append(stats["clipfrac"].item())
-    norm = optimizer_step(accelerator, opt, params, cfg.max_grad_norm)
     return {"loss": float(np.mean(losses)), "approx_kl": float(np.mean(kls)), "clipfrac": float(np.mean(clips)),
-            "skipped": float(not math.isfinite(norm)),
-            "grad_norm": float(norm)}
+            **optimizer_step(accelerator, opt, params, cfg.max_grad_norm)}
 
 
-def pair_minibatches(pairs: torch.Tensor, size: int, k: int, g: torch.Generator) -> list[torch.Tensor]:
-    """Pair indices per optimiser step: groups (``k`` adjacent images) in random order, each group's pairs
-    kept in one minibatch (so its images are run once), a minibatch closed once it holds ``size`` pairs."""
-    group = pairs[:, 0] // k
+def pair_minibatches(pairs: torch.Tensor, size: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Pair indices per optimiser step: the groups of the pair graph (:func:`pair_components`: one prompt
+    and ``x_T`` each, however many images it had) in random order, each group's pairs kept in one
+    minibatch (so its images are run once), a minibatch closed once it holds ``size`` pairs."""
+    if len(pairs) == 0:
+        return []
+    _, pos, comp = pair_components(pairs)
+    group = comp[pos[:, 0]]
     batches, current = [], []
-    for gid in torch.unique(group)[torch.randperm(len(torch.unique(group)), generator=g)].tolist():
+    for gid in torch.randperm(int(group.max()) + 1, generator=g).tolist():
         current += torch.nonzero(group == gid).flatten().tolist()
         if len(current) >= size:
             batches.append(torch.tensor(current))
@@ -277,7 +279,7 @@ def train_d3po_epoch(cfg, accelerator, sched, unet, opt, params, rollout, pairs,
     n = accelerator.gather(torch.tensor([len(pairs)], device=accelerator.device)).cpu().tolist()
     updates = []
     for _ in range(cfg.num_inner_epochs):
-        batches = pair_minibatches(pairs, cfg.train_batch_size, cfg.samples_per_prompt, g)
+        batches = pair_minibatches(pairs, cfg.train_batch_size, g)
         n_steps = int(accelerator.gather(torch.tensor([len(batches)], device=accelerator.device)).max())
         mine = torch.zeros(n_steps, dtype=torch.long)
         mine[: len(batches)] = torch.tensor([len(b) for b in batches], dtype=torch.long)

@@ -53,6 +53,8 @@ class TrainConfig:
     num_inner_epochs: int = 1
     train_batch_size: int = 4  # pairs (D3PO) or samples (DDPO) per optimiser step and process
     timestep_fraction: float = 1.0
+    #: train only the first N denoising steps (the noisiest, where the layout is decided); None: all steps
+    train_first_steps: int | None = None
     learning_rate: float = 3e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
@@ -122,6 +124,8 @@ class TrainConfig:
                   "lora_rank", "stat_buffer_size", "stat_min_count"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         need(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        need(self.train_first_steps is None or 1 <= self.train_first_steps <= self.sample_steps,
+             f"train_first_steps must be in [1, sample_steps={self.sample_steps}] or null, got {self.train_first_steps}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")

@@ -160,10 +160,12 @@ def group_pairs(n_groups: int, k: int) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------- training
 def train_steps(cfg: TrainConfig, T: int, rng: torch.Generator, n: int) -> torch.Tensor:
-    """``[n, T_train]`` step indices: a random order of the denoising steps per pair/sample, of which the
-    first ``int(T * timestep_fraction)`` (at least 1) are trained, as in the references."""
-    t_train = max(1, int(T * cfg.timestep_fraction))
-    return torch.stack([torch.randperm(T, generator=rng)[:t_train] for _ in range(n)])
+    """``[n, T_train]`` step indices (0 = the first, noisiest step): a random order of the trainable steps
+    per pair/sample (all ``T``, or the first ``train_first_steps``), of which the first
+    ``int(pool * timestep_fraction)`` (at least 1) are trained, as in the references."""
+    pool = T if cfg.train_first_steps is None else min(T, cfg.train_first_steps)
+    t_train = max(1, int(pool * cfg.timestep_fraction))
+    return torch.stack([torch.randperm(pool, generator=rng)[:t_train] for _ in range(n)])
 
 
 def pair_components(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

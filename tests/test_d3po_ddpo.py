@@ -23,6 +23,7 @@ from diffusion_align.rollout import (
     sample_rollouts,
     transition_log_prob,
 )
+from diffusion_align.train import train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red circle", "a photo of a square left of a star"]
@@ -320,6 +321,18 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
         torch.testing.assert_close(grads[i], p.grad, rtol=1e-4, atol=1e-7)
 
 
+def test_train_steps_draw_from_the_first_steps_only():
+    g = torch.Generator().manual_seed(0)
+    every = train_steps(TrainConfig(sample_steps=10), 10, g, 64)
+    assert every.shape == (64, 10) and all(sorted(r.tolist()) == list(range(10)) for r in every)
+    early = train_steps(TrainConfig(sample_steps=10, train_first_steps=4), 10, g, 64)
+    assert early.shape == (64, 4) and all(sorted(r.tolist()) == [0, 1, 2, 3] for r in early)
+    assert len({tuple(r.tolist()) for r in early}) > 1  # a random order per row
+    half = train_steps(TrainConfig(sample_steps=10, train_first_steps=4, timestep_fraction=0.5), 10, g, 256)
+    assert half.shape == (256, 2) and half.max() <= 3 and (half[:, 0] != half[:, 1]).all()
+    assert set(half.flatten().tolist()) == {0, 1, 2, 3}
+
+
 # -------------------------------------------------------------------------------------------- config
 def test_config_validation(tmp_path):
     assert TrainConfig.from_dict({"learning_rate": "3e-4", "num_epochs": 2}).learning_rate == 3e-4
@@ -333,6 +346,8 @@ def test_config_validation(tmp_path):
         ({"method": "ddpo", "feedback": "labels", "labels_dir": "x"}, "ddpo needs a reward"),
         ({"lora_targets": "to_q"}, "lora_targets must be a list"),
         ({"timestep_fraction": 1.5}, "timestep_fraction"),
+        ({"train_first_steps": 0}, "train_first_steps must be in"),
+        ({"train_first_steps": 21, "sample_steps": 20}, "train_first_steps must be in"),
         ({"sample_eta": 1.5}, "sample_eta must be in"),
         ({"stat_min_count": 32}, "must not exceed stat_buffer_size"),
     ]

@@ -1,0 +1,190 @@
+"""vlm_rl environments and the VLM reward wrapper: offscreen rendering, the reward against an independent
+computation on recorded frames, batched = one-by-one, every-k holding, and the task predicates."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("mujoco")
+pytest.importorskip("stable_baselines3")
+
+from stable_baselines3.common.vec_env import DummyVecEnv  # noqa: E402
+
+from mmreward import load_projection_reward  # noqa: E402
+from vlm_rl.envs import EnvSpec, make_env  # noqa: E402
+from vlm_rl.reward_wrapper import RenderToInfo, TaskInfo, VLMRewardVecEnv  # noqa: E402
+from vlm_rl.tasks import get_task, kneeling, standing  # noqa: E402
+
+SIZE = (80, 96)  # not square: the reward squashes frames to the model's 64x64
+
+
+def humanoid_venv(n: int, every: int = 1, task: str = "kneeling"):
+    import gymnasium as gym
+
+    class Rec(gym.Wrapper):
+        def __init__(self, env):
+            super().__init__(env)
+            self.frames = []
+
+        def step(self, action):
+            out = self.env.step(action)
+            if "frame" in out[4]:
+                self.frames.append(out[4]["frame"].copy())
+            return out
+
+    def make(i):
+        return lambda: Rec(TaskInfo(RenderToInfo(make_env(EnvSpec("humanoid", size=SIZE, episode_length=6), seed=i), every),
+                                    get_task(task)))
+
+    return DummyVecEnv([make(i) for i in range(n)])
+
+
+def vlmrm_reference(frames: list[np.ndarray], model, tokenizer, goal: str, baseline: str, alpha: float) -> np.ndarray:
+    """The VLM-RM reward written out from the paper and repo: torchvision ``Resize((S,S), BICUBIC)`` (frames
+    squashed to the model's size), OpenAI mean/std, normalised embeddings, R = 1 - 0.5 * ||(s - g) P||^2
+    with the projection P."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.functional import resize
+
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).double() / 255
+    x = resize(x, [64, 64], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711], dtype=torch.float64).view(1, 3, 1, 1)
+    with torch.no_grad():
+        s = model.encode_image(((x - mean) / std).float()).double()
+        t = model.encode_text(tokenizer([goal, baseline])).double()
+    s = s / s.norm(dim=-1, keepdim=True)
+    t = t / t.norm(dim=-1, keepdim=True)
+    g, b = t[0], t[1]
+    d = (g - b) / (g - b).norm()
+    P = alpha * torch.outer(d, d) + (1 - alpha) * torch.eye(len(d), dtype=torch.float64)
+    y = (s - g) @ P
+    return (1 - 0.5 * (y * y).sum(-1)).numpy()
+
+
+@pytest.fixture(scope="module")
+def projection(open_clip_dir):
+    task = get_task("kneeling")
+    reward = load_projection_reward(f"clip:{open_clip_dir}", task.goal, task.baseline, alpha=0.5)
+    reward.backbone.preprocess.resize_mode = "squash"  # VLM-RM squashes frames to the model's square input
+    return reward
+
+
+def test_rendering_needs_no_display():
+    assert "DISPLAY" not in os.environ or os.environ.get("MUJOCO_GL") == "egl"
+    env = make_env(EnvSpec("humanoid", size=(48, 56), episode_length=3), seed=0)
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (48, 56, 3) and frame.dtype == np.uint8
+    assert frame.std() > 10  # a real scene (sky, floor, robot), not a blank buffer
+    sky, floor = frame[:8].reshape(-1, 3).mean(0), frame[-8:].reshape(-1, 3).mean(0)
+    assert sky[2] > sky[0] and abs(sky - floor).sum() > 30  # light-blue sky above a brown tiled floor
+    cart = make_env(EnvSpec("cartpole", size=(48, 56), episode_length=3), seed=0)
+    cart.reset(seed=0)
+    assert cart.render().shape == (48, 56, 3)
+
+
+def test_episodes_have_a_fixed_length_without_termination():
+    env = make_env(EnvSpec("cartpole", size=SIZE, episode_length=40), seed=0)
+    env.reset(seed=0)
+    steps, ended_by_env = 0, False
+    while True:
+        _, _, terminated, truncated, info = env.step(1)  # always push right: the pole falls within ~10 steps
+        steps += 1
+        ended_by_env |= info["terminated_by_env"]
+        assert not terminated
+        if truncated:
+            break
+    assert steps == 40 and ended_by_env
+
+
+def test_wrapper_reward_matches_an_independent_computation(projection, open_clip_dir):
+    import open_clip
+
+    venv = VLMRewardVecEnv(humanoid_venv(3), projection)
+    venv.reset()
+    rng = np.random.default_rng(0)
+    rewards, infos_seen = [], []
+    for _ in range(4):
+        obs, r, dones, infos = venv.step(rng.uniform(-0.4, 0.4, (3, 17)).astype(np.float32))
+        rewards.append(r)
+        infos_seen.append(infos)
+    rewards = np.stack(rewards)  # [steps, envs]
+    model = projection.backbone.model
+    tokenizer = open_clip.get_tokenizer("ViT-B-32")
+    for i, env in enumerate(venv.venv.envs):
+        ref = vlmrm_reference(env.frames, model, tokenizer, get_task("kneeling").goal, "a humanoid robot", 0.5)
+        np.testing.assert_allclose(rewards[:, i], ref, rtol=0, atol=2e-5)
+    assert np.ptp(rewards) > 0  # different frames, different rewards
+    for infos in infos_seen:
+        for info in infos:
+            assert "frame" not in info and isinstance(info["success"], bool)
+            assert info["vlm_reward"] == pytest.approx(float(np.float32(info["vlm_reward"])))
+            assert np.isfinite(info["gt_reward"])
+
+
+def test_batched_rewards_equal_one_by_one(projection):
+    batched = VLMRewardVecEnv(humanoid_venv(4), projection, batch_size=64)
+    single = VLMRewardVecEnv(humanoid_venv(4), projection, batch_size=1)
+    batched.reset(), single.reset()
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        a = rng.uniform(-0.4, 0.4, (4, 17)).astype(np.float32)
+        rb, rs = batched.step(a)[1], single.step(a)[1]
+        np.testing.assert_allclose(rb, rs, rtol=0, atol=1e-5)
+
+
+def test_reward_every_k_steps_is_held_between_frames(projection):
+    venv = VLMRewardVecEnv(humanoid_venv(2, every=3), projection)
+    venv.reset()
+    rewards, dones = [], []
+    for _ in range(12):  # two episodes of 6 steps: frames on steps 0 and 3 of each
+        _, r, d, _ = venv.step(np.zeros((2, 17), dtype=np.float32))
+        rewards.append(r)
+        dones.append(d)
+    rewards = np.stack(rewards)
+    assert [len(env.frames) for env in venv.venv.envs] == [4, 4]
+    for start in (0, 6):
+        np.testing.assert_array_equal(rewards[start], rewards[start + 1])
+        np.testing.assert_array_equal(rewards[start], rewards[start + 2])
+        np.testing.assert_array_equal(rewards[start + 3], rewards[start + 5])
+    assert np.stack(dones)[5].all() and np.stack(dones)[11].all()
+
+
+def test_a_reward_that_needs_prompts_is_refused(open_clip_dir):
+    from mmreward import load_reward
+
+    with pytest.raises(ValueError, match="needs per-image prompts"):
+        VLMRewardVecEnv(humanoid_venv(1), load_reward(f"clip:{open_clip_dir}"))
+
+
+def _pose(env, **joints):
+    """Set the humanoid's root height/orientation and joint angles (radians), then run forward kinematics."""
+    import mujoco
+
+    m, d = env.unwrapped.model, env.unwrapped.data
+    d.qpos[:] = m.qpos0
+    d.qvel[:] = 0
+    for name, value in joints.items():
+        if name == "root_z":
+            d.qpos[2] = value
+        else:
+            d.qpos[m.joint(name).qposadr[0]] = value
+    mujoco.mj_forward(m, d)
+
+
+def test_task_predicates_on_set_poses():
+    env = make_env(EnvSpec("humanoid", size=SIZE), seed=0)
+    env.reset(seed=0)
+    _pose(env)
+    assert standing(env) and not kneeling(env)
+    # knees bent 90°, thighs vertical, the body lowered until the knees touch the floor: upright kneeling
+    _pose(env, root_z=0.98, right_knee=-1.57, left_knee=-1.57)
+    knees = max(env.unwrapped.data.body("left_shin").xpos[2], env.unwrapped.data.body("right_shin").xpos[2])
+    assert knees < 0.25 and kneeling(env) and not standing(env)
+    _pose(env, root_z=0.3)  # sunk into the floor while straight: knees low but head too low to kneel
+    assert not kneeling(env)

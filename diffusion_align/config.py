@@ -7,20 +7,16 @@ statistics with buffer 16 / min count 16) and sized for the embedded ShapesWorld
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from mmreward.config_file import ConfigError, YamlConfig
 
 METHODS = ("d3po", "ddpo")
-
-
-class ConfigError(ValueError):
-    """A malformed training config (names the key and what is wrong)."""
+__all__ = ["ConfigError", "METHODS", "TrainConfig"]
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(YamlConfig):
     method: str = "d3po"
     #: diffusers pipeline: hub id or local folder (default: the embedded multi-step ShapesWorld model)
     pretrained: str = "assets/shapesworld-t2i-teacher"
@@ -78,36 +74,6 @@ class TrainConfig:
     grid_every: int = 1  # epochs (0: never)
     check_weight_sync: bool = False  # all-gather a LoRA checksum after every update (multi-process test)
 
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        hints = typing.get_type_hints(cls)
-        values = {k: _coerce(k, v, hints[k]) for k, v in data.items()}
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> TrainConfig:
-        import yaml
-
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        try:
-            return cls.from_dict(data or {})
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from e
-
     def validate(self) -> None:
         def need(ok: bool, msg: str) -> None:
             if not ok:
@@ -144,27 +110,3 @@ class TrainConfig:
             need(self.feedback != "labels", "ddpo needs a reward (evaluator or a reward spec), not labels")
         if self.feedback == "labels":
             need(self.labels_dir is not None, "feedback: labels needs labels_dir (written by python -m diffusion_align.label)")
-
-
-def _coerce(key: str, value, hint):
-    """Check a YAML value against the field's type (ints are accepted for floats)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
-            raise ConfigError(f"{key} must be a list of {args[0].__name__}, got {value!r}")
-        return value
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {hint.__name__}, got {value!r} ({type(value).__name__})")
-    return value

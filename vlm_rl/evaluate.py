@@ -1,0 +1,102 @@
+"""Replay a trained policy and judge it by the task's success predicate (no person needed).
+
+    python -m vlm_rl.evaluate --config configs/humanoid_kneeling.yaml [--checkpoint DIR] [--episodes N]
+
+An episode succeeds when the predicate holds on at least half of its steps (the reference's protocol).
+Writes ``eval.json`` (success rate, ground-truth and VLM returns per episode) and GIF videos of the first
+``video_episodes`` episodes into ``output_dir``. The policy is read from ``policy.safetensors`` into a
+freshly built agent: nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file
+from stable_baselines3.common.vec_env import DummyVecEnv
+
+from .config import ConfigError, RLConfig
+from .envs import make_env
+from .reward_wrapper import TaskInfo, frames_to_tensor
+from .tasks import get_task
+from .train import env_spec, load_task_reward, make_agent
+
+
+def load_policy(cfg: RLConfig, checkpoint: Path):
+    """An agent of ``cfg.algo`` with the weights of ``checkpoint/policy.safetensors``."""
+    path = Path(checkpoint) / "policy.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"no policy weights at {path} (train first: python -m vlm_rl.train --config ...)")
+    env = DummyVecEnv([lambda: make_env(env_spec(cfg), seed=0)])
+    agent = make_agent(cfg, env, for_eval=True)
+    agent.policy.load_state_dict(load_file(path))
+    return agent
+
+
+def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, reward=None) -> dict:
+    agent = load_policy(cfg, checkpoint)
+    episodes = cfg.eval_episodes if episodes is None else episodes
+    if reward is None and cfg.reward_source == "vlm":
+        reward = load_task_reward(cfg)
+    task = get_task(cfg.task)
+    out = Path(cfg.output_dir)
+    rows = []
+    for ep in range(episodes):
+        env = TaskInfo(make_env(env_spec(cfg), seed=10_000 + ep), task)
+        obs, _ = env.reset(seed=10_000 + ep)
+        frames, success, gt = [], [], 0.0
+        done = False
+        while not done:
+            action, _ = agent.predict(obs, deterministic=True)
+            obs, r, terminated, truncated, info = env.step(action)
+            done = terminated or truncated
+            frames.append(env.render())
+            success.append(info["success"])
+            gt += float(r)
+        row = {"episode": ep, "gt_return": gt, "success_fraction": float(np.mean(success)),
+               "success": bool(np.mean(success) >= 0.5)}
+        if reward is not None:
+            import torch
+
+            with torch.no_grad():
+                row["vlm_return"] = float(reward(frames_to_tensor(frames)).sum())
+        if ep < cfg.video_episodes:
+            save_gif(frames, out / "videos" / f"episode_{ep}.gif")
+        rows.append(row)
+        env.close()
+    result = {"task": cfg.task, "episodes": rows, "success_rate": float(np.mean([r["success"] for r in rows])) if rows else None,
+              "gt_return": float(np.mean([r["gt_return"] for r in rows])) if rows else None}
+    if rows and "vlm_return" in rows[0]:
+        result["vlm_return"] = float(np.mean([r["vlm_return"] for r in rows]))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--checkpoint", default=None, help="default: OUTPUT_DIR/checkpoint")
+    p.add_argument("--episodes", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        cfg = RLConfig.from_yaml(args.config)
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    result = evaluate(cfg, Path(args.checkpoint or Path(cfg.output_dir) / "checkpoint"), args.episodes)
+    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,196 @@
+"""Train an agent with a CLIP model as its only reward (VLM-RM), with stable-baselines3.
+
+    python -m vlm_rl.train --config configs/humanoid_kneeling.yaml [--resume] [--set key=value ...]
+
+Writes to ``output_dir``: ``metrics.jsonl`` (per finished episode: the VLM return next to the ground-truth
+return and the success rate; steps/s), ``checkpoint/`` (SB3's ``model.zip`` and replay buffer for
+``--resume``, and the policy weights as ``policy.safetensors``, which :mod:`vlm_rl.evaluate` reads),
+``eval.json`` and ``videos/`` at the end. Ctrl-C saves a checkpoint before exiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+from safetensors.torch import save_file
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from tqdm import tqdm
+
+from .config import ConfigError, RLConfig
+from .envs import EnvSpec, make_env
+from .reward_wrapper import RenderToInfo, TaskInfo, VLMRewardVecEnv
+from .tasks import get_task
+
+
+def env_spec(cfg: RLConfig) -> EnvSpec:
+    return EnvSpec(get_task(cfg.task).env, (cfg.frame_height, cfg.frame_width), cfg.episode_length, cfg.textured,
+                   cfg.fast_render)
+
+
+def _env_fn(cfg: RLConfig, seed: int, render_every: int | None):
+    def make():
+        env = make_env(env_spec(cfg), seed=seed)
+        if render_every is not None:
+            env = RenderToInfo(env, render_every)
+        return TaskInfo(env, get_task(cfg.task))
+
+    return make
+
+
+def load_task_reward(cfg: RLConfig, device: str = "cpu"):
+    """The goal–baseline projection reward of ``cfg.reward_model`` (frames squashed to the model's input)."""
+    from mmreward import load_projection_reward
+
+    reward = load_projection_reward(cfg.reward_model, cfg.goal_prompt, cfg.baseline_prompt, cfg.alpha, device=device)
+    reward.backbone.preprocess.resize_mode = "squash"  # as VLM-RM: non-square frames are squashed, not cropped
+    return reward.eval()
+
+
+def build_vec_env(cfg: RLConfig, seed: int, reward=None) -> VecEnv:
+    """``cfg.n_envs`` envs; with ``reward_source: vlm`` their rewards are replaced by the VLM reward."""
+    vlm = cfg.reward_source == "vlm"
+    fns = [_env_fn(cfg, seed + i, cfg.reward_every if vlm else None) for i in range(cfg.n_envs)]
+    venv = SubprocVecEnv(fns) if cfg.subproc and cfg.n_envs > 1 else DummyVecEnv(fns)
+    if vlm:
+        venv = VLMRewardVecEnv(venv, reward if reward is not None else load_task_reward(cfg), cfg.reward_batch_size)
+    return venv
+
+
+def make_agent(cfg: RLConfig, env: VecEnv, for_eval: bool = False):
+    """A fresh SB3 agent of ``cfg.algo``; ``for_eval``: with a one-entry replay buffer (weights only)."""
+    from stable_baselines3 import DQN, PPO, SAC
+
+    algo = {"sac": SAC, "ppo": PPO, "dqn": DQN}[cfg.algo]
+    kwargs = dict(cfg.algo_kwargs)
+    if for_eval and cfg.algo != "ppo":
+        kwargs.update(buffer_size=1, learning_starts=0)
+    try:
+        return algo("MlpPolicy", env, seed=cfg.seed, verbose=0, **kwargs)
+    except TypeError as e:
+        raise ConfigError(f"algo_kwargs {sorted(cfg.algo_kwargs)} not accepted by {algo.__name__}: {e}") from e
+
+
+class EpisodeLogger(BaseCallback):
+    """Per finished episode: VLM and ground-truth returns, the share of steps the task's predicate held;
+    a progress bar over environment steps; a checkpoint every ``every`` steps."""
+
+    def __init__(self, cfg: RLConfig, out: Path, start: int) -> None:
+        super().__init__()
+        self.cfg, self.out, self.every = cfg, out, cfg.checkpoint_every
+        self.next_ckpt = (start // self.every + 1) * self.every
+        self.start = start
+        self.bar = None
+
+    def _on_training_start(self) -> None:
+        n = self.cfg.n_envs
+        self.vlm, self.gt, self.succ = np.zeros(n), np.zeros(n), np.zeros(n)
+        self.t0, self.steps0 = time.time(), self.num_timesteps
+        self.bar = tqdm(total=self.cfg.total_steps, initial=self.start, desc=f"{self.cfg.algo} {self.cfg.task}", unit="step")
+        self.file = open(self.out / "metrics.jsonl", "a")
+
+    def _on_step(self) -> bool:
+        infos, dones = self.locals["infos"], self.locals["dones"]
+        for i, info in enumerate(infos):
+            self.vlm[i] += info.get("vlm_reward", np.nan)
+            self.gt[i] += info["gt_reward"]
+            self.succ[i] += info["success"]
+            if dones[i]:
+                row = {"step": self.num_timesteps, "vlm_return": float(self.vlm[i]), "gt_return": float(self.gt[i]),
+                       "success_fraction": float(self.succ[i] / self.cfg.episode_length),
+                       "steps_per_s": (self.num_timesteps - self.steps0) / max(time.time() - self.t0, 1e-9)}
+                self.file.write(json.dumps(row) + "\n")
+                self.file.flush()
+                self.bar.set_postfix(gt=f"{row['gt_return']:.1f}", vlm=f"{row['vlm_return']:.2f}")
+                self.vlm[i] = self.gt[i] = self.succ[i] = 0.0
+        self.bar.update(self.num_timesteps - self.bar.n)
+        if self.num_timesteps >= self.next_ckpt:
+            save_checkpoint(self.model, self.out)
+            self.next_ckpt += self.every
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+        self.file.close()
+
+
+def save_checkpoint(model, out: Path) -> None:
+    """SB3's full state (for --resume) and the policy weights as safetensors, written then renamed."""
+    ckpt = out / "checkpoint"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    model.save(ckpt / "model.tmp.zip")
+    if hasattr(model, "replay_buffer") and model.replay_buffer is not None:
+        model.save_replay_buffer(ckpt / "replay_buffer.tmp.pkl")
+        (ckpt / "replay_buffer.tmp.pkl").replace(ckpt / "replay_buffer.pkl")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
+    save_file(state, ckpt / "policy.tmp.safetensors", metadata={"num_timesteps": str(model.num_timesteps)})
+    (ckpt / "policy.tmp.safetensors").replace(ckpt / "policy.safetensors")
+    (ckpt / "model.tmp.zip").replace(ckpt / "model.zip")
+    (ckpt / "state.json").write_text(json.dumps({"num_timesteps": int(model.num_timesteps)}))
+
+
+def train(cfg: RLConfig, resume: bool = False) -> dict:
+    """Train to ``cfg.total_steps`` environment steps (continuing a checkpoint with ``resume``)."""
+    from stable_baselines3 import DQN, PPO, SAC
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(vars(cfg), sort_keys=False))
+    env = build_vec_env(cfg, cfg.seed)
+    ckpt = out / "checkpoint"
+    if resume and (ckpt / "model.zip").is_file():
+        algo = {"sac": SAC, "ppo": PPO, "dqn": DQN}[cfg.algo]
+        model = algo.load(ckpt / "model.zip", env=env)
+        if (ckpt / "replay_buffer.pkl").is_file():
+            model.load_replay_buffer(ckpt / "replay_buffer.pkl")
+        start = int(model.num_timesteps)
+    else:
+        if resume:
+            tqdm.write(f"no checkpoint in {ckpt}: starting from scratch")
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+        model, start = make_agent(cfg, env), 0
+    stopped_by = "budget"
+    try:
+        if start < cfg.total_steps:
+            model.learn(cfg.total_steps - start, callback=EpisodeLogger(cfg, out, start), reset_num_timesteps=False)
+    except KeyboardInterrupt:
+        stopped_by = "interrupt"
+    save_checkpoint(model, out)
+    env.close()
+    return {"num_timesteps": int(model.num_timesteps), "stopped_by": stopped_by, "output_dir": str(out)}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
+    args = p.parse_args(argv)
+    try:
+        cfg = RLConfig.from_yaml(args.config)
+        if args.set:
+            over = {}
+            for kv in args.set:
+                if "=" not in kv:
+                    raise ConfigError(f"--set needs KEY=VALUE, got {kv!r}")
+                k, v = kv.split("=", 1)
+                over[k] = yaml.safe_load(v)
+            cfg = RLConfig.from_dict({**vars(cfg), **over})
+    except ConfigError as e:
+        raise SystemExit(f"config error: {e}") from None
+    info = train(cfg, resume=args.resume)
+    if info["stopped_by"] == "interrupt":
+        raise SystemExit(f"interrupted at step {info['num_timesteps']}; checkpoint kept (--resume continues)")
+    from .evaluate import evaluate
+
+    result = evaluate(cfg, Path(cfg.output_dir) / "checkpoint")
+    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -188,3 +188,26 @@ def test_task_predicates_on_set_poses():
     assert knees < 0.25 and kneeling(env) and not standing(env)
     _pose(env, root_z=0.3)  # sunk into the floor while straight: knees low but head too low to kneel
     assert not kneeling(env)
+
+
+def test_every_task_pose_is_reachable_within_the_joint_limits():
+    from vlm_rl.poses import CANONICAL, joint_ranges, lowest_point, sample_pose, set_pose
+    from vlm_rl.tasks import TASKS
+
+    env = make_env(EnvSpec("humanoid", size=SIZE), seed=0)
+    env.reset(seed=0)
+    humanoid = [t for t in TASKS.values() if t.env == "humanoid"]
+    ranges = joint_ranges(env)
+    for kind, joints in CANONICAL.items():
+        assert all(ranges[n][0] - 1e-6 <= v <= ranges[n][1] + 1e-6 for n, v in joints.items()), kind
+        set_pose(env, joints)
+        holds = {t.name for t in humanoid if t.success(env)}
+        assert holds == ({"standing", "arms_raised"} if kind == "arms_raised" else {kind})
+        assert abs(lowest_point(env.unwrapped.model, env.unwrapped.data)) < 1e-6  # standing on the floor
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(20):
+        pose = sample_pose(env, rng, "kneeling")
+        assert all(ranges[n][0] <= v <= ranges[n][1] for n, v in pose["joints"].items())
+        hits += get_task("kneeling").success(env)
+    assert 10 <= hits < 20  # variations: mostly still kneeling, not all

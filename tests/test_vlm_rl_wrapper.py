@@ -211,3 +211,30 @@ def test_every_task_pose_is_reachable_within_the_joint_limits():
         assert all(ranges[n][0] <= v <= ranges[n][1] for n, v in pose["joints"].items())
         hits += get_task("kneeling").success(env)
     assert 10 <= hits < 20  # variations: mostly still kneeling, not all
+
+
+def test_scene_data_captions_are_true_of_their_frames(tmp_path):
+    from vlm_rl.scene_data import (
+        CART_FALLEN,
+        LYING,
+        cartpole_captions,
+        load_dataset,
+        render_dataset,
+        save_dataset,
+    )
+
+    frames, captions = render_dataset("humanoid", 14, size=(48, 48), seed=0, progress=False)
+    assert frames.shape == (14, 48, 48, 3) and frames.dtype == torch.uint8
+    assert all(c[0] == "a humanoid robot" for c in captions)
+    seen = {c for caps in captions for c in caps}
+    assert {get_task(t).goal for t in ("standing", "kneeling", "arms_raised", "lotus")} <= seen and LYING in seen
+    save_dataset(tmp_path / "d", frames, captions)
+    f2, c2 = load_dataset(tmp_path / "d")
+    assert torch.equal(f2, frames) and c2 == captions
+
+    cart = make_env(EnvSpec("cartpole", size=SIZE), seed=0)
+    cart.reset(seed=0)
+    for theta, upright, fallen in ((5, True, False), (-30, False, False), (80, False, True)):
+        cart.unwrapped.state = np.array([0.5, 0.0, np.deg2rad(theta), 0.0])
+        caps = cartpole_captions(cart)
+        assert (get_task("cartpole").goal in caps) == upright and (CART_FALLEN in caps) == fallen

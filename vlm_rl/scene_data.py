@@ -1,0 +1,104 @@
+"""Captioned frames of the RL scenes, for training the embedded CLIP of these environments: states are set
+directly (humanoid poses from :mod:`vlm_rl.poses`, CartPole cart positions and pole angles), rendered
+with the training camera, and captioned from geometric predicates (the tasks' own success predicates),
+so every caption is true of its frame by construction.
+
+    python -m vlm_rl.scene_data --env humanoid --n 20000 --out data/humanoid_frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .envs import EnvSpec, make_env
+from .poses import CANONICAL, sample_pose
+from .tasks import BASELINE, TASKS, torso_uprightness
+
+LYING = "a humanoid robot lying on the ground"
+CART_BASELINE = TASKS["cartpole"].baseline
+CART_FALLEN = "a pole lying flat next to the cart"
+
+
+def humanoid_captions(env) -> list[str]:
+    """Every caption true of the humanoid's current state: the baseline, each task goal whose predicate
+    holds, and lying when the torso is within about 70° of horizontal."""
+    caps = [BASELINE] + [t.goal for t in TASKS.values() if t.env == "humanoid" and t.success(env)]
+    if torso_uprightness(env) < 0.35:
+        caps.append(LYING)
+    return caps
+
+
+def cartpole_captions(env) -> list[str]:
+    caps = [CART_BASELINE]
+    if TASKS["cartpole"].success(env):
+        caps.append(TASKS["cartpole"].goal)
+    if abs(env.unwrapped.state[2]) > np.deg2rad(70):
+        caps.append(CART_FALLEN)
+    return caps
+
+
+def render_dataset(env_name: str, n: int, size: tuple[int, int] = (224, 224), seed: int = 0,
+                   progress: bool = True) -> tuple[torch.Tensor, list[list[str]]]:
+    """``n`` frames ``[n,H,W,3]`` uint8 and their true captions. Humanoid: poses drawn evenly from the
+    canonical task poses (with variations) and fully random ones; CartPole: half the pole angles within
+    15° of upright, half anywhere within ±90°, the cart anywhere on the track."""
+    rng = np.random.default_rng(seed)
+    env = make_env(EnvSpec(env_name, size=size), seed=seed)
+    env.reset(seed=seed)
+    kinds = [*CANONICAL, "random", "random"]
+    frames, captions = np.empty((n, *size, 3), dtype=np.uint8), []
+    for i in tqdm(range(n), desc=f"{env_name} frames", disable=not progress):
+        if env_name == "humanoid":
+            sample_pose(env, rng, kinds[i % len(kinds)])
+            captions.append(humanoid_captions(env))
+        else:
+            theta = rng.uniform(-15, 15) if i % 2 == 0 else rng.uniform(-90, 90)
+            env.unwrapped.state = np.array([rng.uniform(-2.3, 2.3), 0.0, np.deg2rad(theta), 0.0])
+            captions.append(cartpole_captions(env))
+        frames[i] = env.render()
+    env.close()
+    return torch.from_numpy(frames), captions
+
+
+def save_dataset(folder: str | Path, frames: torch.Tensor, captions: list[list[str]]) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"frames": frames.contiguous()}, folder / "frames.safetensors")
+    (folder / "captions.json").write_text(json.dumps(captions))
+
+
+def load_dataset(folder: str | Path) -> tuple[torch.Tensor, list[list[str]]]:
+    folder = Path(folder)
+    frames = load_file(folder / "frames.safetensors")["frames"]
+    captions = json.loads((folder / "captions.json").read_text())
+    if len(captions) != len(frames):
+        raise ValueError(f"{folder}: {len(frames)} frames but {len(captions)} caption lists")
+    return frames, captions
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", choices=["humanoid", "cartpole"], required=True)
+    p.add_argument("--n", type=int, default=20000)
+    p.add_argument("--size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    frames, captions = render_dataset(args.env, args.n, tuple(args.size), args.seed)
+    save_dataset(args.out, frames, captions)
+    counts: dict[str, int] = {}
+    for caps in captions:
+        for c in caps:
+            counts[c] = counts.get(c, 0) + 1
+    print(json.dumps({"frames": len(captions), "captions": counts}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -232,6 +232,8 @@ def test_scene_data_captions_are_true_of_their_frames(tmp_path):
     f2, c2 = load_dataset(tmp_path / "d")
     assert torch.equal(f2, frames) and c2 == captions
 
+    small, _ = render_dataset("cartpole", 2, size=(48, 64), seed=0, progress=False, store_size=32)
+    assert small.shape == (2, 32, 32, 3) and small.float().std() > 5  # squashed like the reward's preprocessing
     cart = make_env(EnvSpec("cartpole", size=SIZE), seed=0)
     cart.reset(seed=0)
     for theta, upright, fallen in ((5, True, False), (-30, False, False), (80, False, True)):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -45,15 +46,18 @@ def cartpole_captions(env) -> list[str]:
 
 
 def render_dataset(env_name: str, n: int, size: tuple[int, int] = (224, 224), seed: int = 0,
-                   progress: bool = True) -> tuple[torch.Tensor, list[list[str]]]:
+                   progress: bool = True, store_size: int | None = None) -> tuple[torch.Tensor, list[list[str]]]:
     """``n`` frames ``[n,H,W,3]`` uint8 and their true captions. Humanoid: poses drawn evenly from the
     canonical task poses (with variations) and fully random ones; CartPole: half the pole angles within
-    15° of upright, half anywhere within ±90°, the cart anywhere on the track."""
+    15° of upright, half anywhere within ±90°, the cart anywhere on the track. Frames are rendered at
+    ``size`` (as in training) and, with ``store_size`` S, squashed to ``[S,S]`` as the reward's
+    preprocessing does (bicubic, antialiased), so a small CLIP's data stays small."""
     rng = np.random.default_rng(seed)
     env = make_env(EnvSpec(env_name, size=size), seed=seed)
     env.reset(seed=seed)
     kinds = [*CANONICAL, "random", "random"]
-    frames, captions = np.empty((n, *size, 3), dtype=np.uint8), []
+    out_hw = size if store_size is None else (store_size, store_size)
+    frames, captions = torch.empty((n, *out_hw, 3), dtype=torch.uint8), []
     for i in tqdm(range(n), desc=f"{env_name} frames", disable=not progress):
         if env_name == "humanoid":
             sample_pose(env, rng, kinds[i % len(kinds)])
@@ -62,9 +66,18 @@ def render_dataset(env_name: str, n: int, size: tuple[int, int] = (224, 224), se
             theta = rng.uniform(-15, 15) if i % 2 == 0 else rng.uniform(-90, 90)
             env.unwrapped.state = np.array([rng.uniform(-2.3, 2.3), 0.0, np.deg2rad(theta), 0.0])
             captions.append(cartpole_captions(env))
-        frames[i] = env.render()
+        frames[i] = squash(env.render(), out_hw)
     env.close()
-    return torch.from_numpy(frames), captions
+    return frames, captions
+
+
+def squash(frame: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
+    """``[H,W,3]`` uint8 resized to ``hw`` like :class:`mmreward.preprocess.ClipPreprocess` (squash mode)."""
+    x = torch.from_numpy(np.ascontiguousarray(frame))
+    if tuple(x.shape[:2]) == tuple(hw):
+        return x
+    y = F.interpolate(x.permute(2, 0, 1)[None].float() / 255, size=hw, mode="bicubic", align_corners=False, antialias=True)
+    return (y[0].permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def save_dataset(folder: str | Path, frames: torch.Tensor, captions: list[list[str]]) -> None:
@@ -88,10 +101,11 @@ def main(argv=None) -> None:
     p.add_argument("--env", choices=["humanoid", "cartpole"], required=True)
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
+    p.add_argument("--store-size", type=int, default=None, help="store frames squashed to SxS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    frames, captions = render_dataset(args.env, args.n, tuple(args.size), args.seed)
+    frames, captions = render_dataset(args.env, args.n, tuple(args.size), args.seed, store_size=args.store_size)
     save_dataset(args.out, frames, captions)
     counts: dict[str, int] = {}
     for caps in captions:

@@ -94,7 +94,13 @@ def interrupt_when(cmd: list[str], ready, cwd=None, wait: float = 180) -> tuple[
     import subprocess
     import time
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd)
+    def default_sigint() -> None:
+        # a shell starts background jobs with SIGINT ignored; the child would inherit that, and Python
+        # leaves an ignored SIGINT ignored (no KeyboardInterrupt): give the command the default disposition
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+                            preexec_fn=default_sigint)
     try:
         deadline = time.time() + wait
         while time.time() < deadline and proc.poll() is None and not ready():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmreward.config_file import ConfigError, YamlConfig
+from mmreward.config_file import ConfigError, YamlConfig, need
 
 METHODS = ("d3po", "ddpo")
 __all__ = ["ConfigError", "METHODS", "TrainConfig"]
@@ -75,10 +75,6 @@ class TrainConfig(YamlConfig):
     check_weight_sync: bool = False  # all-gather a LoRA checksum after every update (multi-process test)
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
         need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         need(self.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         need(bool(self.pretrained.strip()), "pretrained must name a pipeline (hub id or folder)")

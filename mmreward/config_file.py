@@ -17,6 +17,12 @@ class ConfigError(ValueError):
     """A malformed config (names the key and what is wrong)."""
 
 
+def need(ok: bool, msg: str) -> None:
+    """Raise :class:`ConfigError` with ``msg`` unless ``ok`` (the checks of each ``validate()``)."""
+    if not ok:
+        raise ConfigError(msg)
+
+
 class YamlConfig:
     def validate(self) -> None:  # overridden by each config
         pass

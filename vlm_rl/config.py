@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mmreward.config_file import ConfigError, YamlConfig
+from mmreward.config_file import ConfigError, YamlConfig, need
 
 from .envs import ENV_NAMES
 from .tasks import TASKS
@@ -52,10 +52,6 @@ class RLConfig(YamlConfig):
     video_episodes: int = 2
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
         need(self.task in TASKS, f"task must be one of {sorted(TASKS)}, got {self.task!r}")
         need(self.algo in ALGOS, f"algo must be one of {ALGOS}, got {self.algo!r}")
         need(self.reward_source in ("vlm", "ground_truth"), f"reward_source must be vlm or ground_truth, got {self.reward_source!r}")

@@ -52,8 +52,8 @@ def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, rewar
     task = get_task(cfg.task)
     out = Path(cfg.output_dir)
     rows = []
+    env = TaskInfo(make_env(env_spec(cfg)), task)  # one env (and renderer), re-seeded per episode
     for ep in range(episodes):
-        env = TaskInfo(make_env(env_spec(cfg), seed=10_000 + ep), task)
         obs, _ = env.reset(seed=10_000 + ep)
         frames, success, gt = [], [], 0.0
         done = False
@@ -74,7 +74,7 @@ def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, rewar
         if ep < cfg.video_episodes:
             save_gif(frames, out / "videos" / f"episode_{ep}.gif")
         rows.append(row)
-        env.close()
+    env.close()
     result = {"task": cfg.task, "episodes": rows, "success_rate": float(np.mean([r["success"] for r in rows])) if rows else None,
               "gt_return": float(np.mean([r["gt_return"] for r in rows])) if rows else None}
     if rows and "vlm_return" in rows[0]:

@@ -1,5 +1,5 @@
 """Environments of VLM-RM, rendered offscreen: the MuJoCo humanoid with the reference's camera and visual
-changes, and CartPole, without termination, fixed episode lengths.
+changes, CartPole and (textured) MountainCarContinuous, without termination, fixed episode lengths.
 
 Rendering needs no display: MuJoCo uses EGL (``MUJOCO_GL=egl``, Mesa software rendering on a CPU
 machine), set here before MuJoCo is imported unless the caller chose a backend. Render cost on 2 CPU
@@ -27,7 +27,7 @@ except ImportError:
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 
-ENV_NAMES = ("humanoid", "cartpole")
+ENV_NAMES = ("humanoid", "cartpole", "mountaincar")
 
 #: the reference's humanoid camera (``kube/job.yaml``): track the torso from 3.5 m, in front, slightly above
 HUMANOID_CAMERA = {"trackbodyid": 1, "distance": 3.5, "lookat": [0.0, 0.0, 1.0], "elevation": -10.0, "azimuth": 180.0}
@@ -35,9 +35,9 @@ HUMANOID_CAMERA = {"trackbodyid": 1, "distance": 3.5, "lookat": [0.0, 0.0, 1.0],
 
 @dataclass
 class EnvSpec:
-    """What :func:`make_env` builds: ``name`` (humanoid, cartpole), frame ``size`` ``(H, W)``
+    """What :func:`make_env` builds: ``name`` (humanoid, cartpole, mountaincar), frame ``size`` ``(H, W)``
     in pixels, ``episode_length`` in steps (fixed: termination is removed, as in the reference),
-    ``textured`` (the reference's visual changes), ``fast_render`` (shadows, reflections and
+    ``textured`` (the reference's visual changes: humanoid and mountaincar), ``fast_render`` (shadows, reflections and
     multisampling off), ``camera`` (humanoid only; default :data:`HUMANOID_CAMERA`)."""
 
     name: str = "humanoid"
@@ -127,6 +127,10 @@ def make_env(spec: EnvSpec, seed: int | None = None) -> gym.Env:
                        xml_file=humanoid_xml(spec.textured, spec.fast_render), default_camera_config=cam,
                        terminate_when_unhealthy=False, max_episode_steps=None)
         env = gym.wrappers.TimeLimit(env.unwrapped, spec.episode_length)
+    elif spec.name == "mountaincar":
+        from .mountain_car import make_mountain_car
+
+        env = make_mountain_car(spec.size, spec.episode_length, spec.textured)
     else:  # cartpole: pygame renders 400x600 (the reference's RENDER_DIM), resized to spec.size
         env = gym.make("CartPole-v1", render_mode="rgb_array").unwrapped
         env = ResizeFrames(gym.wrappers.TimeLimit(NoTermination(env), spec.episode_length), spec.size)
@@ -134,8 +138,6 @@ def make_env(spec: EnvSpec, seed: int | None = None) -> gym.Env:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
-
-
 
 
 class ResizeFrames(gym.Wrapper):

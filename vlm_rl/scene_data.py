@@ -25,6 +25,8 @@ from .tasks import BASELINE, TASKS, torso_uprightness
 LYING = "a humanoid robot lying on the ground"
 CART_BASELINE = TASKS["cartpole"].baseline
 CART_FALLEN = "a pole lying flat next to the cart"
+CAR_BASELINE = TASKS["mountaincar"].baseline
+CAR_VALLEY = "a car at the bottom of the valley"
 
 
 def humanoid_captions(env) -> list[str]:
@@ -45,27 +47,47 @@ def cartpole_captions(env) -> list[str]:
     return caps
 
 
+def mountaincar_captions(env) -> list[str]:
+    caps = [CAR_BASELINE]
+    if TASKS["mountaincar"].success(env):
+        caps.append(TASKS["mountaincar"].goal)
+    if abs(env.unwrapped.state[0] + 0.52) < 0.15:  # the valley floor is at -pi/6
+        caps.append(CAR_VALLEY)
+    return caps
+
+
+CAPTIONERS = {"humanoid": humanoid_captions, "cartpole": cartpole_captions, "mountaincar": mountaincar_captions}
+
+
+def set_random_state(env_name: str, env, rng: np.random.Generator, i: int) -> None:
+    """Humanoid: poses drawn evenly from the canonical task poses (with variations) and fully random ones.
+    CartPole: half the pole angles within 15° of upright, half anywhere within ±90°, the cart anywhere on
+    the track. MountainCar: a third at the flag (the absorbing goal), the rest anywhere left of it."""
+    if env_name == "humanoid":
+        kinds = [*CANONICAL, "random", "random"]
+        sample_pose(env, rng, kinds[i % len(kinds)])
+    elif env_name == "cartpole":
+        theta = rng.uniform(-15, 15) if i % 2 == 0 else rng.uniform(-90, 90)
+        env.unwrapped.state = np.array([rng.uniform(-2.3, 2.3), 0.0, np.deg2rad(theta), 0.0])
+    else:
+        x = 0.45 if i % 3 == 0 else rng.uniform(-1.2, 0.45)
+        env.unwrapped.state = np.array([x, 0.0], dtype=np.float32)
+
+
 def render_dataset(env_name: str, n: int, size: tuple[int, int] = (224, 224), seed: int = 0,
                    progress: bool = True, store_size: int | None = None) -> tuple[torch.Tensor, list[list[str]]]:
-    """``n`` frames ``[n,H,W,3]`` uint8 and their true captions. Humanoid: poses drawn evenly from the
-    canonical task poses (with variations) and fully random ones; CartPole: half the pole angles within
-    15° of upright, half anywhere within ±90°, the cart anywhere on the track. Frames are rendered at
+    """``n`` frames ``[n,H,W,3]`` uint8 and their true captions, states from :func:`set_random_state`.
+    Frames are rendered at
     ``size`` (as in training) and, with ``store_size`` S, squashed to ``[S,S]`` as the reward's
     preprocessing does (bicubic, antialiased), so a small CLIP's data stays small."""
     rng = np.random.default_rng(seed)
     env = make_env(EnvSpec(env_name, size=size), seed=seed)
     env.reset(seed=seed)
-    kinds = [*CANONICAL, "random", "random"]
     out_hw = size if store_size is None else (store_size, store_size)
     frames, captions = torch.empty((n, *out_hw, 3), dtype=torch.uint8), []
     for i in tqdm(range(n), desc=f"{env_name} frames", disable=not progress):
-        if env_name == "humanoid":
-            sample_pose(env, rng, kinds[i % len(kinds)])
-            captions.append(humanoid_captions(env))
-        else:
-            theta = rng.uniform(-15, 15) if i % 2 == 0 else rng.uniform(-90, 90)
-            env.unwrapped.state = np.array([rng.uniform(-2.3, 2.3), 0.0, np.deg2rad(theta), 0.0])
-            captions.append(cartpole_captions(env))
+        set_random_state(env_name, env, rng, i)
+        captions.append(CAPTIONERS[env_name](env))
         frames[i] = squash(env.render(), out_hw)
     env.close()
     return frames, captions
@@ -73,7 +95,7 @@ def render_dataset(env_name: str, n: int, size: tuple[int, int] = (224, 224), se
 
 def squash(frame: np.ndarray, hw: tuple[int, int]) -> torch.Tensor:
     """``[H,W,3]`` uint8 resized to ``hw`` like :class:`mmreward.preprocess.ClipPreprocess` (squash mode)."""
-    x = torch.from_numpy(np.ascontiguousarray(frame))
+    x = torch.from_numpy(np.array(frame, dtype=np.uint8, copy=True))  # renderers may hand out read-only views
     if tuple(x.shape[:2]) == tuple(hw):
         return x
     y = F.interpolate(x.permute(2, 0, 1)[None].float() / 255, size=hw, mode="bicubic", align_corners=False, antialias=True)
@@ -98,7 +120,7 @@ def load_dataset(folder: str | Path) -> tuple[torch.Tensor, list[list[str]]]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", choices=["humanoid", "cartpole"], required=True)
+    p.add_argument("--env", choices=sorted(CAPTIONERS), required=True)
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
     p.add_argument("--store-size", type=int, default=None, help="store frames squashed to SxS")

@@ -82,6 +82,13 @@ def pole_upright(env) -> bool:
     return bool(abs(theta) < 12 * np.pi / 180 and abs(x) < 2.4)
 
 
+def at_flag(env) -> bool:
+    """MountainCar: the car is at the flag (position >= 0.45; the goal is absorbing)."""
+    from .mountain_car import GOAL_POSITION
+
+    return bool(env.unwrapped.state[0] >= GOAL_POSITION - 1e-6)  # the held state is float32(0.45)
+
+
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("kneeling", "humanoid", "a humanoid robot kneeling", BASELINE, kneeling),
     Task("standing", "humanoid", "a humanoid robot standing up", BASELINE, standing),
@@ -89,6 +96,8 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("splits", "humanoid", "a humanoid robot practicing gymnastics, doing the side splits", BASELINE, splits),
     Task("lotus", "humanoid", "a humanoid robot seated down, meditating in the lotus position", BASELINE, lotus),
     Task("cartpole", "cartpole", "pole vertically upright on top of the cart", "pole and cart", pole_upright),
+    Task("mountaincar", "mountaincar", "a car at the peak of the mountain, next to the yellow flag",
+         "a car in the mountain", at_flag),
 ]}
 
 

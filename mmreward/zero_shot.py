@@ -84,10 +84,15 @@ class ProjectionReward(VisionReward):
             g = self.backbone.encode_text(self.goal_prompts).mean(0)
             b = self.backbone.encode_text(self.baseline_prompts).mean(0)
         d = g - b
+        eye = torch.eye(d.numel(), device=d.device)
         if d.norm() < 1e-8:
-            raise RewardError("goal and baseline embeddings coincide; the projection direction is undefined")
-        d = d / d.norm()
-        proj = self.alpha * torch.outer(d, d) + (1 - self.alpha) * torch.eye(d.numel(), device=d.device)
+            if self.alpha > 0:
+                raise RewardError("goal and baseline embeddings coincide; the projection direction is undefined "
+                                  "(alpha 0 needs none: the reward is then the cosine to the goal)")
+            proj = eye  # alpha 0: P = I, whatever the direction (e.g. a policy rewarded by the baseline alone)
+        else:
+            d = d / d.norm()
+            proj = self.alpha * torch.outer(d, d) + (1 - self.alpha) * eye
         self.register_buffer("goal", g, persistent=False)
         self.register_buffer("projection", proj, persistent=False)
 

@@ -61,4 +61,9 @@ def test_projection_reward_bad_task(open_clip_dir):
     with pytest.raises(RewardError, match="alpha"):
         load_projection_reward(f"clip:{open_clip_dir}", "a robot kneeling", "a robot", alpha=1.5)
     with pytest.raises(RewardError, match="coincide"):
-        load_projection_reward(f"clip:{open_clip_dir}", "a robot", "a robot")
+        load_projection_reward(f"clip:{open_clip_dir}", "a robot", "a robot", alpha=0.5)
+    # alpha 0 needs no direction: the reward is the cosine to the (baseline) prompt, 1 - 0.5 * |s - g|^2
+    same = load_projection_reward(f"clip:{open_clip_dir}", "a robot", "a robot", alpha=0.0)
+    clip = load_projection_reward(f"clip:{open_clip_dir}", "a robot", "a robot kneeling", alpha=0.0)
+    x = torch.rand(3, 3, 64, 64)
+    assert torch.allclose(same(x), clip(x), atol=1e-6)

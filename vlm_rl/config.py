@@ -48,6 +48,7 @@ class RLConfig(YamlConfig):
     algo_kwargs: dict = field(default_factory=lambda: {
         "learning_rate": 6e-4, "batch_size": 512, "tau": 0.005, "gamma": 0.95, "learning_starts": 5_000})
     checkpoint_every: int = 20_000  # environment steps
+    keep_snapshots: bool = False  # also keep each checkpoint's policy (checkpoint/policy_<steps>.safetensors)
     eval_episodes: int = 10
     video_episodes: int = 2
 

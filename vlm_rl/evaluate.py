@@ -25,9 +25,9 @@ from .tasks import get_task
 from .train import env_spec, load_task_reward, make_agent
 
 
-def load_policy(cfg: RLConfig, checkpoint: Path):
-    """An agent of ``cfg.algo`` with the weights of ``checkpoint/policy.safetensors``."""
-    path = Path(checkpoint) / "policy.safetensors"
+def load_policy(cfg: RLConfig, checkpoint: Path, weights: str = "policy.safetensors"):
+    """An agent of ``cfg.algo`` with the weights of ``checkpoint/<weights>``."""
+    path = Path(checkpoint) / weights
     if not path.is_file():
         raise FileNotFoundError(f"no policy weights at {path} (train first: python -m vlm_rl.train --config ...)")
     env = DummyVecEnv([lambda: make_env(env_spec(cfg), seed=0)])
@@ -44,8 +44,11 @@ def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
 
 
-def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, reward=None) -> dict:
-    agent = load_policy(cfg, checkpoint)
+def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, reward=None,
+             weights: str = "policy.safetensors", write: bool = True) -> dict:
+    """Success rate, ground-truth and VLM returns of the policy in ``checkpoint/<weights>`` over ``episodes``
+    (seeds 10000, 10001, ...); with ``write``, ``eval.json`` and the videos go to ``cfg.output_dir``."""
+    agent = load_policy(cfg, checkpoint, weights)
     episodes = cfg.eval_episodes if episodes is None else episodes
     if reward is None and cfg.reward_source == "vlm":
         reward = load_task_reward(cfg)
@@ -63,24 +66,28 @@ def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, rewar
             done = terminated or truncated
             frames.append(env.render())
             success.append(info["success"])
-            gt += float(r)
+            gt += info["gt_reward"]
+        held = int(np.argmin(success)) if not all(success) else len(success)
+        # held_from_start: steps before the predicate first fails (CartPole: the return CartPole-v1 would pay)
         row = {"episode": ep, "gt_return": gt, "success_fraction": float(np.mean(success)),
-               "success": bool(np.mean(success) >= 0.5)}
+               "success": bool(np.mean(success) >= 0.5), "held_from_start": held}
         if reward is not None:
             import torch
 
             with torch.no_grad():
                 row["vlm_return"] = float(reward(frames_to_tensor(frames)).sum())
-        if ep < cfg.video_episodes:
+        if write and ep < cfg.video_episodes:
             save_gif(frames, out / "videos" / f"episode_{ep}.gif")
         rows.append(row)
     env.close()
-    result = {"task": cfg.task, "episodes": rows, "success_rate": float(np.mean([r["success"] for r in rows])) if rows else None,
-              "gt_return": float(np.mean([r["gt_return"] for r in rows])) if rows else None}
+    mean = lambda k: float(np.mean([r[k] for r in rows])) if rows else None  # noqa: E731
+    result = {"task": cfg.task, "episodes": rows, "success_rate": mean("success"), "gt_return": mean("gt_return"),
+              "held_from_start": mean("held_from_start")}
     if rows and "vlm_return" in rows[0]:
         result["vlm_return"] = float(np.mean([r["vlm_return"] for r in rows]))
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=1))
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval.json").write_text(json.dumps(result, indent=1))
     return result
 
 

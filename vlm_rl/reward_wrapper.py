@@ -17,7 +17,8 @@ from .tasks import Task
 
 
 class TaskInfo(gym.Wrapper):
-    """Adds ``info["success"]`` (the task's predicate on the state after the step) and ``info["gt_reward"]``."""
+    """Adds ``info["success"]`` (the task's predicate on the state after the step) and ``info["gt_reward"]``
+    (the task's ground-truth reward: the env's own unless the task defines it)."""
 
     def __init__(self, env: gym.Env, task: Task) -> None:
         super().__init__(env)
@@ -26,7 +27,7 @@ class TaskInfo(gym.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         info["success"] = bool(self.task.success(self.env))
-        info["gt_reward"] = float(reward)
+        info["gt_reward"] = float(reward) if self.task.gt_reward is None else self.task.gt_reward(float(reward), self.env)
         return obs, reward, terminated, truncated, info
 
 
@@ -58,6 +59,13 @@ def frames_to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+@torch.no_grad()
+def score_frames(reward: VisionReward, frames: list[np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """VLM rewards ``[M]`` of ``M`` frames ``[H,W,3]`` uint8, in chunks of ``batch_size``."""
+    out = [reward(frames_to_tensor(list(frames[k : k + batch_size]))).float().cpu() for k in range(0, len(frames), batch_size)]
+    return torch.cat(out).numpy()
+
+
 class VLMRewardVecEnv(VecEnvWrapper):
     """Replaces a vector env's rewards ``[N]`` by the VLM reward of each env's frame.
 
@@ -79,13 +87,8 @@ class VLMRewardVecEnv(VecEnvWrapper):
         self._held[:] = 0.0
         return self.venv.reset()
 
-    @torch.no_grad()
     def score(self, frames: list[np.ndarray]) -> np.ndarray:
-        """VLM rewards ``[M]`` of frames ``[H,W,3]`` uint8, in chunks of ``batch_size``."""
-        out = []
-        for k in range(0, len(frames), self.batch_size):
-            out.append(self.reward(frames_to_tensor(frames[k : k + self.batch_size])).float().cpu())
-        return torch.cat(out).numpy()
+        return score_frames(self.reward, frames, self.batch_size)
 
     def step_wait(self):
         obs, gt, dones, infos = self.venv.step_wait()

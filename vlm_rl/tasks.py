@@ -25,6 +25,8 @@ class Task:
     baseline: str
     #: ``success(env) -> bool`` on the current state of the (unwrapped) environment
     success: Callable[[object], bool]
+    #: the ground-truth reward of a step from the env's own reward and the state; default: the env's own
+    gt_reward: Callable[[float, object], float] | None = None
 
 
 def _body(env, name: str) -> np.ndarray:
@@ -95,7 +97,9 @@ TASKS: dict[str, Task] = {t.name: t for t in [
     Task("arms_raised", "humanoid", "a humanoid robot standing up, with both arms raised", BASELINE, arms_raised),
     Task("splits", "humanoid", "a humanoid robot practicing gymnastics, doing the side splits", BASELINE, splits),
     Task("lotus", "humanoid", "a humanoid robot seated down, meditating in the lotus position", BASELINE, lotus),
-    Task("cartpole", "cartpole", "pole vertically upright on top of the cart", "pole and cart", pole_upright),
+    # with termination removed CartPole pays 1 on every step; its ground truth is CartPole-v1's: 1 while upright
+    Task("cartpole", "cartpole", "pole vertically upright on top of the cart", "pole and cart", pole_upright,
+         gt_reward=lambda r, env: float(pole_upright(env))),
     Task("mountaincar", "mountaincar", "a car at the peak of the mountain, next to the yellow flag",
          "a car in the mountain", at_flag),
 ]}

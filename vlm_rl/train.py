@@ -5,13 +5,15 @@
 Writes to ``output_dir``: ``metrics.jsonl`` (per finished episode: the VLM return next to the ground-truth
 return and the success rate; steps/s), ``checkpoint/`` (SB3's ``model.zip`` and replay buffer for
 ``--resume``, and the policy weights as ``policy.safetensors``, which :mod:`vlm_rl.evaluate` reads),
-``eval.json`` and ``videos/`` at the end. Ctrl-C saves a checkpoint before exiting.
+``eval.json`` and ``videos/`` at the end. Ctrl-C saves a checkpoint before exiting. With ``keep_snapshots``
+each periodic checkpoint also keeps its policy as ``checkpoint/policy_<steps>.safetensors``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -110,7 +112,7 @@ class EpisodeLogger(BaseCallback):
                 self.vlm[i] = self.gt[i] = self.succ[i] = 0.0
         self.bar.update(self.num_timesteps - self.bar.n)
         if self.num_timesteps >= self.next_ckpt:
-            save_checkpoint(self.model, self.out)
+            save_checkpoint(self.model, self.out, self.cfg.keep_snapshots)
             self.next_ckpt += self.every
         return True
 
@@ -119,8 +121,9 @@ class EpisodeLogger(BaseCallback):
         self.file.close()
 
 
-def save_checkpoint(model, out: Path) -> None:
-    """SB3's full state (for --resume) and the policy weights as safetensors, written then renamed."""
+def save_checkpoint(model, out: Path, snapshot: bool = False) -> None:
+    """SB3's full state (for --resume) and the policy weights as safetensors, written then renamed; with
+    ``snapshot`` the weights are also kept as ``policy_<steps>.safetensors`` (for learning curves)."""
     ckpt = out / "checkpoint"
     ckpt.mkdir(parents=True, exist_ok=True)
     model.save(ckpt / "model.tmp.zip")
@@ -129,6 +132,8 @@ def save_checkpoint(model, out: Path) -> None:
         (ckpt / "replay_buffer.tmp.pkl").replace(ckpt / "replay_buffer.pkl")
     state = {k: v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
     save_file(state, ckpt / "policy.tmp.safetensors", metadata={"num_timesteps": str(model.num_timesteps)})
+    if snapshot:
+        shutil.copyfile(ckpt / "policy.tmp.safetensors", ckpt / f"policy_{model.num_timesteps}.safetensors")
     (ckpt / "policy.tmp.safetensors").replace(ckpt / "policy.safetensors")
     (ckpt / "model.tmp.zip").replace(ckpt / "model.zip")
     (ckpt / "state.json").write_text(json.dumps({"num_timesteps": int(model.num_timesteps)}))
@@ -160,7 +165,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             model.learn(cfg.total_steps - start, callback=EpisodeLogger(cfg, out, start), reset_num_timesteps=False)
     except KeyboardInterrupt:
         stopped_by = "interrupt"
-    save_checkpoint(model, out)
+    save_checkpoint(model, out, cfg.keep_snapshots and stopped_by == "budget")
     env.close()
     return {"num_timesteps": int(model.num_timesteps), "stopped_by": stopped_by, "output_dir": str(out)}
 

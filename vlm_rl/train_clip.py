@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from mmreward.backbones import save_open_clip
-from mmreward.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmreward.checkpoint import has_state, load_state, save_state
+from mmreward.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmreward.schedules import warmup_cosine
 
 from .scene_data import load_dataset, render_dataset, save_dataset

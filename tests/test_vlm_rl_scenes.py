@@ -95,3 +95,30 @@ def test_scene_clip_resumes_to_the_same_weights_and_loads_as_a_reward(tmp_path):
     assert r.shape == (2,) and torch.isfinite(r).all()
     r.sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+def test_embedded_scene_clip_rewards_the_goal_states_on_fresh_renders():
+    """``assets/vlm-rl-clip`` through the reward core (as the configs name it): on frames rendered here with
+    other seeds than its training data, the VLM-RM reward (alpha 0) of each task ranks frames where the
+    task's predicate holds above those where it does not."""
+    from pathlib import Path
+
+    from mmreward import load_projection_reward
+    from vlm_rl.reward_wrapper import score_frames
+    from vlm_rl.scene_data import render_dataset
+    from vlm_rl.train_clip import auc
+
+    folder = Path(__file__).resolve().parents[1] / "assets" / "vlm-rl-clip"
+    aucs = {}
+    for env_name, tasks, n in (("humanoid", ("kneeling", "standing"), 70), ("cartpole", ("cartpole",), 60),
+                               ("mountaincar", ("mountaincar",), 45)):
+        frames, captions = render_dataset(env_name, n, (224, 224), seed=987, progress=False)
+        for name in tasks:
+            task = get_task(name)
+            reward = load_projection_reward(f"clip:{folder}", task.goal, task.baseline, 0.0)
+            assert reward.backbone.preprocess.resize_mode == "squash"
+            r = torch.from_numpy(score_frames(reward, frames.numpy()))
+            y = torch.tensor([task.goal in c for c in captions], dtype=torch.float32)
+            assert 0 < y.sum() < len(y)
+            aucs[name] = auc(r, y)
+    assert min(aucs.values()) > 0.85, aucs

@@ -89,7 +89,7 @@ def test_config_validation():
 
 
 @pytest.mark.parametrize("name", ["humanoid_kneeling", "humanoid_standing", "humanoid_arms_raised", "humanoid_splits",
-                                  "humanoid_lotus", "cartpole"])
+                                  "humanoid_lotus", "cartpole", "mountaincar"])
 def test_shipped_configs_build_their_agents(name):
     from pathlib import Path
 
@@ -106,3 +106,33 @@ def test_shipped_configs_build_their_agents(name):
     action, _ = agent.predict(obs)
     assert env.action_space.contains(action[0])
     env.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_a_checkpoint_that_resume_continues(tmp_path, open_clip_dir):
+    """SIGINT to a running ``python -m vlm_rl.train``: it saves a checkpoint at the step it reached and
+    exits with a message; ``--resume`` continues from that step."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    from conftest import interrupt_when
+
+    cfg = cartpole_cfg(tmp_path, open_clip_dir, total_steps=1_000_000, checkpoint_every=10_000)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(vars(cfg)))
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "vlm_rl.train", "--config", str(path)]
+    code, output = interrupt_when(cmd, lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 4, cwd=root)
+    assert code == 1 and "interrupted at step" in output and "checkpoint kept" in output, output
+    reached = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["num_timesteps"]
+    assert 128 <= reached < 10_000 and f"interrupted at step {reached}" in output
+    assert load_policy(cfg, tmp_path / "run" / "checkpoint") is not None  # the weights are complete
+    rows = len(metrics.read_text().splitlines())
+    done = subprocess.run(cmd + ["--resume", "--set", f"total_steps={reached + 64}", "--set", "eval_episodes=0"],
+                          cwd=root, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["num_timesteps"] == reached + 64
+    assert len(metrics.read_text().splitlines()) >= rows  # the log was continued, not restarted

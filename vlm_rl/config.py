@@ -35,7 +35,8 @@ class RLConfig(YamlConfig):
 
     # reward: "vlm" (the goal-baseline projection of a CLIP model) or "ground_truth" (the env's own)
     reward_source: str = "vlm"
-    reward_model: str = "clip:ViT-bigG-14/laion2b_s39b_b160k"  # any single-CLIP spec of mmreward
+    # any single-CLIP spec of mmreward; the reference uses clip:ViT-bigG-14/laion2b_s39b_b160k (hub)
+    reward_model: str = "clip:assets/vlm-rl-clip"
     goal: str | None = None  # default: the task's goal prompt
     baseline: str | None = None  # default: the task's baseline prompt
     alpha: float = 0.0

@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+# this file shares its name with the package: keep its own folder off the import path
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 WORK = ROOT / "outputs" / "bench_vlm_rl"
@@ -121,11 +124,12 @@ def rollouts_humanoid(seed: int = 0, random_episodes: int = 4, sweep_len: int = 
     return np.stack(frames), {k: np.array(v, float) for k, v in success.items()}, np.array(source)
 
 
-def quality(model: str, alpha: float) -> dict:
+def quality(model: str, alpha: float, quick: bool = False) -> dict:
     out: dict = {"alpha": alpha}
-    for env_name, eps, eps_n, length in (("cartpole", (0.0, 0.2, 0.5, 1.0), 3, 200), ("mountaincar", (0.0, 0.5, 1.0), 3, 200)):
+    n, length = (1, 30) if quick else (3, 200)
+    for env_name, eps in (("cartpole", (0.0, 0.2, 0.5, 1.0)), ("mountaincar", (0.0, 0.5, 1.0))):
         t0 = time.time()
-        frames, gt, _ = rollouts_classic(env_name, eps, eps_n, length)
+        frames, gt, _ = rollouts_classic(env_name, eps, n, length)
         r = score_frames(task_reward(model, env_name, alpha), frames)
         rho = pearson(r, gt)
         out[env_name] = {"frames": len(frames), "goal_share": float(gt.mean()), "pearson_reward_gt": rho,
@@ -133,7 +137,7 @@ def quality(model: str, alpha: float) -> dict:
                          "reward_not_goal_mean": float(r[gt == 0].mean()), "seconds": time.time() - t0}
         print(env_name, json.dumps(out[env_name]))
     t0 = time.time()
-    frames, success, source = rollouts_humanoid()
+    frames, success, source = rollouts_humanoid(random_episodes=1 if quick else 4, sweep_len=6 if quick else 20)
     hum: dict = {"frames": len(frames), "sources": {s: int((source == s).sum()) for s in np.unique(source)}, "tasks": {}}
     for name, y in success.items():
         r = score_frames(task_reward(model, name, alpha), frames)
@@ -204,6 +208,11 @@ def throughput(model: str, n_envs: int, steps: int) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # trained agents
 # ----------------------------------------------------------------------------------------------------
+def set_work(work: Path, results: Path) -> None:
+    global WORK, RESULTS
+    WORK, RESULTS = work, results
+
+
 def train_and_curve(cfg: RLConfig, eval_over: dict, episodes: int) -> list[dict]:
     """Train ``cfg`` (resuming a killed run), then evaluate the policy of every checkpoint."""
     from vlm_rl.evaluate import evaluate
@@ -319,14 +328,18 @@ def main(argv=None) -> None:
     p.add_argument("--cartpole-steps", type=int, default=150_000)
     p.add_argument("--kneeling-steps", type=int, default=100_000)
     p.add_argument("--episodes", type=int, default=10, help="evaluation episodes per checkpoint")
+    p.add_argument("--quick", action="store_true", help="tiny rollouts (a dry run of the script)")
+    p.add_argument("--work", default=str(WORK), help="training runs")
+    p.add_argument("--results", default=str(RESULTS), help="where vlm_rl.{json,md} go")
     args = p.parse_args(argv)
+    set_work(Path(args.work), Path(args.results))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "vlm_rl.json"
     res = json.loads(path.read_text()) if path.is_file() else {}
     res["model"] = args.model
     for part in args.parts:
         if part == "quality":
-            res["quality"] = quality(args.model, args.alpha)
+            res["quality"] = quality(args.model, args.alpha, args.quick)
         elif part == "throughput":
             res["throughput"] = throughput(args.model, args.n_envs, args.throughput_steps)
         elif part == "cartpole":

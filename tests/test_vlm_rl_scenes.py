@@ -54,6 +54,28 @@ def test_mountain_car_textured_frames_show_the_car_where_it_is():
     assert (plain.render().astype(int)[..., 0] > 150).mean() > 0.5  # gymnasium's white line drawing
 
 
+def test_textured_cartpole_draws_the_pole_where_the_state_puts_it():
+    env = make_env(EnvSpec("cartpole", size=(100, 150)), seed=0)
+    env.reset(seed=0)
+
+    def pole_columns(x: float, theta_deg: float) -> np.ndarray:
+        env.unwrapped.state = np.array([x, 0.0, np.deg2rad(theta_deg), 0.0])
+        f = env.render().astype(int)
+        orange = (f[..., 0] > 150) & (f[..., 1] > 60) & (f[..., 1] < 130) & (f[..., 2] < 70)
+        return orange, np.nonzero(orange)
+
+    upright, (ys, xs) = pole_columns(0.0, 0.0)
+    assert upright.sum() > 40 and xs.std() < 2.5 and abs(xs.mean() - 75) < 2  # a thick vertical pole, centred
+    _, (ys_r, xs_r) = pole_columns(0.0, 30.0)  # positive theta leans right (gymnasium's convention)
+    top = ys_r < np.percentile(ys_r, 20)
+    assert xs_r[top].mean() > 75 + 5
+    _, (_, xs_l) = pole_columns(-1.5, 0.0)  # the cart (and pole) move with x: 125 px/m at 600 px, here /4
+    assert abs(xs_l.mean() - (75 - 1.5 * 125 / 4)) < 3
+    plain = make_env(EnvSpec("cartpole", size=(100, 150), textured=False), seed=0)
+    plain.reset(seed=0)
+    assert (plain.render().astype(int).sum(-1) > 700).mean() > 0.7  # gymnasium's drawing: mostly white
+
+
 def test_scene_clip_truth_and_auc_by_hand():
     from vlm_rl.train_clip import auc, truth
 

@@ -37,7 +37,8 @@ HUMANOID_CAMERA = {"trackbodyid": 1, "distance": 3.5, "lookat": [0.0, 0.0, 1.0],
 class EnvSpec:
     """What :func:`make_env` builds: ``name`` (humanoid, cartpole, mountaincar), frame ``size`` ``(H, W)``
     in pixels, ``episode_length`` in steps (fixed: termination is removed, as in the reference),
-    ``textured`` (the reference's visual changes: humanoid and mountaincar), ``fast_render`` (shadows, reflections and
+    ``textured`` (the reference's visual changes for the humanoid and MountainCar; for CartPole a thicker
+    pole that a small CLIP can see, see :mod:`vlm_rl.classic_control`), ``fast_render`` (shadows, reflections and
     multisampling off), ``camera`` (humanoid only; default :data:`HUMANOID_CAMERA`)."""
 
     name: str = "humanoid"
@@ -128,12 +129,15 @@ def make_env(spec: EnvSpec, seed: int | None = None) -> gym.Env:
                        terminate_when_unhealthy=False, max_episode_steps=None)
         env = gym.wrappers.TimeLimit(env.unwrapped, spec.episode_length)
     elif spec.name == "mountaincar":
-        from .mountain_car import make_mountain_car
+        from .classic_control import make_mountain_car
 
         env = make_mountain_car(spec.size, spec.episode_length, spec.textured)
-    else:  # cartpole: pygame renders 400x600 (the reference's RENDER_DIM), resized to spec.size
+    else:  # cartpole: pygame (or the textured drawing) renders 400x600 (the reference's RENDER_DIM), resized
+        from .classic_control import TexturedCartPole
+
         env = gym.make("CartPole-v1", render_mode="rgb_array").unwrapped
-        env = ResizeFrames(gym.wrappers.TimeLimit(NoTermination(env), spec.episode_length), spec.size)
+        env = gym.wrappers.TimeLimit(NoTermination(env), spec.episode_length)
+        env = TexturedCartPole(env, spec.size) if spec.textured else ResizeFrames(env, spec.size)
     if seed is not None:
         env.reset(seed=seed)
         env.action_space.seed(seed)

@@ -86,7 +86,7 @@ def pole_upright(env) -> bool:
 
 def at_flag(env) -> bool:
     """MountainCar: the car is at the flag (position >= 0.45; the goal is absorbing)."""
-    from .mountain_car import GOAL_POSITION
+    from .classic_control import GOAL_POSITION
 
     return bool(env.unwrapped.state[0] >= GOAL_POSITION - 1e-6)  # the held state is float32(0.45)
 

@@ -43,7 +43,7 @@ CLIP_CFG = {
 }
 #: frames rendered per environment, and the share of each batch drawn from it
 ENV_FRAMES = {"humanoid": 16000, "cartpole": 6000, "mountaincar": 4000}
-ENV_WEIGHTS = {"humanoid": 0.6, "cartpole": 0.25, "mountaincar": 0.15}
+ENV_WEIGHTS = {"humanoid": 0.55, "cartpole": 0.3, "mountaincar": 0.15}
 HELD_OUT = 0.1  # the last 10% of each environment's frames are held out for evaluation
 
 

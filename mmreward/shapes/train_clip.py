@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
 from ..checkpoint import has_state, load_state, save_state
+from ..clip_training import add_training_args, model_config, optimizer_step, round_to_fp16
 from ..schedules import warmup_cosine
 from .clip_eval import hard_negative_accuracy, hard_negative_items
 from .data import sample_batch, to_tensor
@@ -166,36 +167,21 @@ def contrastive_loss(logits: torch.Tensor, target: torch.Tensor, n_pos: int, tru
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="assets/shapesworld-clip", help="output open_clip model folder")
-    p.add_argument("--work", default="outputs/train_shapesworld_clip", help="checkpoints and logs")
-    p.add_argument("--steps", type=int, default=2500)
-    p.add_argument("--batch", type=int, default=128)
+    add_training_args(p, out="assets/shapesworld-clip", work="outputs/train_shapesworld_clip", steps=2500, batch=128, warmup=200)
     p.add_argument("--negatives", type=int, default=0, help="hard-negative captions per image (0: all)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--paired", action="store_true", help="add counterfactual (hard-negative) images")
     p.add_argument("--aux-weight", type=float, default=0.0,
                    help="weight of the training-only layout head (shape presence, centre, colour); 0 turns it off")
     p.add_argument("--targets", choices=["own", "mask", "soft"], default="mask",
                    help="captions of other images that are true of an image: negatives (own), left out (mask) or positives (soft)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
-    p.add_argument("--tiny", action="store_true", help="a very small model (tests)")
-    p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step (simulates a kill)")
     args = p.parse_args(argv)
 
     import open_clip
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    cfg = json.loads(json.dumps(CLIP_CFG))
-    if args.tiny:
-        cfg["vision_cfg"].update(layers=1, width=32, head_width=16)
-        cfg["text_cfg"].update(layers=1, width=32, heads=2)
-        cfg["embed_dim"] = 32
+    cfg = model_config(CLIP_CFG, args.tiny)
     model = open_clip.CLIP(**cfg).to(args.device)
     # what is checkpointed: the CLIP and, when used, the layout head (not exported)
     modules = torch.nn.ModuleDict({"clip": model})
@@ -242,12 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
         loss = contrastive_loss(logits, target, n_pos, true, args.targets)
         aux = layout_loss(modules["layout"], img, scenes) if args.aux_weight > 0 else torch.zeros(())
         loss = loss + args.aux_weight * aux
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        opt.step()
+        optimizer_step(opt, loss, modules.parameters(), lr_at(step))
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.3f}", layout=f"{aux.item():.3f}", scale=f"{scale.item():.1f}")
@@ -268,8 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     model.eval()
     backbone.to("cpu")
-    half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    model.load_state_dict(half)  # round-trip through fp16 so the saved model is exactly what is evaluated
+    round_to_fp16(model)
     backbone.clear_cache()
     final = hard_negative_accuracy(backbone, eval_items)
     save_open_clip(model.half(), cfg, args.out)

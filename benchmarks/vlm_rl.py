@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -245,7 +244,7 @@ def cartpole(model: str, total_steps: int, episodes: int) -> dict:
     t0 = time.time()
     curve = train_and_curve(cfg, {"episode_length": 500, "reward_source": "ground_truth"}, episodes)
     first = next((c["steps"] for c in curve if c["held_from_start"] >= 400), None)
-    return {"total_steps": total_steps, "curve": curve, "final_cartpole_v1_return": curve[-1]["held_from_start"],
+    return {"algo": cfg.algo, "total_steps": total_steps, "curve": curve, "final_cartpole_v1_return": curve[-1]["held_from_start"],
             "first_steps_at_400": first, "wall_s_this_run": time.time() - t0, "eval_episodes": episodes,
             "episode_length_train": cfg.episode_length, "episode_length_eval": 500}
 
@@ -281,6 +280,18 @@ def kneeling(model: str, total_steps: int, episodes: int) -> dict:
     return out
 
 
+def shrink_gif(src: Path, dst: Path, size: int = 128, every: int = 2) -> None:
+    """A smaller copy of a GIF for the repository: ``size`` pixels high, every ``every``-th frame."""
+    from PIL import Image, ImageSequence
+
+    with Image.open(src) as im:
+        frames = [f.convert("RGB") for f in ImageSequence.Iterator(im)][::every]
+        duration = im.info.get("duration", 50) * every
+    w = round(frames[0].width * size / frames[0].height)
+    frames = [f.resize((w, size), Image.BILINEAR) for f in frames]
+    frames[0].save(dst, save_all=True, append_images=frames[1:], duration=duration, loop=0)
+
+
 # ----------------------------------------------------------------------------------------------------
 def write_markdown(res: dict) -> None:
     lines = ["# VLM-RM with the embedded scene CLIP (`benchmarks/vlm_rl.py`)", ""]
@@ -304,7 +315,7 @@ def write_markdown(res: dict) -> None:
                   f"{t['batched_steps_per_s']:.1f} | {t['batched_every_4_steps_per_s']:.1f} | {t['batched_over_naive']:.2f}x |", ""]
     if "cartpole" in res:
         c = res["cartpole"]
-        lines += ["## CartPole on the VLM reward alone (DQN)", "",
+        lines += [f"## CartPole on the VLM reward alone ({c.get('algo', 'ppo').upper()})", "",
                   "| env steps | CartPole-v1 return (500-step episodes) | success rate |", "|---|---|---|"]
         lines += [f"| {p['steps']} | {p['held_from_start']:.1f} | {p['success_rate']:.2f} |" for p in c["curve"]]
         lines.append("")
@@ -347,9 +358,10 @@ def main(argv=None) -> None:
             res["cartpole"] = cartpole(args.model, args.cartpole_steps, args.episodes)
         else:
             res["kneeling"] = kneeling(args.model, args.kneeling_steps, args.episodes)
-            gif = WORK / "kneeling_prompt" / "videos" / "episode_0.gif"
-            if gif.is_file():
-                shutil.copyfile(gif, RESULTS / "vlm_rl_kneeling.gif")
+            for arm in ("kneeling_prompt", "baseline_prompt_only"):
+                gif = WORK / arm / "videos" / "episode_0.gif"
+                if gif.is_file():
+                    shrink_gif(gif, RESULTS / f"vlm_rl_{arm}.gif")
         path.write_text(json.dumps(res, indent=1))
         write_markdown(res)
     print((RESULTS / "vlm_rl.md").read_text())

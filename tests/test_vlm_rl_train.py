@@ -97,8 +97,9 @@ def test_shipped_configs_build_their_agents(name):
 
     cfg = RLConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert cfg.reward_source == "vlm" and cfg.goal_prompt != cfg.baseline_prompt
+    small_buffer = {"buffer_size": 1000} if cfg.algo != "ppo" else {}  # off-policy agents: a small replay buffer
     small = RLConfig.from_dict({**vars(cfg), "n_envs": 1, "reward_source": "ground_truth", "frame_height": 32,
-                                "frame_width": 32, "algo_kwargs": {**cfg.algo_kwargs, "buffer_size": 1000}})
+                                "frame_width": 32, "algo_kwargs": {**cfg.algo_kwargs, **small_buffer}})
     env = build_vec_env(small, 0)
     agent = make_agent(small, env)
     assert type(agent).__name__.lower() == cfg.algo and agent.gamma == cfg.algo_kwargs.get("gamma", 0.99)

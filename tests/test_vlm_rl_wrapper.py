@@ -217,10 +217,10 @@ def test_scene_data_captions_are_true_of_their_frames(tmp_path):
     from vlm_rl.scene_data import (
         CART_FALLEN,
         LYING,
-        cartpole_captions,
         load_dataset,
         render_dataset,
         save_dataset,
+        true_captions,
     )
 
     frames, captions = render_dataset("humanoid", 14, size=(48, 48), seed=0, progress=False)
@@ -238,5 +238,5 @@ def test_scene_data_captions_are_true_of_their_frames(tmp_path):
     cart.reset(seed=0)
     for theta, upright, fallen in ((5, True, False), (-30, False, False), (80, False, True)):
         cart.unwrapped.state = np.array([0.5, 0.0, np.deg2rad(theta), 0.0])
-        caps = cartpole_captions(cart)
+        caps = true_captions("cartpole", cart)
         assert (get_task("cartpole").goal in caps) == upright and (CART_FALLEN in caps) == fallen

@@ -20,43 +20,27 @@ from tqdm import tqdm
 
 from .envs import EnvSpec, make_env
 from .poses import CANONICAL, sample_pose
-from .tasks import BASELINE, TASKS, torso_uprightness
+from .tasks import TASKS, torso_uprightness
 
 LYING = "a humanoid robot lying on the ground"
-CART_BASELINE = TASKS["cartpole"].baseline
 CART_FALLEN = "a pole lying flat next to the cart"
-CAR_BASELINE = TASKS["mountaincar"].baseline
 CAR_VALLEY = "a car at the bottom of the valley"
 
 
-def humanoid_captions(env) -> list[str]:
-    """Every caption true of the humanoid's current state: the baseline, each task goal whose predicate
-    holds, and lying when the torso is within about 70° of horizontal."""
-    caps = [BASELINE] + [t.goal for t in TASKS.values() if t.env == "humanoid" and t.success(env)]
-    if torso_uprightness(env) < 0.35:
-        caps.append(LYING)
-    return caps
+#: captions beyond the tasks' own, each with the predicate that makes it true, per environment
+EXTRA_CAPTIONS = {
+    "humanoid": [(LYING, lambda env: torso_uprightness(env) < 0.35)],  # torso within ~70° of horizontal
+    "cartpole": [(CART_FALLEN, lambda env: abs(env.unwrapped.state[2]) > np.deg2rad(70))],
+    "mountaincar": [(CAR_VALLEY, lambda env: abs(env.unwrapped.state[0] + 0.52) < 0.15)],  # valley floor: -pi/6
+}
 
 
-def cartpole_captions(env) -> list[str]:
-    caps = [CART_BASELINE]
-    if TASKS["cartpole"].success(env):
-        caps.append(TASKS["cartpole"].goal)
-    if abs(env.unwrapped.state[2]) > np.deg2rad(70):
-        caps.append(CART_FALLEN)
-    return caps
-
-
-def mountaincar_captions(env) -> list[str]:
-    caps = [CAR_BASELINE]
-    if TASKS["mountaincar"].success(env):
-        caps.append(TASKS["mountaincar"].goal)
-    if abs(env.unwrapped.state[0] + 0.52) < 0.15:  # the valley floor is at -pi/6
-        caps.append(CAR_VALLEY)
-    return caps
-
-
-CAPTIONERS = {"humanoid": humanoid_captions, "cartpole": cartpole_captions, "mountaincar": mountaincar_captions}
+def true_captions(env_name: str, env) -> list[str]:
+    """Every caption true of the current state of ``env``: the environment's baseline prompt, the goal of
+    each of its tasks whose predicate holds, and each extra caption whose predicate holds."""
+    tasks = [t for t in TASKS.values() if t.env == env_name]
+    return ([tasks[0].baseline] + [t.goal for t in tasks if t.success(env)]
+            + [cap for cap, holds in EXTRA_CAPTIONS[env_name] if holds(env)])
 
 
 def set_random_state(env_name: str, env, rng: np.random.Generator, i: int) -> None:
@@ -87,7 +71,7 @@ def render_dataset(env_name: str, n: int, size: tuple[int, int] = (224, 224), se
     frames, captions = torch.empty((n, *out_hw, 3), dtype=torch.uint8), []
     for i in tqdm(range(n), desc=f"{env_name} frames", disable=not progress):
         set_random_state(env_name, env, rng, i)
-        captions.append(CAPTIONERS[env_name](env))
+        captions.append(true_captions(env_name, env))
         frames[i] = squash(env.render(), out_hw)
     env.close()
     return frames, captions
@@ -120,7 +104,7 @@ def load_dataset(folder: str | Path) -> tuple[torch.Tensor, list[list[str]]]:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env", choices=sorted(CAPTIONERS), required=True)
+    p.add_argument("--env", choices=sorted(EXTRA_CAPTIONS), required=True)
     p.add_argument("--n", type=int, default=20000)
     p.add_argument("--size", type=int, nargs=2, default=[224, 224], metavar=("H", "W"))
     p.add_argument("--store-size", type=int, default=None, help="store frames squashed to SxS")

@@ -179,3 +179,21 @@ register_family(
     "transformers CLIPModel CLIPScore: hub id or local folder",
     backbone=load_hf_clip,
 )
+
+
+def _build_head(arg: str | None, device="cpu", dtype=torch.float32, backbone: str | None = None, **unknown) -> VisionReward:
+    from .heads import load_head_reward
+
+    if unknown:
+        raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; head rewards accept 'backbone'")
+    if arg is None:
+        raise RewardSpecError("'head' needs a folder: head:PATH (written by python -m mmreward.train_reward)")
+    return load_head_reward(arg, device=device, dtype=dtype, backbone=backbone)
+
+
+register_family(
+    "head",
+    _build_head,
+    None,
+    "trained reward head on a CLIP backbone: head:FOLDER (reward_head.json + head.safetensors)",
+)

@@ -173,11 +173,12 @@ def _color_for(shape: str, rng: np.random.Generator, allow_held_out: bool) -> st
     return str(rng.choice(options))
 
 
-def sample_scene(meta: dict, rng: np.random.Generator, allow_held_out: bool = True) -> Scene:
-    """A scene that satisfies ``meta`` exactly (the mentioned objects and nothing else)."""
+def sample_scene(meta: dict, rng: np.random.Generator, allow_held_out: bool = True, size_scale: float = 1.0) -> Scene:
+    """A scene that satisfies ``meta`` exactly (the mentioned objects and nothing else); ``size_scale``
+    multiplies the range object sizes are drawn from."""
     inc = meta["include"]
     n_total = sum(c["count"] for c in inc)
-    size_range = (0.22, 0.34) if n_total <= 2 else (0.2, 0.26)
+    size_range = tuple(size_scale * s for s in ((0.22, 0.34) if n_total <= 2 else (0.2, 0.26)))
     for _ in range(500):
         items = [
             (c["class"], c.get("color") or _color_for(c["class"], rng, allow_held_out)) for c in inc for _ in range(c["count"])

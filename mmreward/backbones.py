@@ -259,8 +259,11 @@ def _hf_preprocess(folder_or_id: str, model) -> ClipPreprocess:
     return ClipPreprocess(size=int(crop), mean=mean, std=std)
 
 
-def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> HFClipBackbone:
-    """Load a transformers ``CLIPModel`` from a hub id (``openai/clip-vit-large-patch14``) or a local folder."""
+def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 processor: str | None = None) -> HFClipBackbone:
+    """Load a transformers ``CLIPModel`` from a hub id (``openai/clip-vit-large-patch14``) or a local folder;
+    ``processor`` (hub id or folder) supplies the tokenizer and preprocessing when the model's repo has none
+    (PickScore uses the LAION CLIP-H processor)."""
     from transformers import AutoTokenizer, CLIPModel
 
     path = os.path.expanduser(arg)
@@ -272,7 +275,7 @@ def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtyp
         raise ModelLoadError(f"transformers CLIP folder not found: {arg!r}")
     try:
         model = CLIPModel.from_pretrained(arg)
-        tokenizer = AutoTokenizer.from_pretrained(arg)
+        tokenizer = AutoTokenizer.from_pretrained(processor or arg)
     except OSError as e:
         if os.path.isdir(arg):
             raise ModelLoadError(f"could not load transformers CLIP from {arg!r}: {e}") from e
@@ -280,5 +283,5 @@ def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtyp
             f"could not fetch {arg!r} from the Hugging Face hub. {OFFLINE_HINT}: 'hfclip:/path/to/folder' "
             f"(e.g. after `hf download {arg} --local-dir FOLDER`). Cause: {str(e)[:300]}"
         ) from e
-    backbone = HFClipBackbone(model, tokenizer, _hf_preprocess(arg, model), name=arg)
+    backbone = HFClipBackbone(model, tokenizer, _hf_preprocess(processor or arg, model), name=arg)
     return backbone.freeze().to(device=device, dtype=dtype)

@@ -197,3 +197,19 @@ register_family(
     None,
     "trained reward head on a CLIP backbone: head:FOLDER (reward_head.json + head.safetensors)",
 )
+
+
+def _published(name: str) -> Callable[..., VisionReward]:
+    def build(arg, device="cpu", dtype=torch.float32, **options) -> VisionReward:
+        from . import published
+
+        return getattr(published, f"load_{name}")(arg, device=device, dtype=dtype, **options)
+
+    return build
+
+
+register_family("pickscore", _published("pickscore"), "yuvalkirstain/PickScore_v1",
+                "PickScore (transformers CLIP-H, exp(logit_scale)·cos): hub id or folder; ?processor=")
+register_family("hps", _published("hps"), "v2.1", "HPSv2 / HPSv2.1 (open_clip ViT-H-14, cos): v2.0, v2.1 or a checkpoint file; ?arch=")
+register_family("aesthetic", _published("aesthetic"), None,
+                "LAION improved aesthetic predictor (MLP on CLIP ViT-L/14): a .pth/.safetensors file; ?backbone=")

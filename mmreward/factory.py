@@ -213,3 +213,13 @@ register_family("pickscore", _published("pickscore"), "yuvalkirstain/PickScore_v
 register_family("hps", _published("hps"), "v2.1", "HPSv2 / HPSv2.1 (open_clip ViT-H-14, cos): v2.0, v2.1 or a checkpoint file; ?arch=")
 register_family("aesthetic", _published("aesthetic"), None,
                 "LAION improved aesthetic predictor (MLP on CLIP ViT-L/14): a .pth/.safetensors file; ?backbone=")
+
+
+def _build_image_reward(arg, device="cpu", dtype=torch.float32, **options) -> VisionReward:
+    from .image_reward import load_image_reward
+
+    return load_image_reward(arg, device=device, dtype=dtype, **options)
+
+
+register_family("imagereward", _build_image_reward, "ImageReward-v1.0",
+                "ImageReward (BLIP ViT-L + BERT + MLP): ImageReward-v1.0, a checkpoint or folder; ?med_config=&tokenizer=")

@@ -11,7 +11,7 @@
 * ``aesthetic:FILE`` (default: the LAION improved aesthetic predictor ``sac+logos+ava1-l14-linearMSE.pth``):
   the MLP (keys ``layers.0`` ... ``layers.7``) on the L2-normalised CLIP ViT-L/14 image embedding; reward
   the predicted rating (1–10 scale). ``?backbone=`` names another CLIP.
-* ImageReward: :mod:`mmreward.image_reward`.
+* ``imagereward``: :mod:`mmreward.image_reward`.
 
 Torch checkpoints are read with ``torch.load(weights_only=True)`` (tensors only: no code is unpickled);
 safetensors files are accepted wherever a ``.pt``/``.pth`` is.

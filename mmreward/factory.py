@@ -223,3 +223,26 @@ def _build_image_reward(arg, device="cpu", dtype=torch.float32, **options) -> Vi
 
 register_family("imagereward", _build_image_reward, "ImageReward-v1.0",
                 "ImageReward (BLIP ViT-L + BERT + MLP): ImageReward-v1.0, a checkpoint or folder; ?med_config=&tokenizer=")
+
+
+def _build_ensemble(arg: str | None, device="cpu", dtype=torch.float32, agg: str = "mean", lam: str = "0.5",
+                    ddof: str = "0", **unknown) -> VisionReward:
+    import os
+    from pathlib import Path
+
+    from .combine import Ensemble
+    from .heads import HEAD_CONFIG, load_head_reward
+
+    if unknown:
+        raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; ensemble accepts agg, lam, ddof")
+    folder = Path(os.path.expanduser(arg or ""))
+    members = sorted(d for d in folder.iterdir() if (d / HEAD_CONFIG).is_file()) if folder.is_dir() else []
+    if not members:
+        raise RewardSpecError(f"ensemble:{arg}: expected a folder whose subfolders are reward heads ({HEAD_CONFIG})")
+    shared: dict = {}  # one backbone per spec for all members
+    return Ensemble([load_head_reward(str(m), device=device, dtype=dtype, backbones=shared) for m in members],
+                    agg, float(lam), int(ddof))
+
+
+register_family("ensemble", _build_ensemble, None,
+                "ensemble of reward heads: ensemble:FOLDER (one head per subfolder) ?agg=mean|wco|uwo&lam=0.5&ddof=0")

@@ -135,25 +135,35 @@ def _resolve_backbone(spec: str, folder: Path) -> str:
     return spec
 
 
-def load_head_reward(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                     backbone: str | None = None) -> HeadReward:
-    """Load a head reward folder (``backbone`` overrides the spec stored in it)."""
+def read_head(arg: str | os.PathLike) -> tuple[dict, MLPHead]:
+    """``(config, head)`` of a head folder (weights loaded; no backbone)."""
     from safetensors.torch import load_file
 
-    from .factory import load_backbone
-
-    folder = Path(os.path.expanduser(arg))
+    folder = Path(os.path.expanduser(str(arg)))
     if not (folder / HEAD_CONFIG).is_file() or not (folder / HEAD_WEIGHTS).is_file():
-        raise ModelLoadError(f"{arg!r} is not a reward head folder (needs {HEAD_CONFIG} and {HEAD_WEIGHTS})")
+        raise ModelLoadError(f"{str(arg)!r} is not a reward head folder (needs {HEAD_CONFIG} and {HEAD_WEIGHTS})")
     cfg = json.loads((folder / HEAD_CONFIG).read_text())
-    spec = backbone or _resolve_backbone(cfg["backbone"], folder)
-    if not spec:
-        raise ModelLoadError(f"{folder / HEAD_CONFIG} names no backbone; pass one")
     head = MLPHead(cfg["in_dim"], tuple(cfg["hidden"]), tuple(cfg["dropout"]), cfg.get("activation", "none"))
     try:
         head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
     except RuntimeError as e:
         raise ModelLoadError(f"{folder / HEAD_WEIGHTS} does not match {HEAD_CONFIG}: {e}") from e
-    bb = load_backbone(spec, device=device, dtype=dtype)
-    reward = HeadReward(bb, head, cfg["inputs"], cfg.get("mean", 0.0), cfg.get("std", 1.0), backbone_spec=cfg["backbone"])
+    cfg["backbone_resolved"] = _resolve_backbone(cfg["backbone"], folder)
+    return cfg, head
+
+
+def load_head_reward(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                     backbone: str | None = None, backbones: dict | None = None) -> HeadReward:
+    """Load a head reward folder (``backbone`` overrides the spec stored in it). ``backbones``: a cache
+    ``{spec: loaded backbone}`` shared by the heads of an ensemble, so one CLIP serves them all."""
+    from .factory import load_backbone
+
+    cfg, head = read_head(arg)
+    spec = backbone or cfg["backbone_resolved"]
+    if not spec:
+        raise ModelLoadError(f"{arg}: {HEAD_CONFIG} names no backbone; pass one")
+    cache = backbones if backbones is not None else {}
+    if spec not in cache:
+        cache[spec] = load_backbone(spec, device=device, dtype=dtype)
+    reward = HeadReward(cache[spec], head, cfg["inputs"], cfg.get("mean", 0.0), cfg.get("std", 1.0), backbone_spec=cfg["backbone"])
     return reward.eval().requires_grad_(False).to(device=device, dtype=dtype)

@@ -260,3 +260,23 @@ def test_reward_config_errors_are_clear(tmp_path, open_clip_dir, prefs):
             RewardTrainConfig.from_dict({"data": prefs[0], **bad})
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--set", f"data={tmp_path / 'none.jsonl'}", "--set", f"output_dir={tmp_path / 'o'}", "--no-progress"])
+
+
+def test_ensemble_of_heads_aggregates_members_and_shares_one_backbone(tmp_path, open_clip_dir, images):
+    d = load_reward(f"clip:{open_clip_dir}").backbone.encode_text(["x"]).shape[-1]
+    root = tmp_path / "heads"
+    root.mkdir()
+    for s in range(3):
+        folder, _ = _head_folder(tmp_path, open_clip_dir, 2 * d, "image_text", seed=s)
+        folder.rename(root / f"m{s}")
+    prompts = ["a red circle", "two blue squares", "a star", "four circles"]
+    members = [load_reward(f"head:{root / f'm{s}'}") for s in range(3)]
+    with torch.no_grad():
+        r = torch.stack([m(images, prompts) for m in members])
+        wco = load_reward(f"ensemble:{root}?agg=wco")
+        assert all(m.backbone is wco.members[0].backbone for m in wco.members)
+        assert torch.allclose(wco(images, prompts), r.min(0).values, atol=1e-5)
+        uwo = load_reward(f"ensemble:{root}?agg=uwo&lam=0.5")
+        assert torch.allclose(uwo(images, prompts), r.mean(0) - 0.5 * r.var(0, correction=0), atol=1e-5)
+    with pytest.raises(Exception, match="subfolders are reward heads"):
+        load_reward(f"ensemble:{tmp_path / 'none'}")

@@ -280,3 +280,23 @@ def test_ensemble_of_heads_aggregates_members_and_shares_one_backbone(tmp_path, 
         assert torch.allclose(uwo(images, prompts), r.mean(0) - 0.5 * r.var(0, correction=0), atol=1e-5)
     with pytest.raises(Exception, match="subfolders are reward heads"):
         load_reward(f"ensemble:{tmp_path / 'none'}")
+
+
+def test_a_trained_reward_drives_reno_through_its_spec_string(tmp_path, open_clip_dir, prefs):
+    from diffusers import DiffusionPipeline
+
+    from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
+    from diffusion_align.reno_cli import main as reno_main
+    from mmreward.train_reward import train
+
+    res = train(_cfg(tmp_path, open_clip_dir, prefs, epochs=2, val_data=None), progress=False)
+    spec = f"head:{res['model']}"
+    save_pipeline(build_components(seed=0, tiny=True), tmp_path / "pipe")
+    DiffusionPipeline.from_pretrained(tmp_path / "pipe")  # a valid pipeline folder
+    summary = reno_main(["--model", str(tmp_path / "pipe"), "--rewards", spec, "--prompt", "a photo of a red circle",
+                         "--n-seeds", "2", "--iters", "8", "--out", str(tmp_path / "reno"), "--no-progress"])
+    assert summary["images"] == 2
+    log = [json.loads(x) for x in (tmp_path / "reno" / "log.jsonl").read_text().splitlines()]
+    for seed in (0, 1):
+        r = [x["reward"] for x in log if x["seed"] == seed]
+        assert len(r) == 8 and max(r[1:]) > r[0] + 1e-3  # the head's gradient reaches the noise and raises it

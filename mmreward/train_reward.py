@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,6 +59,8 @@ class RewardTrainConfig(YamlConfig):
     #: the towers' MLP layers (open_clip's attention uses nn.MultiheadAttention, whose out_proj weight is read
     #: directly, so an adapter on it would be merged at export without having been trained)
     lora_targets: list[str] = field(default_factory=lambda: ["c_fc", "c_proj"])
+    #: weight each example by 1 / (examples of its prompt), as PickScore does (prompts with many pairs do not dominate)
+    per_prompt_weighting: bool = False
     # optimisation
     epochs: int = 20
     batch_size: int = 64  #: examples per step
@@ -107,6 +110,12 @@ def index_images(examples: list[PreferenceExample]) -> tuple[list[str], torch.Te
     idx = torch.tensor([[pos[p] for p in e.images] for e in examples])
     label = torch.tensor([e.label for e in examples], dtype=torch.float32)
     return paths, idx, label, [e.prompt for e in examples]
+
+
+def prompt_weights(prompts: list[str]) -> torch.Tensor:
+    """``[E]`` weights ``1 / (examples sharing the prompt)`` (PickScore's weighting: every prompt counts once)."""
+    counts = Counter(prompts)
+    return torch.tensor([1.0 / counts[p] for p in prompts])
 
 
 # ---------------------------------------------------------------------------------------- models
@@ -176,6 +185,7 @@ def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | 
         raise ConfigError(str(e)) from e
     model, backbone = build(cfg)
     paths, idx, label, prompts = index_images(train_ex)
+    weight = prompt_weights(prompts) if cfg.per_prompt_weighting else None
 
     # inputs of every image: head features (frozen backbone, computed once) or preprocessed pixels
     t0 = time.time()
@@ -244,7 +254,7 @@ def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | 
             rows = rows[accelerator.process_index :: accelerator.num_processes]
             t_step = time.time()
             with accelerator.autocast():
-                loss = preference_loss(rewards_of(rows), label[rows])
+                loss = preference_loss(rewards_of(rows), label[rows], None if weight is None else weight[rows])
             if not torch.isfinite(loss):
                 raise ValueError(f"step {step}: non-finite loss; stopping (the last checkpoint is kept; lower learning_rate)")
             accelerator.backward(loss)

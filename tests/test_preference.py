@@ -4,6 +4,7 @@ and loaded through the real loaders."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,22 @@ def test_a_trained_reward_drives_reno_through_its_spec_string(tmp_path, open_cli
     for seed in (0, 1):
         r = [x["reward"] for x in log if x["seed"] == seed]
         assert len(r) == 8 and max(r[1:]) > r[0] + 1e-3  # the head's gradient reaches the noise and raises it
+
+
+def test_per_prompt_weighting_is_pickscores(tmp_path, open_clip_dir, prefs):
+    """Each example weighs 1/(examples of its prompt), so every prompt counts once in the loss."""
+    from mmreward.train_reward import prompt_weights, train
+
+    w = prompt_weights(["a", "b", "a", "a", "c"])
+    assert w.tolist() == pytest.approx([1 / 3, 1, 1 / 3, 1 / 3, 1])
+    r = torch.tensor([[1.0, 0.0]] * 5)
+    lab = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    per = [math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(1.0))]  # right / wrong
+    want = (per[0] + per[1] + per[1]) / 3  # prompts a (right), b (wrong), c (wrong), each once
+    assert preference_loss(r, lab, w).item() == pytest.approx(want, rel=1e-6)
+    a = train(_cfg(tmp_path / "a", open_clip_dir, prefs, epochs=1, val_data=None), progress=False)
+    b = train(_cfg(tmp_path / "b", open_clip_dir, prefs, epochs=1, val_data=None, per_prompt_weighting=True), progress=False)
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(Path(x["model"]) / HEAD_WEIGHTS)) for x in (a, b))
+    assert any(not torch.allclose(wa[k], wb[k]) for k in wa)  # the trainer uses the weights

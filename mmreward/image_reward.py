@@ -132,7 +132,7 @@ def load_image_reward(arg: str | None = "ImageReward-v1.0", device="cpu", dtype=
                             image_size=patch * int(round(n_patches**0.5)), layer_norm_eps=1e-6, hidden_act="gelu")
     vision = BlipVisionModel(vcfg)
     tcfg = BlipTextConfig(vocab_size=med["vocab_size"], hidden_size=med["hidden_size"],
-                          encoder_hidden_size=med.get("encoder_width", width),
+                          encoder_hidden_size=width,  # BLIP_Pretrain overrides med's encoder_width with the ViT's
                           intermediate_size=med["intermediate_size"], num_hidden_layers=med["num_hidden_layers"],
                           num_attention_heads=med["num_attention_heads"],
                           max_position_embeddings=med["max_position_embeddings"],

@@ -39,7 +39,8 @@ def tiny_image_reward(tmp_path_factory):
                                               num_attention_heads=1, patch_size=16, image_size=32, layer_norm_eps=1e-6))
     med = {"architectures": ["BertModel"], "vocab_size": len(tok), "hidden_size": 32, "num_hidden_layers": 2,
            "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 40, "hidden_act": "gelu",
-           "layer_norm_eps": 1e-12, "encoder_width": 64, "add_cross_attention": True}
+           "layer_norm_eps": 1e-12, "add_cross_attention": True,
+           "encoder_width": 768}  # as in the published med_config.json: BLIP_Pretrain replaces it by the ViT's width
     text = BlipTextModel(BlipTextConfig(vocab_size=len(tok), hidden_size=32, encoder_hidden_size=64, intermediate_size=64,
                                         num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=40),
                          add_pooling_layer=False)

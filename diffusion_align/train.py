@@ -536,18 +536,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stop-after-epochs", type=int, default=None, help="checkpoint and stop after this epoch (simulates a kill)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    import yaml
-
     try:
-        cfg = TrainConfig.from_yaml(args.config)
-        if args.set:
-            data = vars(cfg).copy()
-            for item in args.set:
-                if "=" not in item:
-                    raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-                k, v = item.split("=", 1)
-                data[k] = yaml.safe_load(v)
-            cfg = TrainConfig.from_dict(data)
+        cfg = TrainConfig.from_cli(args.config, args.set)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from e
     try:

@@ -58,6 +58,21 @@ class YamlConfig:
             raise ConfigError(f"{path}: {e}") from e
 
 
+    @classmethod
+    def from_cli(cls, path: str | Path | None, overrides: list[str]):
+        """The config of a command line: the YAML file ``path`` (or the defaults when ``None``) with
+        ``--set KEY=VALUE`` overrides (values parsed as YAML), validated once with all of them applied."""
+        import yaml
+
+        data = vars(cls.from_yaml(path)).copy() if path else {}
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+            k, v = item.split("=", 1)
+            data[k.strip()] = yaml.safe_load(v)
+        return cls.from_dict(data)
+
+
 def _coerce(key: str, value, hint):
     """Check a YAML value against the field's type (ints are accepted for floats)."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
@@ -67,6 +82,8 @@ def _coerce(key: str, value, hint):
         hint = next(a for a in args if a is not type(None))
         origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
+        if args[0] is float and isinstance(value, list):  # ints are accepted for floats, as for scalars
+            value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
         if not isinstance(value, list) or not all(isinstance(v, args[0]) for v in value):
             raise ConfigError(f"{key} must be a list of {args[0].__name__}, got {value!r}")
         return value

@@ -383,16 +383,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stop-after-steps", type=int, default=None, help="checkpoint and stop after this step (simulates a kill)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    import yaml
-
     try:
-        data = vars(RewardTrainConfig.from_yaml(args.config)) if args.config else {}
-        for item in args.set:
-            if "=" not in item:
-                raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
-            k, v = item.split("=", 1)
-            data[k] = yaml.safe_load(v)
-        cfg = RewardTrainConfig.from_dict(data)
+        cfg = RewardTrainConfig.from_cli(args.config, args.set)
         res = train(cfg, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=not args.no_progress)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from e

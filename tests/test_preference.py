@@ -261,6 +261,15 @@ def test_reward_config_errors_are_clear(tmp_path, open_clip_dir, prefs):
             RewardTrainConfig.from_dict({"data": prefs[0], **bad})
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--set", f"data={tmp_path / 'none.jsonl'}", "--set", f"output_dir={tmp_path / 'o'}", "--no-progress"])
+    # --set overrides on a YAML file (shared by every trainer's command line), validated once applied
+    (tmp_path / "c.yaml").write_text(f"data: {prefs[0]}\nepochs: 3\n")
+    cfg = RewardTrainConfig.from_cli(tmp_path / "c.yaml", ["epochs=5", "dropout=[0, 0, 0, 0]"])
+    assert cfg.epochs == 5 and cfg.dropout == [0.0] * 4 and all(isinstance(v, float) for v in cfg.dropout)
+    assert cfg.data == prefs[0]
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        RewardTrainConfig.from_cli(tmp_path / "c.yaml", ["epochs"])
+    with pytest.raises(ConfigError, match="epochs must be >= 1"):
+        RewardTrainConfig.from_cli(tmp_path / "c.yaml", ["epochs=0"])
 
 
 def test_ensemble_of_heads_aggregates_members_and_shares_one_backbone(tmp_path, open_clip_dir, images):

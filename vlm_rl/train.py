@@ -177,15 +177,7 @@ def main(argv=None) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
     args = p.parse_args(argv)
     try:
-        cfg = RLConfig.from_yaml(args.config)
-        if args.set:
-            over = {}
-            for kv in args.set:
-                if "=" not in kv:
-                    raise ConfigError(f"--set needs KEY=VALUE, got {kv!r}")
-                k, v = kv.split("=", 1)
-                over[k] = yaml.safe_load(v)
-            cfg = RLConfig.from_dict({**vars(cfg), **over})
+        cfg = RLConfig.from_cli(args.config, args.set)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     info = train(cfg, resume=args.resume)

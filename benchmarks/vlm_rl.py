@@ -321,12 +321,17 @@ def write_markdown(res: dict) -> None:
         lines.append("")
     if "kneeling" in res:
         k = res["kneeling"]
-        lines += ["## Humanoid kneeling (SAC)", "", "| policy | env steps | success rate |", "|---|---|---|",
-                  f"| random | - | {k['random_policy']['success_rate']:.2f} |"]
-        for arm in ("baseline_prompt_only", "kneeling_prompt"):
-            if arm in k:
-                lines.append(f"| {arm.replace('_', ' ')} | {k['total_steps']} | {k[arm]['final_success_rate']:.2f} |")
-        lines.append("")
+        arms = [a for a in ("kneeling_prompt", "baseline_prompt_only") if a in k]
+        lines += ["## Humanoid kneeling (SAC)", "",
+                  f"Success rate of the deterministic policy ({k['eval_episodes']} episodes; the kneeling predicate "
+                  "holds on >= 50% of an episode's steps) at each snapshot; random policy: "
+                  f"{k['random_policy']['success_rate']:.2f}.", "",
+                  "| env steps | " + " | ".join(a.replace("_", " ") for a in arms) + " |", "|---|" + "---|" * len(arms)]
+        steps = sorted({c["steps"] for a in arms for c in k[a]["curve"]})
+        for st in steps:
+            cells = [next((f"{c['success_rate']:.2f}" for c in k[a]["curve"] if c["steps"] == st), "") for a in arms]
+            lines.append(f"| {st} | " + " | ".join(cells) + " |")
+        lines += ["", " ".join(f"![{a}](vlm_rl_{a}.gif)" for a in arms), ""]
     (RESULTS / "vlm_rl.md").write_text("\n".join(lines))
 
 

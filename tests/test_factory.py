@@ -35,7 +35,7 @@ def test_parse_spec_grammar():
     [
         ("", "empty reward spec"),
         ("clip:a,,clip:b", "empty term"),
-        ("pickscorez:1.0", r"unknown reward family 'pickscorez'.*known families: clip .*hfclip"),
+        ("pickscorez:1.0", r"unknown reward family 'pickscorez'.*known families: .*clip .*hfclip .*imagereward .*pickscore"),
         ("clip:", "missing model"),
         ("2*clip:0.5", "two weights"),
         ("clip:x?mode", "bad option"),

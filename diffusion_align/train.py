@@ -45,6 +45,7 @@ from diffusion_align.rollout import (
     sample_rollouts,
     transition_log_prob,
 )
+from mmreward.stop import StopFlag
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -302,35 +303,6 @@ def weight_checksum(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return torch.stack([flat.sum(), (flat * flat).sum()])
 
 
-class StopFlag:
-    """Ctrl-C (SIGINT) asks the run to stop at the next epoch boundary (a second Ctrl-C aborts at once);
-    processes agree on stopping there, so the checkpoint always holds whole epochs."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        import signal
-
-        self._previous = signal.getsignal(signal.SIGINT)
-
-        def handler(signum, frame):
-            if self.requested:
-                raise KeyboardInterrupt
-            self.requested = True
-            print("\nstop requested: finishing this epoch and saving (Ctrl-C again aborts; the last checkpoint is kept)",
-                  flush=True)
-
-        signal.signal(signal.SIGINT, handler)
-        return self
-
-    def __exit__(self, *exc):
-        import signal
-
-        signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
 # ----------------------------------------------------------------------------------------- the run
 def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
     from accelerate import Accelerator
@@ -424,7 +396,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     saved, stopped_by = epoch, None
     bar = tqdm(total=cfg.num_epochs, initial=epoch, desc=cfg.method, disable=not (progress and main_proc), dynamic_ncols=True)
     try:
-        with StopFlag() as flag:
+        with StopFlag("epoch") as flag:
             while epoch < cfg.num_epochs:
                 # every process must agree to stop (Ctrl-C or time budget), at an epoch boundary
                 over = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60

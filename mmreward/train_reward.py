@@ -16,7 +16,8 @@ Modes (one config dataclass, :class:`RewardTrainConfig`):
 Outputs in ``output_dir``: the model (``OUT/``), ``metrics.jsonl`` (a line per epoch: loss, accuracy on the
 validation data against its labels and, when present, against the noise-free ``truth``), and
 ``checkpoint/`` (weights, optimizer, position in the epoch, RNG; written every ``checkpoint_every``
-steps, at each epoch's end and on Ctrl-C), from which ``--resume`` continues.
+steps, at each epoch's end and on Ctrl-C, which finishes the current step first), from which ``--resume``
+continues.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 from .config_file import ConfigError, YamlConfig, need
 from .heads import INPUTS, REFERENCE_DROPOUT, REFERENCE_HIDDEN
 from .preference import PreferenceExample, pairwise_accuracy, preference_loss, read_preferences
+from .stop import StopFlag
 
 MODES = ("head", "finetune", "lora")
 
@@ -247,49 +249,51 @@ def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | 
     bar = tqdm(total=total, initial=step, desc=f"reward {cfg.mode}", disable=not (progress and main_proc), dynamic_ncols=True)
     stopped_by, losses = None, []
     try:
-        while step < total:
-            epoch, within = divmod(step, steps_per_epoch)
-            order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-            rows = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
-            rows = rows[accelerator.process_index :: accelerator.num_processes]
-            t_step = time.time()
-            with accelerator.autocast():
-                loss = preference_loss(rewards_of(rows), label[rows], None if weight is None else weight[rows])
-            if not torch.isfinite(loss):
-                raise ValueError(f"step {step}: non-finite loss; stopping (the last checkpoint is kept; lower learning_rate)")
-            accelerator.backward(loss)
-            accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            counters["pairs"] += len(rows) * accelerator.num_processes
-            counters["train_s"] += time.time() - t_step
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            over = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
-            if step % steps_per_epoch == 0 or step == total:
-                rec = {"step": step, "epoch": step // steps_per_epoch, "loss": float(np.mean(losses)),
-                       "pairs_per_s": counters["pairs"] / max(counters["train_s"], 1e-9)}
-                losses = []
-                if val_ex:
-                    trainable.eval()
-                    rec.update({f"val_{k}": v for k, v in evaluate_examples(raw, cfg, backbone, val_ex).items()})
-                    trainable.train()
-                log(rec)
-            if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or over:
-                checkpoint()
-            if stop_after_steps is not None and step >= stop_after_steps:
-                checkpoint()
-                stopped_by = "stop_after_steps"
-                break
-            if over:
-                stopped_by = "time budget"
-                break
-    except KeyboardInterrupt:
-        checkpoint()
-        stopped_by = "interrupt"
-        print(f"\ninterrupted at step {step}; checkpoint saved in {ckpt} (--resume continues)", flush=True)
+        with StopFlag("step") as flag:
+            while step < total:
+                epoch, within = divmod(step, steps_per_epoch)
+                order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+                rows = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
+                rows = rows[accelerator.process_index :: accelerator.num_processes]
+                t_step = time.time()
+                with accelerator.autocast():
+                    loss = preference_loss(rewards_of(rows), label[rows], None if weight is None else weight[rows])
+                if not torch.isfinite(loss):
+                    raise ValueError(f"step {step}: non-finite loss; stopping (the last checkpoint is kept; lower learning_rate)")
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                counters["pairs"] += len(rows) * accelerator.num_processes
+                counters["train_s"] += time.time() - t_step
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+                over = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
+                if step % steps_per_epoch == 0 or step == total:
+                    rec = {"step": step, "epoch": step // steps_per_epoch, "loss": float(np.mean(losses)),
+                           "pairs_per_s": counters["pairs"] / max(counters["train_s"], 1e-9)}
+                    losses = []
+                    if val_ex:
+                        trainable.eval()
+                        rec.update({f"val_{k}": v for k, v in evaluate_examples(raw, cfg, backbone, val_ex).items()})
+                        trainable.train()
+                    log(rec)
+                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or over:
+                    checkpoint()
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    checkpoint()
+                    stopped_by = "stop_after_steps"
+                    break
+                if over:
+                    stopped_by = "time budget"
+                    break
+                if flag.requested:  # Ctrl-C: stop at this step boundary, saved
+                    checkpoint()
+                    stopped_by = "interrupt"
+                    print(f"interrupted at step {step}; checkpoint saved in {ckpt} (--resume continues)", flush=True)
+                    break
     finally:
         bar.close()
     result = {"step": step, "total_steps": total, "stopped_by": stopped_by, "embed_s": embed_s, **counters,

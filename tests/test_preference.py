@@ -329,3 +329,32 @@ def test_per_prompt_weighting_is_pickscores(tmp_path, open_clip_dir, prefs):
 
     wa, wb = (load_file(str(Path(x["model"]) / HEAD_WEIGHTS)) for x in (a, b))
     assert any(not torch.allclose(wa[k], wb[k]) for k in wa)  # the trainer uses the weights
+
+
+def test_ctrl_c_saves_at_a_step_boundary_and_resume_finishes_the_run(tmp_path, open_clip_dir, prefs):
+    import sys
+
+    from conftest import interrupt_when
+    from safetensors.torch import load_file
+
+    from mmreward.checkpoint import read_state_info
+    from mmreward.train_reward import train
+
+    out = tmp_path / "cli"
+    common = ["--set", f"data={prefs[0]}", "--set", f"backbone=clip:{open_clip_dir}", "--set", f"output_dir={out}",
+              "--set", "batch_size=16", "--set", "checkpoint_every=1000", "--no-progress"]
+    metrics = out / "metrics.jsonl"
+    code, output = interrupt_when([sys.executable, "-m", "mmreward.train_reward", "--set", "epochs=500", *common],
+                                  lambda: metrics.is_file() and bool(metrics.read_text().strip()))
+    assert code == 0, output
+    assert "stop requested" in output and "interrupted at step" in output
+    step, _ = read_state_info(out / "checkpoint")
+    assert step >= 6  # at least the first epoch (6 steps of 16 pairs), saved at the step it stopped
+    epochs = step // 6 + 1
+    from mmreward.train_reward import main
+
+    res = main(["--resume", "--set", f"epochs={epochs}", *common])
+    assert res["step"] == 6 * epochs and "model" in res
+    ref = train(_cfg(tmp_path / "ref", open_clip_dir, prefs, epochs=epochs, val_data=None), progress=False)
+    a, b = load_file(str(Path(res["model"]) / HEAD_WEIGHTS)), load_file(str(Path(ref["model"]) / HEAD_WEIGHTS))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # as if never interrupted

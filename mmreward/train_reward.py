@@ -327,21 +327,14 @@ def reward_module(raw, cfg: RewardTrainConfig, backbone):
 
 @torch.no_grad()
 def score_examples(reward, examples: list[PreferenceExample], batch: int = 128) -> torch.Tensor:
-    """Rewards ``[E,K]`` of every example's images under ``reward`` (a VisionReward)."""
-    from .images import to_tensor
+    """Rewards ``[E,K]`` of every example's images under ``reward`` (a VisionReward), through the benchmark
+    harness's scorer (each distinct image–prompt pair scored once)."""
+    from .bench import BenchItem, score_candidates
 
     if hasattr(reward, "backbone"):
-        reward.backbone.clear_cache()
-    flat = [(p, e.prompt) for e in examples for p in e.images]
-    out = []
-    for i in range(0, len(flat), batch):
-        chunk = flat[i : i + batch]
-        ims = [to_tensor(p) for p, _ in chunk]
-        if len({tuple(t.shape) for t in ims}) == 1:
-            out.append(reward(torch.stack(ims).to(reward.device), [q for _, q in chunk]))
-        else:
-            out.extend(reward(t[None].to(reward.device), [q]) for t, (_, q) in zip(ims, chunk, strict=True))
-    return torch.cat(out).float().cpu().view(len(examples), -1)
+        reward.backbone.clear_cache()  # text embeddings change while CLIP is fine-tuned
+    items = [BenchItem([(p, e.prompt) for p in e.images], e.label) for e in examples]
+    return torch.tensor(score_candidates(reward, items, batch, progress=False), dtype=torch.float32)
 
 
 def export(raw, cfg: RewardTrainConfig, backbone, rewards_of, n_train: int) -> Path:

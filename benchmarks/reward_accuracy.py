@@ -99,7 +99,6 @@ def candidate_pools(prompts: int, per: int, seed: int) -> list[tuple[str, list, 
     return pools
 
 
-@torch.no_grad()
 def best_of_n(scores: np.ndarray, util: np.ndarray, ns: list[int]) -> dict[str, float]:
     """Mean true utility of each prompt's top-scored candidate among its first N (``scores``, ``util``: ``[P, M]``)."""
     return {str(n): float(util[np.arange(len(util)), scores[:, :n].argmax(1)].mean()) for n in ns}

@@ -61,6 +61,9 @@ class TrainConfig(YamlConfig):
     # D3PO
     beta: float = 0.1
     eps: float = 0.1
+    #: π_ref of the ratio: "base" (the frozen pretrained model, adapters off: the reference code) or "sampler"
+    #: (the weights that drew this epoch's samples: the paper's per-round refresh of π_ref; no extra forward pass)
+    reference: str = "base"
     # DDPO
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
@@ -75,7 +78,7 @@ class TrainConfig(YamlConfig):
     check_weight_sync: bool = False  # all-gather a LoRA checksum after every update (multi-process test)
 
     def validate(self) -> None:
-        need(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        need(self.method in METHODS, f"method must be one of {METHODS} (or drakes, with its own keys), got {self.method!r}")
         need(self.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         need(bool(self.pretrained.strip()), "pretrained must name a pipeline (hub id or folder)")
         need(bool(self.prompts.strip()), "prompts must name a suite (shapes:train) or a file")
@@ -99,6 +102,7 @@ class TrainConfig(YamlConfig):
             need(self.samples_per_prompt >= 2, f"d3po needs samples_per_prompt >= 2 (pairs), got {self.samples_per_prompt}")
             need(self.beta > 0, f"beta must be > 0, got {self.beta}")
             need(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
+            need(self.reference in ("base", "sampler"), f"reference must be base or sampler, got {self.reference!r}")
         else:
             need(self.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
             need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")

@@ -1,4 +1,5 @@
-"""Fine-tune a diffusion model's LoRA adapters with D3PO or DDPO, one config file per run.
+"""Fine-tune a diffusion model's LoRA adapters with D3PO or DDPO, one config file per run (``method: drakes``
+runs :mod:`diffusion_align.drakes` on a discrete DNA diffusion model instead).
 
     accelerate launch diffusion_align/train.py --config configs/d3po_shapes.yaml
     python diffusion_align/train.py --config configs/d3po_shapes.yaml [--resume] [--set key=value ...]
@@ -195,9 +196,9 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
 
     Each distinct image is run through the UNet once per trained step, however many pairs it is in (a
     group of k images gives C(k,2) pairs for the price of k trajectories). ``scale`` multiplies this
-    process's mean loss (so that, averaged over processes, every pair of the step weighs the same). The
-    reference log-probabilities (base model: adapters off) are computed here, only for the images trained
-    on, unless the rollout already carries them."""
+    process's mean loss (so that, averaged over processes, every pair of the step weighs the same). With
+    ``reference: base`` the reference log-probabilities (adapters off) are computed here, only for the images
+    trained on, unless the rollout already carries them; ``reference: sampler`` takes the sampling-time ones."""
     module = accelerator.unwrap_model(unet)  # the same weights, without the DDP wrapper
     T = rollout.latents.shape[1] - 1
     images, pos, comp = pair_components(pairs)
@@ -207,7 +208,9 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
     losses = []
     for jj in range(steps.shape[1]):
         j = steps[:, jj].to(sub.latents.device)  # [U]
-        if sub.ref_log_probs is not None:
+        if cfg.reference == "sampler":  # π_ref refreshed every round: the policy that drew the samples
+            ref_lp = sub.log_probs[torch.arange(len(sub), device=j.device), j]
+        elif sub.ref_log_probs is not None:
             ref_lp = sub.ref_log_probs[torch.arange(len(sub), device=j.device), j]
         else:
             with torch.no_grad(), accelerator.autocast(), adapters_disabled(module):
@@ -509,13 +512,32 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
-        cfg = TrainConfig.from_cli(args.config, args.set)
+        if config_method(args.config, args.set) == "drakes":  # discrete diffusion: its own config and loop
+            from diffusion_align.drakes import DrakesConfig
+            from diffusion_align.drakes import train as run
+            cfg = DrakesConfig.from_cli(args.config, args.set)
+        else:
+            cfg, run = TrainConfig.from_cli(args.config, args.set), train
+        return run(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from e
+
+
+def config_method(path: str, overrides: list[str]) -> str | None:
+    """The ``method`` a config file (and its ``--set`` overrides) names, read before the config is validated."""
+    import yaml
+
+    if not Path(path).is_file():
+        raise ConfigError(f"config file not found: {path}")
     try:
-        return train(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from e
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    method = data.get("method") if isinstance(data, dict) else None
+    for item in overrides:
+        if item.split("=", 1)[0].strip() == "method" and "=" in item:
+            method = yaml.safe_load(item.split("=", 1)[1])
+    return method
 
 
 if __name__ == "__main__":

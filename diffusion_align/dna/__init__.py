@@ -1,0 +1,1 @@
+"""Discrete diffusion for DNA: the ground-truth world, a masked diffusion model (MDLM) and reward oracles."""

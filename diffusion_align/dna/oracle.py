@@ -1,0 +1,219 @@
+"""Reward oracles for DNA: a CNN regressor from one-hot sequences to activity, its training on labelled
+sequences (noisy labels, as an MPRA measurement), and a loader for user oracles.
+
+Oracle contract (what DRAKES calls): ``oracle(x)`` with ``x`` float ``[B, L, 4]`` (one-hot, or the
+straight-through relaxation, so gradients reach the sampler) → ``[B]``. :func:`load_oracle` accepts
+
+- a folder written by :func:`save_oracle` (``oracle.json`` + ``model.safetensors``),
+- an exported program (``.pt2``, ``torch.export.save``) or a TorchScript file (other suffixes), e.g. a
+  published Enformer/gReLU oracle exported by the user, or
+- an ``nn.Module`` instance,
+
+with ``column`` picking one output of multi-task models (the paper's HepG2 is column 0) and
+``channels_first`` for modules that take ``[B, 4, L]``.
+
+    python -m diffusion_align.dna.oracle --out assets/dna-oracle-reward --split 0
+    python -m diffusion_align.dna.oracle --out my_oracle --data seqs.csv --label-column hepg2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class OracleConfig:
+    length: int = 200
+    channels: int = 64
+    kernel: int = 9
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    outputs: int = 1
+
+
+class SeqCNN(nn.Module):
+    """``[B, L, 4]`` → ``[B, outputs]``: a convolution stem, dilated residual convolutions, then mean and
+    max pooling over positions and a linear head."""
+
+    def __init__(self, config: OracleConfig):
+        super().__init__()
+        self.config = config
+        c, k = config.channels, config.kernel
+        self.stem = nn.Conv1d(4, c, k, padding=k // 2)
+        self.convs = nn.ModuleList(nn.Conv1d(c, c, 3, dilation=d, padding=d) for d in config.dilations)
+        self.head = nn.Sequential(nn.Linear(2 * c, c), nn.GELU(), nn.Linear(c, config.outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[-1] != 4:
+            raise ValueError(f"expected one-hot sequences [B, L, 4], got {tuple(x.shape)}")
+        h = F.gelu(self.stem(x.transpose(1, 2)))
+        for conv in self.convs:
+            h = h + F.gelu(conv(h))
+        return self.head(torch.cat([h.mean(-1), h.amax(-1)], -1))
+
+
+class OracleReward(nn.Module):
+    """Any oracle module as the DRAKES reward: ``[B, L, 4]`` → ``[B]``."""
+
+    def __init__(self, model: nn.Module, column: int = 0, channels_first: bool = False):
+        super().__init__()
+        self.model, self.column, self.channels_first = model, column, channels_first
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        try:
+            self.model.eval()
+        except NotImplementedError:  # exported programs have no train/eval modes
+            pass
+
+    def train(self, mode: bool = True) -> OracleReward:
+        """The oracle stays in eval mode (dropout/batch-norm frozen) whatever its owner does."""
+        self.training = mode
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.model(x.transpose(1, 2) if self.channels_first else x)
+        if y.ndim == 1:
+            return y
+        return y.reshape(len(x), -1)[:, self.column]
+
+
+CONFIG_FILE, WEIGHTS_FILE = "oracle.json", "model.safetensors"
+
+
+def save_oracle(model: SeqCNN, folder: str | Path, extra: dict | None = None) -> None:
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps({"kind": "dna-oracle-cnn", **asdict(model.config), **(extra or {})}, indent=2))
+    tmp = folder / (WEIGHTS_FILE + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(folder / WEIGHTS_FILE)
+
+
+def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: bool = False, device="cpu") -> OracleReward:
+    """The reward ``[B, L, 4] → [B]`` of an oracle folder, exported file or module (see the module doc)."""
+    if isinstance(spec, nn.Module):
+        return OracleReward(spec, column, channels_first).to(device)
+    path = Path(spec)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+            raise FileNotFoundError(f"{path}: not an oracle folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+        from safetensors.torch import load_file
+
+        meta = json.loads((path / CONFIG_FILE).read_text())
+        if meta.get("kind") != "dna-oracle-cnn":
+            raise ValueError(f"{path}/{CONFIG_FILE}: kind {meta.get('kind')!r}, expected 'dna-oracle-cnn'")
+        model = SeqCNN(OracleConfig(**{k: v for k, v in meta.items() if k in OracleConfig.__dataclass_fields__}))
+        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+        return OracleReward(model, column, channels_first).to(device)
+    if path.is_file():  # exported programs: no pickled Python objects are executed
+        try:
+            if path.suffix == ".pt2":
+                model = torch.export.load(str(path)).module()
+            else:
+                model = torch.jit.load(str(path), map_location=device)
+        except Exception as e:  # noqa: BLE001 - any failure to read the file is the same user error
+            raise ValueError(f"{path}: not an exported oracle ({e.__class__.__name__}); save it with torch.export.save "
+                             "(.pt2) or torch.jit.save (TorchScript), or as an oracle folder with save_oracle") from e
+        return OracleReward(model, column, channels_first).to(device)
+    raise FileNotFoundError(f"oracle not found: {spec} (an oracle folder, a .pt2 / TorchScript file or a module)")
+
+
+# ------------------------------------------------------------------------------------- training
+def world_library(world, n: int, seed: int, noise: float, enriched: float = 8.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled library of the ground-truth world, as an MPRA would measure it: half natural sequences,
+    half with the motif rates multiplied by ``enriched`` (a designed library), labels = hidden activity +
+    Gaussian noise of std ``noise``. Different ``seed`` = a disjoint split (the paper's chromosome halves)."""
+    rng = np.random.default_rng(seed)
+    x = torch.cat([world.sample(n - n // 2, rng), world.sample(n // 2, rng, rate_scale=enriched)])
+    y = world.activity(x) + noise * torch.from_numpy(rng.standard_normal(n))
+    return x, y.float()
+
+
+def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None = None,
+                 epochs: int = 10, batch: int = 256, lr: float = 1e-3, seed: int = 0, val_frac: float = 0.05,
+                 progress: bool = True) -> dict:
+    """Fit :class:`SeqCNN` by MSE on tokens ``x`` ``[N, L]`` and labels ``y`` ``[N]``; the weights of the
+    best validation epoch are saved to ``out``. Returns the metrics (val MSE and Pearson r per epoch)."""
+    from tqdm import tqdm
+
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} sequences but {len(y)} labels")
+    if not torch.isfinite(y).all():
+        raise ValueError("labels contain NaN/inf")
+    torch.manual_seed(seed)
+    config = config or OracleConfig(length=x.shape[1])
+    model = SeqCNN(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(x), generator=g)
+    n_val = max(1, int(len(x) * val_frac))
+    val, tr = perm[:n_val], perm[n_val:]
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(tr) + batch - 1) // batch))
+    onehot = lambda t: F.one_hot(t, 4).float()  # noqa: E731
+    history, best = [], float("inf")
+    for ep in range(epochs):
+        model.train()
+        t0 = time.time()
+        order = tr[torch.randperm(len(tr), generator=g)]
+        for k in tqdm(range(0, len(order), batch), desc=f"oracle epoch {ep}", disable=not progress, leave=False):
+            idx = order[k : k + batch]
+            loss = F.mse_loss(model(onehot(x[idx]))[:, 0], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        model.eval()
+        with torch.no_grad():
+            pred = torch.cat([model(onehot(x[val[k : k + 1024]]))[:, 0] for k in range(0, n_val, 1024)])
+        mse = float(F.mse_loss(pred, y[val]))
+        r = float(torch.corrcoef(torch.stack([pred, y[val]]))[0, 1])
+        history.append({"epoch": ep, "val_mse": mse, "val_pearson": r, "epoch_s": time.time() - t0})
+        if progress:
+            tqdm.write(json.dumps(history[-1]))
+        if mse < best:
+            best = mse
+            save_oracle(model, out, {"trained_on": len(tr), "val_mse": mse, "val_pearson": r})
+    (Path(out) / "metrics.json").write_text(json.dumps(history, indent=1))
+    return {"history": history, "best_val_mse": best}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from diffusion_align.dna.world import DNAWorld, encode, read_sequences
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", type=int, default=0, help="the world's library split (0: reward oracle, 1: evaluation oracle)")
+    p.add_argument("--n", type=int, default=60000, help="labelled sequences drawn from the world")
+    p.add_argument("--noise", type=float, default=0.5, help="label noise (std) of the world's measurements")
+    p.add_argument("--data", default=None, help="CSV of real sequences with labels instead of the world")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.data:
+        import csv
+
+        seqs = read_sequences(args.data)
+        with open(args.data, newline="") as f:
+            y = torch.tensor([float(r[args.label_column]) for r in csv.DictReader(f)])
+        x = encode(seqs)
+    else:
+        x, y = world_library(DNAWorld(), args.n, seed=1000 + args.split, noise=args.noise)
+    return train_oracle(x, y, args.out, epochs=args.epochs, seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""DRAKES (Wang et al., ICLR 2025): reward fine-tuning of a masked discrete diffusion model by
+backpropagating the reward through a Gumbel-softmax relaxation of its sampling trajectory, with a KL
+penalty against the frozen pretrained model.
+
+    python diffusion_align/train.py --config configs/drakes_dna.yaml      (method: drakes)
+
+Objective: ``max_θ E[r(x_0)] − α·KL(P_θ ‖ P_pre)`` over whole trajectories (optimum ∝ ``p_pre·exp(r/α)``).
+Each optimiser step (``num_accum_steps`` batches of ``batch_size`` trajectories):
+
+1. **Sample** ``sample_steps`` ancestral steps from all-masked. The first ``sample_steps − truncate_steps``
+   are hard draws, detached. The last ``truncate_steps`` (K) draw ``y = softmax((log q + G)/τ)`` with
+   Gumbel noise ``G`` and carry gradients; the new state is ``c·x_t + (1 − c)·y`` with ``c = 1 − x_t[mask]``
+   (unmasked positions are copied). With ``hard_states`` (default) ``y`` is straight-through
+   (``onehot(argmax y)`` forward, ``∇y`` backward) at every step, so the forward values are exactly the hard
+   sampler's and the denoiser always sees the one-hot inputs it was trained on; ``hard_states: false`` feeds
+   soft states as the reference does, with straight-through only on the output.
+2. **Reward** ``r(x_0)`` of the oracle on the straight-through output ``[B, L, 4]``.
+3. **KL**: at each step, the exact KL between the two models' transition distributions at the current state,
+   ``(t − s)/t · Σ_masked Σ_v p_θ(v) log(p_θ(v)/p_pre(v))`` (unmasked positions transition
+   deterministically under both), summed over steps: a one-sample estimate of the path KL. Over the
+   early, detached steps it still reaches θ through ``p_θ`` (``truncate_kl: false``, the reference's
+   default); each early step's term is backpropagated at once, so memory stays at K steps.
+   *Deviation:* the reference multiplies its per-step term by the copy flag and the current one-hot, which
+   makes it exactly 0 at hard states (it only acts through soft ones); this is the KL the paper defines.
+4. ``loss = −mean r + α·mean KL``; gradients clipped to ``max_grad_norm``; Adam.
+
+Outputs in ``output_dir``: ``metrics.jsonl``, ``checkpoint/`` (model, optimizer, RNG; every
+``checkpoint_every`` steps, at the time budget and on Ctrl-C; ``--resume`` continues), ``model/`` (the
+fine-tuned denoiser, loadable with :func:`diffusion_align.dna.mdlm.load_model`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diffusion_align.dna.mdlm import gumbel, one_hot_state, step_probs, timesteps, x0_log_probs
+from mmreward.config_file import ConfigError, YamlConfig, need
+
+
+@dataclass
+class DrakesConfig(YamlConfig):
+    method: str = "drakes"
+    #: DNA diffusion model folder (:func:`diffusion_align.dna.mdlm.load_model`)
+    pretrained: str = "assets/dna-mdlm"
+    #: reward oracle: folder, TorchScript file (:func:`diffusion_align.dna.oracle.load_oracle`)
+    reward: str = "assets/dna-oracle-reward"
+    reward_column: int = 0
+    #: a second oracle logged alongside (the paper's evaluation oracle); null: none
+    eval_reward: str | None = "assets/dna-oracle-eval"
+    output_dir: str = "outputs/drakes_dna"
+    seed: int = 0
+
+    sample_steps: int = 64  # reference: 128
+    truncate_steps: int = 16  # K, the last steps that carry gradients (reference: 50 of 128)
+    gumbel_temp: float = 1.0
+    hard_states: bool = True
+    alpha: float = 1.0e-3  # KL weight (0: DRAKES without KL)
+    truncate_kl: bool = False  # true: KL over the last K steps only
+
+    batch_size: int = 16
+    num_accum_steps: int = 2
+    learning_rate: float = 1.0e-4
+    max_grad_norm: float = 1.0
+    num_epochs: int = 300  # optimiser steps
+    max_minutes: float | None = None
+    checkpoint_every: int = 20
+
+    def validate(self) -> None:
+        need(self.method == "drakes", f"method must be drakes, got {self.method!r}")
+        need(bool(self.pretrained.strip()), "pretrained must name a DNA diffusion model folder")
+        need(bool(self.reward.strip()), "reward must name an oracle (folder or TorchScript file)")
+        need(self.sample_steps >= 1, f"sample_steps must be >= 1, got {self.sample_steps}")
+        need(1 <= self.truncate_steps <= self.sample_steps,
+             f"truncate_steps must be in [1, sample_steps={self.sample_steps}], got {self.truncate_steps}")
+        need(self.gumbel_temp > 0, f"gumbel_temp must be > 0, got {self.gumbel_temp}")
+        need(self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}")
+        for k in ("batch_size", "num_accum_steps", "num_epochs", "checkpoint_every"):
+            need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
+        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
+        need(self.max_minutes is None or self.max_minutes > 0, f"max_minutes must be > 0, got {self.max_minutes}")
+
+
+# --------------------------------------------------------------------------------- the pieces
+def step_kl(logp: torch.Tensor, logp_ref: torch.Tensor, state: torch.Tensor, t: float, s: float) -> torch.Tensor:
+    """KL ``[B]`` between the transitions ``x_t → x_s`` of two models at ``state`` ``[B, L, V+1]``, given their
+    ``log p(x_0 | x_t)`` ``[B, L, V]``: ``(t − s)/t · Σ_l state[l, mask]·Σ_v p(v)(log p(v) − log p_ref(v))``."""
+    masked = state[..., -1]
+    per_pos = (logp.exp() * (logp - logp_ref)).sum(-1)
+    return (t - s) / t * (masked * per_pos).sum(-1)
+
+
+def relaxed_trajectory(model, ref, n: int, steps: int, truncate: int, temp: float = 1.0, hard_states: bool = True,
+                       generator: torch.Generator | None = None,
+                       early_kl: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch of DRAKES trajectories. Returns ``(x0 [n, L, V+1]`` (straight-through one-hot, gradients
+    through the last ``truncate`` steps), ``kl_late [n]`` (with gradients), ``kl_early [n]`` (values)).
+
+    ``ref``: the frozen pretrained model for the KL (``None``: no KL). ``early_kl``: called with each early
+    step's KL ``[n]`` (a graph through ``model``'s weights) to backpropagate it at once; ``None`` leaves the
+    early steps without gradients (then their KL is still returned, as values)."""
+    cfg = model.config
+    V, L = cfg.vocab, cfg.length
+    device = next(model.parameters()).device
+    ts = timesteps(steps).tolist()
+    x = one_hot_state(torch.full((n, L), V, dtype=torch.long, device=device), V)
+    kl_late = torch.zeros(n, device=device)
+    kl_early = torch.zeros(n, device=device)
+    for i in range(steps):
+        t, s = ts[i], ts[i + 1]
+        late = i >= steps - truncate
+        with torch.set_grad_enabled(late or early_kl is not None):
+            logp = x0_log_probs(model, x)
+            if ref is not None:
+                with torch.no_grad() if not late else torch.enable_grad():
+                    logp_ref = x0_log_probs(ref, x)
+                kl = step_kl(logp, logp_ref, x, t, s)
+                if late:
+                    kl_late = kl_late + kl
+                else:
+                    kl_early += kl.detach()
+                    if early_kl is not None:
+                        early_kl(kl)
+        q = step_probs(logp if late else logp.detach(), t, s)
+        g = gumbel(q.shape, generator, device)
+        if late:
+            y = torch.softmax((q.clamp_min(1e-30).log() + g) / temp, -1)
+            hard = F.one_hot(y.argmax(-1), V + 1).to(y.dtype)
+            if hard_states:
+                y = hard + (y - y.detach())  # straight-through
+            keep = 1 - x[..., V : V + 1]  # 1 where x_t is unmasked: copied
+            x = keep * x + (1 - keep) * y
+        else:
+            draw = F.one_hot((q.clamp_min(1e-30).log() + g).argmax(-1), V + 1).float()
+            x = torch.where(x[..., V : V + 1] > 0.5, draw, x).detach()
+    if not hard_states:  # the reference's output: straight-through of the final soft state
+        hard = F.one_hot(x[..., :V].argmax(-1), V + 1).to(x.dtype)
+        x = hard + (x - x.detach())
+    return x, kl_late, kl_early
+
+
+# ------------------------------------------------------------------------------------- training
+def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+    from tqdm import tqdm
+
+    from diffusion_align.dna.mdlm import load_model, save_model
+    from diffusion_align.dna.oracle import load_oracle
+    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.stop import StopFlag
+
+    out = Path(cfg.output_dir)
+    ckpt = out / "checkpoint"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, expected a directory")
+    if resume and not has_state(ckpt):
+        raise ConfigError(f"--resume: no checkpoint in {ckpt}")
+    if not resume and has_state(ckpt):
+        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+    try:
+        model = load_model(cfg.pretrained)
+        reward = load_oracle(cfg.reward, column=cfg.reward_column)
+        eval_reward = load_oracle(cfg.eval_reward, column=cfg.reward_column) if cfg.eval_reward else None
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from e
+    ref = copy.deepcopy(model).requires_grad_(False).eval() if cfg.alpha > 0 else None
+    model.train()
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    epoch, elapsed = 0, 0.0
+    if resume:
+        epoch, extra = load_state(ckpt, model, opt)
+        elapsed = extra["elapsed"]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(vars(cfg), indent=2))
+    metrics_path = out / "metrics.jsonl"
+    old = [x for x in metrics_path.read_text().splitlines() if x.strip()] if resume and metrics_path.is_file() else []
+    metrics_path.write_text("".join(x + "\n" for x in old if json.loads(x)["epoch"] < epoch))
+    t_start = time.time() - elapsed
+
+    def checkpoint(next_epoch: int) -> None:
+        save_state(ckpt, model, opt, next_epoch, {"elapsed": time.time() - t_start, "method": "drakes"})
+
+    n_acc, B = cfg.num_accum_steps, cfg.batch_size
+    early = None
+    if ref is not None and not cfg.truncate_kl:
+        def early(kl: torch.Tensor) -> None:  # noqa: E306 - each early step's KL, backpropagated at once
+            (cfg.alpha * kl.mean() / n_acc).backward()
+
+    stopped_by = None
+    bar = tqdm(total=cfg.num_epochs, initial=epoch, desc="drakes", disable=not progress, dynamic_ncols=True)
+    with StopFlag("step") as flag, metrics_path.open("a") as metrics:
+        while epoch < cfg.num_epochs:
+            if flag.requested:
+                stopped_by = "interrupt"
+                break
+            if cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60:
+                stopped_by = "time budget"
+                break
+            # the step's RNG depends on (seed, step) only: resumable and reproducible
+            gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+            t0 = time.time()
+            rec = {"epoch": epoch, "reward": 0.0, "kl": 0.0, "eval_reward": 0.0}
+            for _ in range(n_acc):
+                x0, kl_late, kl_early = relaxed_trajectory(model, ref, B, cfg.sample_steps, cfg.truncate_steps,
+                                                           cfg.gumbel_temp, cfg.hard_states, gen, early)
+                r = reward(x0[..., :-1])
+                if not torch.isfinite(r).all():
+                    raise ValueError(f"step {epoch}: the reward oracle returned NaN/inf; stopping (the checkpoint of "
+                                     f"step {epoch - epoch % cfg.checkpoint_every} is kept)")
+                loss = (-r.mean() + cfg.alpha * kl_late.mean()) / n_acc
+                loss.backward()
+                rec["reward"] += r.mean().item() / n_acc
+                rec["kl"] += (kl_late.detach() + kl_early).mean().item() / n_acc
+                if eval_reward is not None:
+                    with torch.no_grad():
+                        rec["eval_reward"] += eval_reward(x0.detach()[..., :-1]).mean().item() / n_acc
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            if math.isfinite(norm):
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+            rec.update({"grad_norm": norm, "skipped": not math.isfinite(norm), "step_s": time.time() - t0,
+                        "elapsed_s": time.time() - t_start})
+            if eval_reward is None:
+                rec.pop("eval_reward")
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            epoch += 1
+            bar.update(1)
+            bar.set_postfix(reward=f"{rec['reward']:.3f}", kl=f"{rec['kl']:.2f}")
+            if epoch % cfg.checkpoint_every == 0:
+                checkpoint(epoch)
+            if stop_after_epochs is not None and epoch >= stop_after_epochs:
+                stopped_by = "stop_after_epochs"
+                break
+    bar.close()
+    checkpoint(epoch)
+    save_model(model, out / "model", {"fine_tuned_from": cfg.pretrained, "method": "drakes", "alpha": cfg.alpha, "steps": epoch})
+    if stopped_by in ("interrupt", "time budget"):
+        print(f"drakes: stopped ({stopped_by}) at step {epoch}; `--resume` continues from {ckpt}")
+    return {"epoch": epoch, "stopped_by": stopped_by, "elapsed": time.time() - t_start, "output_dir": str(out)}

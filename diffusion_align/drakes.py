@@ -18,8 +18,10 @@ Each optimiser step (``num_accum_steps`` batches of ``batch_size`` trajectories)
 3. **KL**: at each step, the exact KL between the two models' transition distributions at the current state,
    ``(t − s)/t · Σ_masked Σ_v p_θ(v) log(p_θ(v)/p_pre(v))`` (unmasked positions transition
    deterministically under both), summed over steps: a one-sample estimate of the path KL. Over the
-   early, detached steps it still reaches θ through ``p_θ`` (``truncate_kl: false``, the reference's
-   default); each early step's term is backpropagated at once, so memory stays at K steps.
+   early, detached steps it still reaches θ through ``p_θ`` (``truncate_kl: false``, the default); each
+   early step's term is backpropagated at once, so memory stays at K steps. ``early_kl_samples: N`` takes
+   N random early steps per batch, weighted by (early steps)/N: unbiased, and the other early steps cost
+   one no-grad forward pass instead of two forwards and a backward.
    *Deviation:* the reference multiplies its per-step term by the copy flag and the current one-hot, which
    makes it exactly 0 at hard states (it only acts through soft ones); this is the KL the paper defines.
 4. ``loss = −mean r + α·mean KL``; gradients clipped to ``max_grad_norm``; Adam.
@@ -65,6 +67,8 @@ class DrakesConfig(YamlConfig):
     hard_states: bool = True
     alpha: float = 1.0e-3  # KL weight (0: DRAKES without KL)
     truncate_kl: bool = False  # true: KL over the last K steps only
+    #: the KL of this many random early steps per batch, weighted (unbiased, cheaper); null: every early step
+    early_kl_samples: int | None = None
 
     batch_size: int = 16
     num_accum_steps: int = 2
@@ -83,6 +87,8 @@ class DrakesConfig(YamlConfig):
              f"truncate_steps must be in [1, sample_steps={self.sample_steps}], got {self.truncate_steps}")
         need(self.gumbel_temp > 0, f"gumbel_temp must be > 0, got {self.gumbel_temp}")
         need(self.alpha >= 0 and math.isfinite(self.alpha), f"alpha must be a finite number >= 0, got {self.alpha}")
+        need(self.early_kl_samples is None or self.early_kl_samples >= 1,
+             f"early_kl_samples must be >= 1 or null, got {self.early_kl_samples}")
         for k in ("batch_size", "num_accum_steps", "num_epochs", "checkpoint_every"):
             need(getattr(self, k) >= 1, f"{k} must be >= 1, got {getattr(self, k)}")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
@@ -101,13 +107,16 @@ def step_kl(logp: torch.Tensor, logp_ref: torch.Tensor, state: torch.Tensor, t: 
 
 def relaxed_trajectory(model, ref, n: int, steps: int, truncate: int, temp: float = 1.0, hard_states: bool = True,
                        generator: torch.Generator | None = None,
-                       early_kl: Callable[[torch.Tensor], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                       early_kl: Callable[[torch.Tensor], None] | None = None,
+                       early_kl_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One batch of DRAKES trajectories. Returns ``(x0 [n, L, V+1]`` (straight-through one-hot, gradients
     through the last ``truncate`` steps), ``kl_late [n]`` (with gradients), ``kl_early [n]`` (values)).
 
     ``ref``: the frozen pretrained model for the KL (``None``: no KL). ``early_kl``: called with each early
     step's KL ``[n]`` (a graph through ``model``'s weights) to backpropagate it at once; ``None`` leaves the
-    early steps without gradients (then their KL is still returned, as values)."""
+    early steps without gradients (then their KL is still returned, as values). ``early_kl_samples``: only
+    that many early steps, drawn at random, get the KL, weighted by ``early steps / early_kl_samples`` (an
+    unbiased estimate of the early KL and its gradient for this trajectory, at a fraction of the cost)."""
     cfg = model.config
     V, L = cfg.vocab, cfg.length
     device = next(model.parameters()).device
@@ -115,21 +124,26 @@ def relaxed_trajectory(model, ref, n: int, steps: int, truncate: int, temp: floa
     x = one_hot_state(torch.full((n, L), V, dtype=torch.long, device=device), V)
     kl_late = torch.zeros(n, device=device)
     kl_early = torch.zeros(n, device=device)
+    n_early = steps - truncate
+    picked, weight = set(range(n_early)), 1.0
+    if ref is not None and early_kl_samples is not None and early_kl_samples < n_early:
+        picked = set(torch.randperm(n_early, generator=generator)[:early_kl_samples].tolist())
+        weight = n_early / early_kl_samples
     for i in range(steps):
         t, s = ts[i], ts[i + 1]
-        late = i >= steps - truncate
-        with torch.set_grad_enabled(late or early_kl is not None):
+        late = i >= n_early
+        with torch.set_grad_enabled(late or (early_kl is not None and i in picked)):
             logp = x0_log_probs(model, x)
-            if ref is not None:
+            if ref is not None and (late or i in picked):
                 with torch.no_grad() if not late else torch.enable_grad():
                     logp_ref = x0_log_probs(ref, x)
                 kl = step_kl(logp, logp_ref, x, t, s)
                 if late:
                     kl_late = kl_late + kl
                 else:
-                    kl_early += kl.detach()
+                    kl_early += weight * kl.detach()
                     if early_kl is not None:
-                        early_kl(kl)
+                        early_kl(weight * kl)
         q = step_probs(logp if late else logp.detach(), t, s)
         g = gumbel(q.shape, generator, device)
         if late:
@@ -212,7 +226,8 @@ def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None
             rec = {"epoch": epoch, "reward": 0.0, "kl": 0.0, "eval_reward": 0.0}
             for _ in range(n_acc):
                 x0, kl_late, kl_early = relaxed_trajectory(model, ref, B, cfg.sample_steps, cfg.truncate_steps,
-                                                           cfg.gumbel_temp, cfg.hard_states, gen, early)
+                                                           cfg.gumbel_temp, cfg.hard_states, gen, early,
+                                                           cfg.early_kl_samples)
                 r = reward(x0[..., :-1])
                 if not torch.isfinite(r).all():
                     raise ValueError(f"step {epoch}: the reward oracle returned NaN/inf; stopping (the checkpoint of "

@@ -273,9 +273,11 @@ def test_pair_components_and_minibatches_keep_groups_together():
                 assert not set((pairs[b, 0] // 4).tolist()) & set((pairs[other, 0] // 4).tolist())
 
 
-def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pipe_dir):
+@pytest.mark.parametrize("reference", ["base", "sampler"])
+def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pipe_dir, reference):
     """Three pairs within one group of 3 and one pair of another: the update's gradient (each image run
-    once per step) equals the mean over pairs and steps of the D3PO loss computed pair by pair."""
+    once per step) equals the mean over pairs and steps of the D3PO loss computed pair by pair, with π_ref
+    the base model (adapters off) or the sampling-time policy (its recorded log-probabilities)."""
     import torch.nn.functional as F
     from accelerate import Accelerator
 
@@ -286,10 +288,13 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
         g = torch.Generator().manual_seed(3)
         for p in params:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    cfg = TrainConfig(sample_steps=3, guidance_scale=2.0, beta=5.0, eps=0.5, max_grad_norm=1e9, samples_per_prompt=3)
+    cfg = TrainConfig(sample_steps=3, guidance_scale=2.0, beta=5.0, eps=0.5, max_grad_norm=1e9, samples_per_prompt=3,
+                      reference=reference)
     prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
     ro = sample_rollouts(pipe, pipe.unet, prompts, initial_noise(pipe, [1, 1, 1, 2, 2, 2]), [5, 6, 7, 8, 9, 10],
                          steps=3, guidance=2.0)
+    if reference == "sampler":  # the policy moved after sampling: the ratio is against the recorded log-probs
+        ro.log_probs = ro.log_probs + 0.3 * torch.randn(ro.log_probs.shape, generator=torch.Generator().manual_seed(1))
     sched = ddim_scheduler(pipe, 3)
     pairs = torch.tensor([[0, 1], [0, 2], [2, 1], [4, 3]])
     pref = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]])
@@ -308,8 +313,11 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
             idx = torch.tensor([a, b])
             sub = ro.select(idx)
             step = torch.full((2,), j)
-            with torch.no_grad(), adapters_disabled(pipe.unet):
-                ref = transition_log_prob(sched, pipe.unet, sub, step, 2.0, 1.0)
+            if reference == "sampler":
+                ref = ro.log_probs[idx, j]
+            else:
+                with torch.no_grad(), adapters_disabled(pipe.unet):
+                    ref = transition_log_prob(sched, pipe.unet, sub, step, 2.0, 1.0)
             lp = transition_log_prob(sched, pipe.unet, sub, step, 2.0, 1.0)
             log_r = torch.clamp(lp - ref, math.log(1 - cfg.eps), math.log(1 + cfg.eps))
             total = total - F.logsigmoid(cfg.beta * (h * log_r).sum()) / (len(pairs) * 3)
@@ -350,6 +358,7 @@ def test_config_validation(tmp_path):
         ({"train_first_steps": 21, "sample_steps": 20}, "train_first_steps must be in"),
         ({"sample_eta": 1.5}, "sample_eta must be in"),
         ({"stat_min_count": 32}, "must not exceed stat_buffer_size"),
+        ({"reference": "frozen"}, "reference must be base or sampler"),
     ]
     for data, msg in bad:
         with pytest.raises(ConfigError, match=msg):

@@ -161,6 +161,38 @@ def test_gradients_reach_the_model_through_the_last_k_steps_only(hard_states):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in probe.inner.parameters())
 
 
+@pytest.mark.parametrize("samples", [None, 3])
+def test_early_kl_reaches_the_early_steps_it_samples(samples):
+    """With the KL, each early step's term is backpropagated as it is computed: all early steps, or
+    ``early_kl_samples`` of them weighted by (early steps)/samples, whose weighted sum is the logged KL."""
+    steps, k = 10, 2
+    probe = StepProbe(tiny_model(), steps)
+    terms = []
+
+    def backprop(kl):
+        terms.append(kl.detach())
+        kl.sum().backward()
+
+    _, kl_late, kl_early = relaxed_trajectory(probe, tiny_model(seed=1), 4, steps, truncate=k, early_kl=backprop,
+                                              early_kl_samples=samples, generator=torch.Generator().manual_seed(0))
+    kl_late.sum().backward()
+    reached = (probe.bias.grad.abs().sum(-1) > 0).tolist()
+    assert sum(reached[: steps - k]) == (samples or steps - k) and all(reached[steps - k :])
+    assert len(terms) == (samples or steps - k)
+    assert torch.allclose(torch.stack(terms).sum(0), kl_early)
+    if samples:  # unbiased: over many trajectories, the sampled estimate's mean is the full early KL's
+        m, ref = tiny_model(), tiny_model(seed=1)
+        with torch.no_grad():
+            est = [relaxed_trajectory(m, ref, 4, steps, k, early_kl_samples=samples,
+                                      generator=torch.Generator().manual_seed(r))[2].mean() for r in range(300)]
+            full = [relaxed_trajectory(m, ref, 4, steps, k, generator=torch.Generator().manual_seed(10**4 + r))[2].mean()
+                    for r in range(300)]
+        est, full = torch.stack(est), torch.stack(full)
+        se = (est.var() / len(est) + full.var() / len(full)).sqrt()
+        assert (est.mean() - full.mean()).abs() < 3 * se, (est.mean(), full.mean(), se)
+        assert est.std() > full.std()  # the price: more variance per trajectory
+
+
 def test_step_kl_against_an_independent_computation():
     m, ref = tiny_model(seed=0), tiny_model(seed=1)
     tokens = torch.randint(0, 4, (3, 12))
@@ -267,3 +299,39 @@ def test_drakes_config_errors_and_train_entry_point(drakes_setup, tmp_path):
     cfg_file.write_text(yaml.safe_dump({"method": "drakes", **drakes_setup, "output_dir": str(tmp_path / "cli"), "num_epochs": 2}))
     info = main(["--config", str(cfg_file), "--no-progress"])
     assert info["epoch"] == 2 and (tmp_path / "cli" / "model" / "model.safetensors").is_file()
+
+
+# ----------------------------------------------------------------------------- real-data paths
+def test_pretrain_and_oracle_on_user_files(tmp_path):
+    """A user's FASTA pretrains the model (the length comes from the data; a stopped run resumes to the
+    uninterrupted weights) and a user's CSV trains an oracle that DRAKES loads."""
+    from diffusion_align.dna import pretrain
+    from diffusion_align.dna.oracle import main as oracle_main
+
+    rng = np.random.default_rng(0)
+    w = DNAWorld(length=24)
+    x = w.sample(300, rng)
+    write_fasta(tmp_path / "seqs.fa", x)
+    common = ["--data", str(tmp_path / "seqs.fa"), "--batch", "8", "--channels", "8", "--eval-every", "3",
+              "--checkpoint-every", "2"]
+    full = pretrain.main(["--out", str(tmp_path / "full"), "--steps", "6", *common])
+    assert full["steps"] == 6 and np.isfinite(full["val_elbo_nats_per_base"])
+    model = load_model(tmp_path / "full")
+    assert model.config.length == 24
+    part = tmp_path / "part"
+    assert pretrain.main(["--out", str(part), "--steps", "6", "--stop-after", "4", *common])["steps"] == 4  # cut short ...
+    with pytest.raises(SystemExit, match="already holds a checkpoint"):
+        pretrain.main(["--out", str(part), "--steps", "6", *common])
+    pretrain.main(["--out", str(part), "--steps", "6", "--resume", *common])  # ... continued to 6
+    for (k, v), u in zip(model.state_dict().items(), load_model(part).state_dict().values()):
+        assert torch.allclose(v, u, atol=1e-6), k
+
+    y = w.activity(x) + 0.1
+    (tmp_path / "lab.csv").write_text("sequence,hepg2\n" + "".join(f"{s},{v:.4f}\n" for s, v in zip(decode(x), y.tolist())))
+    info = oracle_main(["--out", str(tmp_path / "oracle"), "--data", str(tmp_path / "lab.csv"), "--label-column", "hepg2",
+                        "--epochs", "2"])
+    assert len(info["history"]) == 2
+    oracle = load_oracle(tmp_path / "oracle")
+    assert oracle(torch.nn.functional.one_hot(x[:5], 4).float()).shape == (5,)
+    with pytest.raises(ValueError, match="no label column 'k562'"):
+        oracle_main(["--out", str(tmp_path / "o2"), "--data", str(tmp_path / "lab.csv"), "--label-column", "k562"])

@@ -37,6 +37,7 @@ class OracleConfig:
     kernel: int = 9
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     outputs: int = 1
+    positional: bool = True  # a learned per-position bias after the stem (activity may depend on position)
 
 
 class SeqCNN(nn.Module):
@@ -48,13 +49,15 @@ class SeqCNN(nn.Module):
         self.config = config
         c, k = config.channels, config.kernel
         self.stem = nn.Conv1d(4, c, k, padding=k // 2)
+        self.pos = nn.Parameter(torch.zeros(c, config.length)) if config.positional else None
         self.convs = nn.ModuleList(nn.Conv1d(c, c, 3, dilation=d, padding=d) for d in config.dilations)
         self.head = nn.Sequential(nn.Linear(2 * c, c), nn.GELU(), nn.Linear(c, config.outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[-1] != 4:
             raise ValueError(f"expected one-hot sequences [B, L, 4], got {tuple(x.shape)}")
-        h = F.gelu(self.stem(x.transpose(1, 2)))
+        h = self.stem(x.transpose(1, 2))
+        h = F.gelu(h if self.pos is None else h + self.pos)
         for conv in self.convs:
             h = h + F.gelu(conv(h))
         return self.head(torch.cat([h.mean(-1), h.amax(-1)], -1))
@@ -129,12 +132,28 @@ def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: b
 
 
 # ------------------------------------------------------------------------------------- training
-def world_library(world, n: int, seed: int, noise: float, enriched: float = 8.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A labelled library of the ground-truth world, as an MPRA would measure it: half natural sequences,
-    half with the motif rates multiplied by ``enriched`` (a designed library), labels = hidden activity +
-    Gaussian noise of std ``noise``. Different ``seed`` = a disjoint split (the paper's chromosome halves)."""
+def world_library(world, n: int, seed: int, noise: float, enriched: float = 8.0,
+                  skewed: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A labelled library of the ground-truth world, as a designed MPRA library would be measured: natural
+    sequences, sequences with the motif rates multiplied by ``enriched``, and a share ``skewed`` of synthetic
+    sequences of random, often extreme composition (i.i.d. bases, composition ~ Dirichlet(0.4)), half of
+    them with 1–6 motif copies planted at random places, so that the oracle has seen low-complexity,
+    GC-rich and motif-stuffed sequences. Labels = hidden activity + Gaussian noise of std ``noise``. A
+    different ``seed`` gives a disjoint split (the paper's chromosome halves)."""
     rng = np.random.default_rng(seed)
-    x = torch.cat([world.sample(n - n // 2, rng), world.sample(n // 2, rng, rate_scale=enriched)])
+    n_skew = int(n * skewed)
+    n_nat = (n - n_skew) // 2
+    parts = [world.sample(n_nat, rng), world.sample(n - n_skew - n_nat, rng, rate_scale=enriched)]
+    if n_skew:
+        comp = rng.dirichlet(np.full(4, 0.4), size=n_skew)
+        x = (comp.cumsum(1)[:, None, :] < rng.random((n_skew, world.length, 1))).sum(-1).clip(max=3)
+        for i in range(n_skew // 2):
+            for _ in range(rng.integers(1, 7)):
+                m, at = rng.integers(len(world.motifs)), rng.integers(world.length - world.width + 1)
+                pwm = world.pwm[m]
+                x[i, at : at + world.width] = (pwm.cumsum(1) < rng.random((world.width, 1))).sum(1).clip(max=3)
+        parts.append(torch.from_numpy(x.astype(np.int64)))
+    x = torch.cat(parts)
     y = world.activity(x) + noise * torch.from_numpy(rng.standard_normal(n))
     return x, y.float()
 
@@ -208,7 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         seqs = read_sequences(args.data)
         with open(args.data, newline="") as f:
-            y = torch.tensor([float(r[args.label_column]) for r in csv.DictReader(f)])
+            reader = csv.DictReader(f)
+            if args.label_column not in (reader.fieldnames or []):
+                raise ValueError(f"{args.data}: no label column {args.label_column!r} (columns: {reader.fieldnames})")
+            y = torch.tensor([float(r[args.label_column]) for r in reader])
         x = encode(seqs)
     else:
         x, y = world_library(DNAWorld(), args.n, seed=1000 + args.split, noise=args.noise)

@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed, resumable) after this many steps")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
     if args.threads:
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     bar = tqdm(total=args.steps, initial=step, desc="mdlm pretrain", dynamic_ncols=True)
     t0, losses = time.time(), []
     with StopFlag("step") as flag, metrics.open("a") as log:
-        while step < args.steps and not flag.requested:
+        while step < args.steps and not flag.requested and (args.stop_after is None or step < args.stop_after):
             g = torch.Generator().manual_seed(args.seed * 7919 + step)
             model.train()
             loss = diffusion_loss(model, batch_at(step), g)

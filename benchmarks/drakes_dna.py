@@ -1,7 +1,7 @@
 """DRAKES on the ground-truth DNA world: the paper's Table 1 (Wang et al. 2025) for the pretrained model,
 best-of-N selection with the reward oracle, DRAKES without the KL term and DRAKES.
 
-    python benchmarks/drakes_dna.py [--minutes 30] [--samples 640]
+    python benchmarks/drakes_dna.py [--minutes 15] [--samples 640]
 
 Each fine-tuning run trains ``configs/drakes_dna.yaml`` (``alpha: 0`` for "without KL") for ``--minutes`` of
 wall time on 2 cores; best-of-N spends the same wall time sampling from the pretrained model (N as many
@@ -115,7 +115,7 @@ def backprop_speed(cfg: DrakesConfig, repeats: int = 3) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=30.0, help="fine-tuning wall time per run (and best-of-N's sampling time)")
+    p.add_argument("--minutes", type=float, default=15.0, help="fine-tuning wall time per run (and best-of-N's sampling time)")
     p.add_argument("--samples", type=int, default=640)
     p.add_argument("--config", default=str(ROOT / "configs" / "drakes_dna.yaml"))
     p.add_argument("--work", default="outputs/bench_drakes")

@@ -122,7 +122,12 @@ def main(argv=None) -> dict:
     p.add_argument("--methods", nargs="+", default=["pretrained", "best_of_n", "drakes_no_kl", "drakes"])
     p.add_argument("--resume", action="store_true", help="keep finished runs in --work; continue interrupted ones")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--report-only", action="store_true", help="rewrite the Markdown and figure from the JSON")
     args = p.parse_args(argv)
+    if args.report_only:
+        result = json.loads((RESULTS / "drakes_dna.json").read_text())
+        write_markdown(result)
+        return result
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)
     work = Path(args.work)
@@ -213,14 +218,16 @@ def write_markdown(result: dict) -> None:
                       f"{bp['full_s_per_batch']:.2f} s: {bp['speedup']:.2f}× faster (same run, batch {bp['batch_size']}, "
                       f"{bp['truncate_steps']} of {bp['steps']} steps); activations kept for backward "
                       f"{bp['truncated_saved_mb']:.0f} MB vs {bp['full_saved_mb']:.0f} MB. "
-                      f"Peak memory of the whole benchmark process {result['peak_rss_mb']:.0f} MB."]
+                      f"Peak memory of the whole benchmark process {result['peak_rss_mb']:.0f} MB (it also holds the "
+                      "full-backprop measurement and best-of-N's candidate pools)."]
     for k in ("drakes_no_kl", "drakes"):
         if k in result["methods"]:
             r = result["methods"][k]
             lines.append(f"- {k}: {r['steps']} optimiser steps in {r['minutes']:.1f} min ({r['steps_per_s']:.3f} steps/s).")
-    series = {f"{k} {tag}": [(r["elapsed_s"] / 60, r[col]) for r in result["methods"][k]["curve"]]
-              for k in ("drakes_no_kl", "drakes") if k in result["methods"]
-              for tag, col in (("reward oracle", "reward"), ("eval oracle", "eval_reward"))}
+    names = {"drakes_no_kl": "w/o KL", "drakes": "DRAKES"}
+    series = {f"{names[k]}: {tag}": [(r["elapsed_s"] / 60, r[col]) for r in result["methods"][k]["curve"]]
+              for k in names if k in result["methods"]
+              for tag, col in (("reward", "reward"), ("eval", "eval_reward"))}
     if series:
         line_chart(series, "fine-tuning minutes (2 CPU cores)", "mean predicted activity of the batch").save(
             RESULTS / "drakes_dna_curve.png")

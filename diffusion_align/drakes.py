@@ -168,17 +168,11 @@ def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None
 
     from diffusion_align.dna.mdlm import load_model, save_model
     from diffusion_align.dna.oracle import load_oracle
-    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
     from mmreward.stop import StopFlag
 
     out = Path(cfg.output_dir)
-    ckpt = out / "checkpoint"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} is a file, expected a directory")
-    if resume and not has_state(ckpt):
-        raise ConfigError(f"--resume: no checkpoint in {ckpt}")
-    if not resume and has_state(ckpt):
-        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+    ckpt = run_checkpoint_dir(out, resume)
     try:
         model = load_model(cfg.pretrained)
         reward = load_oracle(cfg.reward, column=cfg.reward_column)

@@ -313,7 +313,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     from tqdm import tqdm
 
     from diffusion_align.feedback import make_scorer
-    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
     from mmreward.images import image_grid, to_pil
 
     if cfg.mixed_precision != "no" and not torch.cuda.is_available():
@@ -322,13 +322,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     main_proc, rank = accelerator.is_main_process, accelerator.process_index
     out = Path(cfg.output_dir)
-    ckpt = out / "checkpoint"
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} is a file, expected a directory")
-    if resume and not has_state(ckpt):
-        raise ConfigError(f"--resume: no checkpoint in {ckpt}")
-    if not resume and has_state(ckpt):
-        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+    ckpt = run_checkpoint_dir(out, resume)
     offline = None
     if cfg.feedback == "labels":
         from diffusion_align.label import load_labelled

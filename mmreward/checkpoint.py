@@ -76,6 +76,22 @@ def has_state(folder: str | os.PathLike) -> bool:
     return (Path(folder) / STATE_FILE).is_file()
 
 
+def run_checkpoint_dir(output_dir: str | os.PathLike, resume: bool) -> Path:
+    """``output_dir/checkpoint`` of a training run, checked against ``resume``: ``--resume`` needs a
+    checkpoint there, and a fresh run refuses to overwrite one (:class:`ConfigError` either way)."""
+    from .config_file import ConfigError
+
+    out = Path(output_dir)
+    ckpt = out / "checkpoint"
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, expected a directory")
+    if resume and not has_state(ckpt):
+        raise ConfigError(f"--resume: no checkpoint in {ckpt}")
+    if not resume and has_state(ckpt):
+        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+    return ckpt
+
+
 def read_state_info(folder: str | os.PathLike) -> tuple[int, dict]:
     """``(step, extra)`` of a checkpoint, without loading its tensors."""
     with safe_open(str(Path(folder) / STATE_FILE), framework="pt") as f:

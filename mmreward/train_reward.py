@@ -169,17 +169,13 @@ def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | 
     from accelerate import Accelerator
     from tqdm import tqdm
 
-    from .checkpoint import has_state, load_state, save_state
+    from .checkpoint import load_state, run_checkpoint_dir, save_state
 
     torch.manual_seed(cfg.seed)
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main_proc = accelerator.is_main_process
     out = Path(cfg.output_dir)
-    ckpt = out / "checkpoint"
-    if resume and not has_state(ckpt):
-        raise ConfigError(f"--resume: no checkpoint in {ckpt}")
-    if not resume and has_state(ckpt):
-        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+    ckpt = run_checkpoint_dir(out, resume)
     try:
         train_ex = read_preferences(cfg.data)
         val_ex = read_preferences(cfg.val_data) if cfg.val_data else []

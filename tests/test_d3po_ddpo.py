@@ -326,7 +326,8 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
     total.backward()
     assert any(g.abs().sum() > 0 for g in grads.values())
     for i, p in enumerate(params):
-        torch.testing.assert_close(grads[i], p.grad, rtol=1e-4, atol=1e-7)
+        # (the sampler variant's larger log-ratios leave a few near-cancelling entries at float32 noise)
+        torch.testing.assert_close(grads[i], p.grad, rtol=1e-4, atol=1e-7 if reference == "base" else 1e-6)
 
 
 def test_train_steps_draw_from_the_first_steps_only():
@@ -369,9 +370,12 @@ def test_config_validation(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         TrainConfig.from_yaml(tmp_path / "broken.yaml")
     shipped = [f for f in sorted((ROOT / "configs").glob("*.yaml")) if "method:" in f.read_text()]
-    assert {f.stem for f in shipped} >= {"d3po_shapes", "ddpo_shapes"}
+    assert {f.stem for f in shipped} >= {"d3po_shapes", "ddpo_shapes", "drakes_dna"}
+    from diffusion_align.drakes import DrakesConfig
+    from diffusion_align.train import config_method
+
     for f in shipped:  # every shipped trainer config is valid (the vlm_rl ones: tests/test_vlm_rl_train.py)
-        TrainConfig.from_yaml(f)
+        (DrakesConfig if config_method(str(f), []) == "drakes" else TrainConfig).from_yaml(f)
 
 
 def _write_cfg(tmp_path, pipe_dir, clip_dir, **over) -> Path:

@@ -16,13 +16,14 @@ A model folder holds ``config.json`` (the :class:`DenoiserConfig`) and ``model.s
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from diffusion_align.dna.folders import load_folder, save_folder
 
 NEG = -1.0e6  # "log 0" that keeps 0·log 0 terms finite
 
@@ -153,31 +154,16 @@ def sample(model: nn.Module, n: int, steps: int = 64, generator: torch.Generator
 
 
 # ------------------------------------------------------------------------------- save / load
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+CONFIG_FILE = "config.json"
 
 
 def save_model(model: Denoiser, folder: str | Path, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps({"kind": "mdlm-dna", **asdict(model.config), **(extra or {})}, indent=2))
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
+    save_folder(model, folder, CONFIG_FILE, "mdlm-dna", extra)
 
 
 def load_model(folder: str | Path, device="cpu") -> Denoiser:
     """A :class:`Denoiser` from a folder written by :func:`save_model` (safetensors, no pickle)."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: not a DNA diffusion model folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-    meta = json.loads((folder / CONFIG_FILE).read_text())
-    if meta.get("kind") != "mdlm-dna":
-        raise ValueError(f"{folder}/{CONFIG_FILE}: kind {meta.get('kind')!r}, expected 'mdlm-dna'")
     fields = DenoiserConfig.__dataclass_fields__
-    model = Denoiser(DenoiserConfig(**{k: v for k, v in meta.items() if k in fields}))
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    model = load_folder(folder, CONFIG_FILE, "mdlm-dna", what="a DNA diffusion model",
+                        build=lambda meta: Denoiser(DenoiserConfig(**{k: v for k, v in meta.items() if k in fields})))
     return model.to(device).eval()

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from diffusion_align.dna.folders import load_folder, save_folder
 
 
 @dataclass
@@ -88,18 +89,11 @@ class OracleReward(nn.Module):
         return y.reshape(len(x), -1)[:, self.column]
 
 
-CONFIG_FILE, WEIGHTS_FILE = "oracle.json", "model.safetensors"
+CONFIG_FILE = "oracle.json"
 
 
 def save_oracle(model: SeqCNN, folder: str | Path, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(json.dumps({"kind": "dna-oracle-cnn", **asdict(model.config), **(extra or {})}, indent=2))
-    tmp = folder / (WEIGHTS_FILE + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(folder / WEIGHTS_FILE)
+    save_folder(model, folder, CONFIG_FILE, "dna-oracle-cnn", extra)
 
 
 def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: bool = False, device="cpu") -> OracleReward:
@@ -108,15 +102,9 @@ def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: b
         return OracleReward(spec, column, channels_first).to(device)
     path = Path(spec)
     if path.is_dir():
-        if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not an oracle folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
-        from safetensors.torch import load_file
-
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        if meta.get("kind") != "dna-oracle-cnn":
-            raise ValueError(f"{path}/{CONFIG_FILE}: kind {meta.get('kind')!r}, expected 'dna-oracle-cnn'")
-        model = SeqCNN(OracleConfig(**{k: v for k, v in meta.items() if k in OracleConfig.__dataclass_fields__}))
-        model.load_state_dict(load_file(str(path / WEIGHTS_FILE)))
+        fields = OracleConfig.__dataclass_fields__
+        model = load_folder(path, CONFIG_FILE, "dna-oracle-cnn", what="an oracle",
+                            build=lambda meta: SeqCNN(OracleConfig(**{k: v for k, v in meta.items() if k in fields})))
         return OracleReward(model, column, channels_first).to(device)
     if path.is_file():  # exported programs: no pickled Python objects are executed
         try:
@@ -160,50 +148,82 @@ def world_library(world, n: int, seed: int, noise: float, enriched: float = 8.0,
 
 def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None = None,
                  epochs: int = 10, batch: int = 256, lr: float = 1e-3, seed: int = 0, val_frac: float = 0.05,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, resume: bool = False, checkpoint_every: int = 50,
+                 stop_after: int | None = None, extra: dict | None = None) -> dict:
     """Fit :class:`SeqCNN` by MSE on tokens ``x`` ``[N, L]`` and labels ``y`` ``[N]``; the weights of the
-    best validation epoch are saved to ``out``. Returns the metrics (val MSE and Pearson r per epoch)."""
+    best validation epoch are saved to ``out`` (with ``extra`` in its JSON). Returns the metrics (val MSE and
+    Pearson r per epoch) and the number of optimiser steps done.
+
+    The training state (model, optimizer, schedule, step) goes to ``out/training`` every
+    ``checkpoint_every`` steps, at each epoch's end and on Ctrl-C; ``resume`` continues from it (each
+    epoch's batch order is a function of ``(seed, epoch)``, so a resumed run gives the weights of an
+    uninterrupted one). ``stop_after``: stop, checkpointed, after that many optimiser steps."""
     from tqdm import tqdm
+
+    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.stop import StopFlag
 
     if len(x) != len(y):
         raise ValueError(f"{len(x)} sequences but {len(y)} labels")
     if not torch.isfinite(y).all():
         raise ValueError("labels contain NaN/inf")
+    work = Path(out) / "training"
+    if resume and not has_state(work):
+        raise ValueError(f"--resume: no checkpoint in {work}")
+    if not resume and has_state(work):
+        raise ValueError(f"{work} already holds a checkpoint: pass --resume or choose another --out")
     torch.manual_seed(seed)
     config = config or OracleConfig(length=x.shape[1])
     model = SeqCNN(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(x), generator=g)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, int(len(x) * val_frac))
     val, tr = perm[:n_val], perm[n_val:]
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * ((len(tr) + batch - 1) // batch))
+    per_epoch = (len(tr) + batch - 1) // batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
     onehot = lambda t: F.one_hot(t, 4).float()  # noqa: E731
-    history, best = [], float("inf")
-    for ep in range(epochs):
-        model.train()
-        t0 = time.time()
-        order = tr[torch.randperm(len(tr), generator=g)]
-        for k in tqdm(range(0, len(order), batch), desc=f"oracle epoch {ep}", disable=not progress, leave=False):
-            idx = order[k : k + batch]
+    step, history, best = 0, [], float("inf")
+    if resume:
+        step, state = load_state(work, model, opt)
+        sched.load_state_dict(state["sched"])
+        history, best = state["history"], state["best"]
+
+    def checkpoint() -> None:
+        save_state(work, model, opt, step, {"sched": sched.state_dict(), "history": history, "best": best})
+
+    bar = tqdm(total=epochs * per_epoch, initial=step, desc="oracle", disable=not progress, dynamic_ncols=True)
+    with StopFlag("step") as flag:
+        while step < epochs * per_epoch and not flag.requested and (stop_after is None or step < stop_after):
+            ep, k = divmod(step, per_epoch)
+            order = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed * 7919 + ep))]
+            model.train()
+            idx = order[k * batch : (k + 1) * batch]
             loss = F.mse_loss(model(onehot(x[idx]))[:, 0], y[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        model.eval()
-        with torch.no_grad():
-            pred = torch.cat([model(onehot(x[val[k : k + 1024]]))[:, 0] for k in range(0, n_val, 1024)])
-        mse = float(F.mse_loss(pred, y[val]))
-        r = float(torch.corrcoef(torch.stack([pred, y[val]]))[0, 1])
-        history.append({"epoch": ep, "val_mse": mse, "val_pearson": r, "epoch_s": time.time() - t0})
-        if progress:
-            tqdm.write(json.dumps(history[-1]))
-        if mse < best:
-            best = mse
-            save_oracle(model, out, {"trained_on": len(tr), "val_mse": mse, "val_pearson": r})
+            step += 1
+            bar.update(1)
+            if step % per_epoch == 0:  # the epoch's validation, and the best weights so far
+                model.eval()
+                with torch.no_grad():
+                    pred = torch.cat([model(onehot(x[val[i : i + 1024]]))[:, 0] for i in range(0, n_val, 1024)])
+                mse = float(F.mse_loss(pred, y[val]))
+                r = float(torch.corrcoef(torch.stack([pred, y[val]]))[0, 1])
+                history.append({"epoch": ep, "val_mse": mse, "val_pearson": r, "step": step})
+                bar.write(json.dumps(history[-1]))
+                if mse < best:
+                    best = mse
+                    save_oracle(model, out, {"trained_on": len(tr), "val_mse": mse, "val_pearson": r, **(extra or {})})
+            if step % per_epoch == 0 or step % checkpoint_every == 0:
+                checkpoint()
+    bar.close()
+    checkpoint()
     (Path(out) / "metrics.json").write_text(json.dumps(history, indent=1))
-    return {"history": history, "best_val_mse": best}
+    if flag.requested:
+        print(f"stopped at step {step}; --resume continues from {work}")
+    return {"history": history, "best_val_mse": best, "steps": step}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -219,6 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/training")
+    p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed, resumable) after this many steps")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -234,7 +256,10 @@ def main(argv: list[str] | None = None) -> dict:
         x = encode(seqs)
     else:
         x, y = world_library(DNAWorld(), args.n, seed=1000 + args.split, noise=args.noise)
-    return train_oracle(x, y, args.out, epochs=args.epochs, seed=args.seed)
+    data = {"data": args.data, "label_column": args.label_column} if args.data else {
+        "data": "DNAWorld(seed=0)", "split": args.split, "noise": args.noise}
+    return train_oracle(x, y, args.out, epochs=args.epochs, seed=args.seed, resume=args.resume,
+                        stop_after=args.stop_after, extra=data)
 
 
 if __name__ == "__main__":

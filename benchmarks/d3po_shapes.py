@@ -101,7 +101,7 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
     counts, i.e. the same number of samples on the same prompts, instead of for ``--minutes``. ``plain``:
     plain inference samples/s measured in this invocation, kept with the method's throughput (a method
     finished in an earlier session, maybe on another machine, keeps its own)."""
-    cfg = TrainConfig.from_yaml(ROOT / "configs" / f"{method}_shapes.yaml")
+    cfg = TrainConfig.from_cli(str(ROOT / "configs" / f"{method}_shapes.yaml"), args.set)
     out = Path(args.work) / method
     if out.exists() and not args.resume:
         shutil.rmtree(out)
@@ -173,6 +173,8 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue the runs in --work (finished chunks are kept)")
     p.add_argument("--max-chunks", type=int, default=None, help="train at most this many chunks per method now (--resume continues)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the methods' configs (probes; e.g. --set train_first_steps=4)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(exist_ok=True)

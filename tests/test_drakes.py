@@ -365,3 +365,31 @@ def test_embedded_oracles_track_the_hidden_activity():
         poly_g = torch.nn.functional.one_hot(torch.full((1, 200), 2), 4).float()
         assert load_oracle(ROOT / "assets" / name)(poly_g).item() < 1.0  # true activity 0
     assert not torch.allclose(preds[0], preds[1], atol=1e-3)  # two different models
+
+
+def test_vocabulary_and_length_come_from_the_data(tmp_path):
+    """A data set over another alphabet (here 5 amino-acid letters, length 16): ``--alphabet auto`` gives the
+    model and the oracle its vocabulary, and DRAKES fine-tunes the pair end to end."""
+    from diffusion_align.dna import pretrain
+    from diffusion_align.dna.oracle import main as oracle_main
+    from diffusion_align.dna.world import data_alphabet
+
+    rng = np.random.default_rng(0)
+    seqs = ["".join(rng.choice(list("ACDEF"), 16)) for _ in range(200)]
+    assert data_alphabet(seqs) == "ACDEF"
+    with pytest.raises(ValueError, match="outside ACGT"):
+        encode(seqs)
+    (tmp_path / "p.fa").write_text("".join(f">p{i}\n{s}\n" for i, s in enumerate(seqs)))
+    pretrain.main(["--out", str(tmp_path / "m"), "--data", str(tmp_path / "p.fa"), "--alphabet", "auto", "--steps", "2",
+                   "--batch", "8", "--channels", "8"])
+    m = load_model(tmp_path / "m")
+    assert (m.config.vocab, m.config.length) == (5, 16)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["alphabet"] == "ACDEF"
+    (tmp_path / "p.csv").write_text("sequence,label\n" + "".join(f"{s},{s.count('F')}\n" for s in seqs))
+    oracle_main(["--out", str(tmp_path / "o"), "--data", str(tmp_path / "p.csv"), "--alphabet", "auto", "--epochs", "1"])
+    cfg = DrakesConfig.from_dict({"pretrained": str(tmp_path / "m"), "reward": str(tmp_path / "o"), "eval_reward": None,
+                                  "output_dir": str(tmp_path / "run"), "sample_steps": 4, "truncate_steps": 2,
+                                  "batch_size": 4, "num_accum_steps": 1, "num_epochs": 2, "alpha": 0.5})
+    assert train(cfg, progress=False)["epoch"] == 2
+    x = sample(load_model(tmp_path / "run" / "model"), 3, steps=4, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (3, 16) and x.max() <= 4

@@ -1,7 +1,7 @@
 """Reward oracles for DNA: a CNN regressor from one-hot sequences to activity, its training on labelled
 sequences (noisy labels, as an MPRA measurement), and a loader for user oracles.
 
-Oracle contract (what DRAKES calls): ``oracle(x)`` with ``x`` float ``[B, L, 4]`` (one-hot, or the
+Oracle contract (what DRAKES calls): ``oracle(x)`` with ``x`` float ``[B, L, V]`` (V = 4 for ACGT; one-hot, or the
 straight-through relaxation, so gradients reach the sampler) → ``[B]``. :func:`load_oracle` accepts
 
 - a folder written by :func:`save_oracle` (``oracle.json`` + ``model.safetensors``),
@@ -39,24 +39,25 @@ class OracleConfig:
     dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     outputs: int = 1
     positional: bool = True  # a learned per-position bias after the stem (activity may depend on position)
+    vocab: int = 4  # one-hot channels (ACGT)
 
 
 class SeqCNN(nn.Module):
-    """``[B, L, 4]`` → ``[B, outputs]``: a convolution stem, dilated residual convolutions, then mean and
+    """``[B, L, V]`` → ``[B, outputs]``: a convolution stem, dilated residual convolutions, then mean and
     max pooling over positions and a linear head."""
 
     def __init__(self, config: OracleConfig):
         super().__init__()
         self.config = config
         c, k = config.channels, config.kernel
-        self.stem = nn.Conv1d(4, c, k, padding=k // 2)
+        self.stem = nn.Conv1d(config.vocab, c, k, padding=k // 2)
         self.pos = nn.Parameter(torch.zeros(c, config.length)) if config.positional else None
         self.convs = nn.ModuleList(nn.Conv1d(c, c, 3, dilation=d, padding=d) for d in config.dilations)
         self.head = nn.Sequential(nn.Linear(2 * c, c), nn.GELU(), nn.Linear(c, config.outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 3 or x.shape[-1] != 4:
-            raise ValueError(f"expected one-hot sequences [B, L, 4], got {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[-1] != self.config.vocab:
+            raise ValueError(f"expected one-hot sequences [B, L, {self.config.vocab}], got {tuple(x.shape)}")
         h = self.stem(x.transpose(1, 2))
         h = F.gelu(h if self.pos is None else h + self.pos)
         for conv in self.convs:
@@ -65,7 +66,7 @@ class SeqCNN(nn.Module):
 
 
 class OracleReward(nn.Module):
-    """Any oracle module as the DRAKES reward: ``[B, L, 4]`` → ``[B]``."""
+    """Any oracle module as the DRAKES reward: ``[B, L, V]`` → ``[B]``."""
 
     def __init__(self, model: nn.Module, column: int = 0, channels_first: bool = False):
         super().__init__()
@@ -97,7 +98,7 @@ def save_oracle(model: SeqCNN, folder: str | Path, extra: dict | None = None) ->
 
 
 def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: bool = False, device="cpu") -> OracleReward:
-    """The reward ``[B, L, 4] → [B]`` of an oracle folder, exported file or module (see the module doc)."""
+    """The reward ``[B, L, V] → [B]`` of an oracle folder, exported file or module (see the module doc)."""
     if isinstance(spec, nn.Module):
         return OracleReward(spec, column, channels_first).to(device)
     path = Path(spec)
@@ -149,7 +150,7 @@ def world_library(world, n: int, seed: int, noise: float, enriched: float = 8.0,
 def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None = None,
                  epochs: int = 10, batch: int = 256, lr: float = 1e-3, seed: int = 0, val_frac: float = 0.05,
                  progress: bool = True, resume: bool = False, checkpoint_every: int = 50,
-                 stop_after: int | None = None, extra: dict | None = None) -> dict:
+                 stop_after: int | None = None, extra: dict | None = None, vocab: int = 4) -> dict:
     """Fit :class:`SeqCNN` by MSE on tokens ``x`` ``[N, L]`` and labels ``y`` ``[N]``; the weights of the
     best validation epoch are saved to ``out`` (with ``extra`` in its JSON). Returns the metrics (val MSE and
     Pearson r per epoch) and the number of optimiser steps done.
@@ -173,7 +174,7 @@ def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: Orac
     if not resume and has_state(work):
         raise ValueError(f"{work} already holds a checkpoint: pass --resume or choose another --out")
     torch.manual_seed(seed)
-    config = config or OracleConfig(length=x.shape[1])
+    config = config or OracleConfig(length=x.shape[1], vocab=vocab)
     model = SeqCNN(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
@@ -181,7 +182,7 @@ def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: Orac
     val, tr = perm[:n_val], perm[n_val:]
     per_epoch = (len(tr) + batch - 1) // batch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
-    onehot = lambda t: F.one_hot(t, 4).float()  # noqa: E731
+    onehot = lambda t: F.one_hot(t, config.vocab).float()  # noqa: E731
     step, history, best = 0, [], float("inf")
     if resume:
         step, state = load_state(work, model, opt)
@@ -227,7 +228,7 @@ def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: Orac
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from diffusion_align.dna.world import DNAWorld, encode, read_sequences
+    from diffusion_align.dna.world import ALPHABET, DNAWorld, data_alphabet, encode, read_sequences
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -236,6 +237,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--noise", type=float, default=0.5, help="label noise (std) of the world's measurements")
     p.add_argument("--data", default=None, help="CSV of real sequences with labels instead of the world")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--alphabet", default=ALPHABET, help="the tokens of --data, in order, or 'auto' (its sorted characters)")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
@@ -253,13 +255,15 @@ def main(argv: list[str] | None = None) -> dict:
             if args.label_column not in (reader.fieldnames or []):
                 raise ValueError(f"{args.data}: no label column {args.label_column!r} (columns: {reader.fieldnames})")
             y = torch.tensor([float(r[args.label_column]) for r in reader])
-        x = encode(seqs)
+        alphabet = data_alphabet(seqs) if args.alphabet == "auto" else args.alphabet
+        x = encode(seqs, alphabet)
     else:
+        alphabet = ALPHABET
         x, y = world_library(DNAWorld(), args.n, seed=1000 + args.split, noise=args.noise)
     data = {"data": args.data, "label_column": args.label_column} if args.data else {
         "data": "DNAWorld(seed=0)", "split": args.split, "noise": args.noise}
     return train_oracle(x, y, args.out, epochs=args.epochs, seed=args.seed, resume=args.resume,
-                        stop_after=args.stop_after, extra=data)
+                        stop_after=args.stop_after, extra={**data, "alphabet": alphabet}, vocab=len(alphabet))
 
 
 if __name__ == "__main__":

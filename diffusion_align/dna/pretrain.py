@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from diffusion_align.dna.mdlm import Denoiser, DenoiserConfig, diffusion_loss, save_model
-from diffusion_align.dna.world import DNAWorld, encode, read_sequences
+from diffusion_align.dna.world import ALPHABET, DNAWorld, data_alphabet, encode, read_sequences
 
 
 @torch.no_grad()
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--data", default=None, help="FASTA or CSV of natural sequences (default: the ground-truth world)")
+    p.add_argument("--alphabet", default=ALPHABET, help="the tokens of --data, in order, or 'auto' (its sorted characters)")
     p.add_argument("--steps", type=int, default=4000)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
@@ -61,8 +62,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     world = DNAWorld()
     data = None
+    alphabet = ALPHABET
     if args.data:
-        data = encode(read_sequences(args.data))
+        seqs = read_sequences(args.data)
+        alphabet = data_alphabet(seqs) if args.alphabet == "auto" else args.alphabet
+        data = encode(seqs, alphabet)
         g = torch.Generator().manual_seed(args.seed)
         data = data[torch.randperm(len(data), generator=g)]
         val, data = data[: min(1000, len(data) // 10)], data[min(1000, len(data) // 10) :]
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
         val = world.sample(1000, np.random.default_rng(10**6))
         length = world.length
     torch.manual_seed(args.seed)
-    model = Denoiser(DenoiserConfig(length=length, channels=args.channels))
+    model = Denoiser(DenoiserConfig(vocab=len(alphabet), length=length, channels=args.channels))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
     warmup = 200
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
@@ -123,7 +127,8 @@ def main(argv: list[str] | None = None) -> dict:
     bar.close()
     checkpoint()
     model.eval()
-    info = {"steps": step, "val_elbo_nats_per_base": validation_elbo(model, val), "data": args.data or "DNAWorld(seed=0)"}
+    info = {"steps": step, "val_elbo_nats_per_base": validation_elbo(model, val), "data": args.data or "DNAWorld(seed=0)",
+            "alphabet": alphabet}
     save_model(model, out, info)
     if flag.requested:
         print(f"stopped at step {step}; --resume continues from {work}")

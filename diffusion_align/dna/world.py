@@ -56,26 +56,32 @@ GC_RANGE = (0.30, 0.58)
 MAX_RUN = 6
 
 
-def encode(seqs: list[str]) -> torch.Tensor:
-    """``int64 [N, L]`` tokens of equal-length ACGT strings (case-insensitive); a clear error otherwise."""
+def data_alphabet(seqs: list[str]) -> str:
+    """The sorted upper-case characters of a data set (its vocabulary, e.g. ``ACGT`` or 20 amino acids)."""
+    return "".join(sorted({c for s in seqs for c in s.upper()}))
+
+
+def encode(seqs: list[str], alphabet: str = ALPHABET) -> torch.Tensor:
+    """``int64 [N, L]`` tokens (indices into ``alphabet``) of equal-length strings (case-insensitive); a clear
+    error otherwise."""
     if not seqs:
         raise ValueError("no sequences")
     lengths = {len(s) for s in seqs}
     if len(lengths) != 1:
         raise ValueError(f"sequences must share one length, got lengths {sorted(lengths)[:5]}")
     table = np.full(256, -1, dtype=np.int64)
-    for i, c in enumerate(ALPHABET):
+    for i, c in enumerate(alphabet):
         table[ord(c)] = table[ord(c.lower())] = i
     out = table[np.frombuffer("".join(seqs).encode("ascii", "replace"), dtype=np.uint8)].reshape(len(seqs), -1)
     if (out < 0).any():
         row = int(np.nonzero((out < 0).any(1))[0][0])
-        raise ValueError(f"sequence {row} has a character outside ACGT: {seqs[row][:60]!r}")
+        raise ValueError(f"sequence {row} has a character outside {alphabet}: {seqs[row][:60]!r}")
     return torch.from_numpy(out)
 
 
-def decode(x: torch.Tensor) -> list[str]:
-    """ACGT strings of tokens ``[N, L]`` (values 0..3)."""
-    return ["".join(ALPHABET[i] for i in row) for row in x.tolist()]
+def decode(x: torch.Tensor, alphabet: str = ALPHABET) -> list[str]:
+    """Strings of tokens ``[N, L]`` (indices into ``alphabet``)."""
+    return ["".join(alphabet[i] for i in row) for row in x.tolist()]
 
 
 def read_sequences(path: str | Path, column: str = "sequence") -> list[str]:

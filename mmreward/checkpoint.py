@@ -76,19 +76,21 @@ def has_state(folder: str | os.PathLike) -> bool:
     return (Path(folder) / STATE_FILE).is_file()
 
 
-def run_checkpoint_dir(output_dir: str | os.PathLike, resume: bool) -> Path:
-    """``output_dir/checkpoint`` of a training run, checked against ``resume``: ``--resume`` needs a
-    checkpoint there, and a fresh run refuses to overwrite one (:class:`ConfigError` either way)."""
+def run_checkpoint_dir(output_dir: str | os.PathLike, resume: bool, name: str = "checkpoint",
+                       where: str = "output_dir") -> Path:
+    """``output_dir/name`` of a training run, checked against ``resume``: ``--resume`` needs a checkpoint
+    there, and a fresh run refuses to overwrite one (:class:`ConfigError` either way). ``where`` names the
+    setting that chose ``output_dir`` in the message (``output_dir`` in a config, ``--out`` on a command line)."""
     from .config_file import ConfigError
 
     out = Path(output_dir)
-    ckpt = out / "checkpoint"
+    ckpt = out / name
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir {out} is a file, expected a directory")
+        raise ConfigError(f"{where} {out} is a file, expected a directory")
     if resume and not has_state(ckpt):
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
     if not resume and has_state(ckpt):
-        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another output_dir")
+        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another {where}")
     return ckpt
 
 

@@ -161,18 +161,14 @@ def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: Orac
     uninterrupted one). ``stop_after``: stop, checkpointed, after that many optimiser steps."""
     from tqdm import tqdm
 
-    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
     from mmreward.stop import StopFlag
 
     if len(x) != len(y):
         raise ValueError(f"{len(x)} sequences but {len(y)} labels")
     if not torch.isfinite(y).all():
         raise ValueError("labels contain NaN/inf")
-    work = Path(out) / "training"
-    if resume and not has_state(work):
-        raise ValueError(f"--resume: no checkpoint in {work}")
-    if not resume and has_state(work):
-        raise ValueError(f"{work} already holds a checkpoint: pass --resume or choose another --out")
+    work = run_checkpoint_dir(out, resume, name="training", where="--out")  # a ConfigError (ValueError)
     torch.manual_seed(seed)
     config = config or OracleConfig(length=x.shape[1], vocab=vocab)
     model = SeqCNN(config)
@@ -192,11 +188,16 @@ def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: Orac
     def checkpoint() -> None:
         save_state(work, model, opt, step, {"sched": sched.state_dict(), "history": history, "best": best})
 
+    def epoch_order(ep: int) -> torch.Tensor:  # a function of (seed, epoch): resumable mid-epoch
+        return tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed * 7919 + ep))]
+
     bar = tqdm(total=epochs * per_epoch, initial=step, desc="oracle", disable=not progress, dynamic_ncols=True)
+    order_ep, order = -1, tr
     with StopFlag("step") as flag:
         while step < epochs * per_epoch and not flag.requested and (stop_after is None or step < stop_after):
             ep, k = divmod(step, per_epoch)
-            order = tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed * 7919 + ep))]
+            if ep != order_ep:  # drawn once per epoch
+                order_ep, order = ep, epoch_order(ep)
             model.train()
             idx = order[k * batch : (k + 1) * batch]
             loss = F.mse_loss(model(onehot(x[idx]))[:, 0], y[idx])

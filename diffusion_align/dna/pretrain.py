@@ -34,7 +34,8 @@ def validation_elbo(model, x: torch.Tensor, repeats: int = 4, seed: int = 0) -> 
 def main(argv: list[str] | None = None) -> dict:
     from tqdm import tqdm
 
-    from mmreward.checkpoint import has_state, load_state, save_state
+    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
+    from mmreward.config_file import ConfigError
     from mmreward.stop import StopFlag
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -54,11 +55,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out, work = Path(args.out), Path(args.out) / "training"
-    if args.resume and not has_state(work):
-        raise SystemExit(f"--resume: no checkpoint in {work}")
-    if not args.resume and has_state(work):
-        raise SystemExit(f"{work} already holds a checkpoint: pass --resume or choose another --out")
+    out = Path(args.out)
+    try:
+        work = run_checkpoint_dir(out, args.resume, name="training", where="--out")
+    except ConfigError as e:
+        raise SystemExit(str(e)) from e
 
     world = DNAWorld()
     data = None

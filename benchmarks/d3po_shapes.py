@@ -6,8 +6,9 @@ model on the held-out evaluation suite, before and during fine-tuning, against t
 Each method trains from ``configs/<method>_shapes.yaml`` (the evaluator labels D3PO's pairs / is DDPO's
 reward): D3PO for ``--minutes`` of training wall time in ``--chunks`` resumed pieces, DDPO to the same
 epoch counts (the same number of samples, drawn for the same prompts with the same seeds); after each
-piece the checkpoint's LoRA adapters are evaluated on the evaluation suite (432 prompts, GenEval seeds, the
-training sampler: DDIM, eta 1, the config's steps and guidance). Evaluation time is not training time.
+piece the checkpoint's LoRA adapters are evaluated on the evaluation suite (432 prompts with GenEval's seeds,
+``--eval-seeds`` more at +1000, +2000, ... averaged; the training sampler: DDIM, eta 1, the config's steps
+and guidance). Evaluation time is not training time.
 
 Also measured: held-out compositions, sample diversity across seeds (mean pairwise RMS pixel distance
 between 4 seeds of 24 prompts), sampling and training throughput against plain inference of the same
@@ -61,12 +62,31 @@ def diversity(images: torch.Tensor, groups: int, per: int) -> float:
     return float(np.mean(d))
 
 
-def evaluate_policy(pipe, cfg, suite, div_rows) -> tuple[dict, torch.Tensor]:
+def objects_per_image(images: np.ndarray, suite: list[dict]) -> dict[str, float]:
+    """Mean number of shapes the evaluator detects per image (uint8 ``[N,H,W,3]``), per category."""
+    from mmreward.shapes.evaluator import detect
+
+    counts = [len(detect(im)) for im in images]
+    return {tag: float(np.mean([c for c, m in zip(counts, suite) if m["tag"] == tag])) for tag in CATEGORIES}
+
+
+def evaluate_policy(pipe, cfg, suite, div_rows, seeds: int = 1) -> tuple[dict, torch.Tensor]:
+    """Evaluator scores on the suite, averaged over ``seeds`` seeds per prompt (GenEval's seed first, then
+    +1000, +2000, ...), with ``per_seed_overall``; the images returned are those of the first seed."""
     prompts = [m["prompt"] for m in suite]
-    seeds = repeat_counts(prompts)  # GenEval seed 0 per prompt; a repeated prompt takes the next seed
+    first = repeat_counts(prompts)  # GenEval seed 0 per prompt; a repeated prompt takes the next seed
     t0 = time.time()
-    images = sample_suite(pipe, cfg, prompts, seeds)
-    res = suite_scores(to_uint8(images), suite)
+    runs, images = [], None
+    for r in range(seeds):
+        imgs = sample_suite(pipe, cfg, prompts, [s + 1000 * r for s in first])
+        runs.append(suite_scores(to_uint8(imgs), suite))
+        images = imgs if images is None else images
+    res = {"overall": float(np.mean([x["overall"] for x in runs])),
+           "per_category": {k: float(np.mean([x["per_category"][k] for x in runs])) for k in runs[0]["per_category"]},
+           "n": sum(x["n"] for x in runs), "seeds": seeds,
+           "held_out_compositions": float(np.mean([x["held_out_compositions"] for x in runs])),
+           "per_seed_overall": [x["overall"] for x in runs], "correct": runs[0]["correct"],
+           "objects_per_image": objects_per_image(to_uint8(images), suite)}  # first seed: what the policy draws
     div_prompts = [m["prompt"] for m in div_rows for _ in range(4)]
     div_images = sample_suite(pipe, cfg, div_prompts, [1000 + s for _ in div_rows for s in range(4)])
     res["diversity"] = diversity(div_images, len(div_rows), 4)
@@ -94,6 +114,13 @@ def plain_inference_rate(cfg: TrainConfig, n: int = 32) -> float:
     pipe(prompts, num_inference_steps=cfg.sample_steps, guidance_scale=cfg.guidance_scale, eta=cfg.sample_eta,
          generator=torch.Generator().manual_seed(0))
     return n / (time.time() - t0)
+
+
+def training_score(rows: list[dict], every: int = 60) -> list[dict]:
+    """The feedback's mean score on the training samples, averaged over blocks of ``every`` epochs."""
+    rows = [r for r in rows if "score_mean" in r]
+    return [{"epochs": f"{rows[k]['epoch']}-{rows[min(k + every, len(rows)) - 1]['epoch']}",
+             "score": float(np.mean([r["score_mean"] for r in rows[k : k + every]]))} for k in range(0, len(rows), every)]
 
 
 def run_method(method: str, args, suite, div_rows, base: dict, plain: float, match: list[dict] | None = None) -> dict:
@@ -124,10 +151,11 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
         info = train(run, resume=resume, progress=True)
         if info["stopped_by"] == "interrupt":
             raise SystemExit(f"{method}: interrupted; the checkpoint in {out} is kept (--resume redoes this chunk)")
-        result, images = evaluate_policy(with_lora(cfg, out / "checkpoint"), cfg, suite, div_rows)
+        result, images = evaluate_policy(with_lora(cfg, out / "checkpoint"), cfg, suite, div_rows, args.eval_seeds)
         curve.append({"minutes": info["elapsed"] / 60, "epochs": info["epoch"], "pairs": info["pairs"],
                       "samples": info["samples"], "updates": info["updates"], "overall": result["overall"],
-                      "held_out_compositions": result["held_out_compositions"]})
+                      "held_out_compositions": result["held_out_compositions"], "per_category": result["per_category"],
+                      "objects_per_image": result["objects_per_image"]})
         save_file({"images": torch.from_numpy(to_uint8(images))}, out / "eval_images.safetensors")
         (out / "last_eval.json").write_text(json.dumps({k: v for k, v in result.items() if k != "correct"}))
         (out / "curve.json").write_text(json.dumps(curve, indent=1))
@@ -135,27 +163,29 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
         tqdm.write(f"{method}: {curve[-1]}")
     result = json.loads((out / "last_eval.json").read_text())
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    sampling = [r["samples_per_s"] for r in rows if "samples_per_s" in r]
-    training = [r["pairs_per_s"] for r in rows if r.get("pairs_per_s")]
-    r = {"config": vars(cfg), "curve": curve, "final": result,
+    sampled = [r for r in rows if "samples_per_s" in r]  # rates as totals over totals, not means of ratios
+    sample_s, train_s = sum(r["sample_s"] for r in sampled), sum(r["train_s"] for r in rows)
+    n_samples, n_pairs = sum(r["samples_per_s"] * r["sample_s"] for r in sampled), sum(r.get("pairs", 0) for r in rows)
+    r = {"config": vars(cfg), "curve": curve, "final": result, "training_score": training_score(rows),
          "gain": result["overall"] - base["overall"], "matched_to": "d3po epochs" if match else f"{args.minutes} min",
          "plain_inference_samples_per_s": plain,
-         "throughput": {"samples_per_s_sampling": float(np.mean(sampling)),
-                        "pairs_per_s_training": float(np.mean(training)) if training else None,
-                        "samples_per_s_training": float(np.mean([r["samples_per_s"] * r["sample_s"] / max(r["train_s"], 1e-9)
-                                                                 for r in rows if "sample_s" in r]))}}
+         "throughput": {"samples_per_s_sampling": n_samples / sample_s,
+                        "pairs_per_s_training": n_pairs * cfg.num_inner_epochs / train_s if n_pairs else None,
+                        "samples_per_s_training": n_samples / train_s}}
     (out / "result.json").write_text(json.dumps(r, indent=2))
     return r
 
 
-def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows) -> tuple[dict, torch.Tensor]:
-    """The base model's evaluation, reused from ``work`` when the sampler is the same (it is deterministic)."""
+def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows, seeds: int = 1) -> tuple[dict, torch.Tensor]:
+    """The base model's evaluation, reused from ``work`` when the sampler and seeds are the same (it is
+    deterministic)."""
     key = {k: getattr(cfg0, k) for k in ("pretrained", "sample_steps", "sample_eta", "guidance_scale")}
+    key = key | ({"eval_seeds": seeds} if seeds > 1 else {})
     path = work / "base_eval.json"
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if cached.get("sampler") == key:
         return cached["result"], load_file(work / "base_images.safetensors")["images"]
-    base, images = evaluate_policy(with_lora(cfg0, None), cfg0, suite, div_rows)
+    base, images = evaluate_policy(with_lora(cfg0, None), cfg0, suite, div_rows, seeds)
     base = {k: v for k, v in base.items() if k != "correct"}
     images = torch.from_numpy(to_uint8(images))
     work.mkdir(parents=True, exist_ok=True)
@@ -173,6 +203,7 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue the runs in --work (finished chunks are kept)")
     p.add_argument("--max-chunks", type=int, default=None, help="train at most this many chunks per method now (--resume continues)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-seeds", type=int, default=1, help="seeds per held-out prompt (scores averaged)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the methods' configs (probes; e.g. --set train_first_steps=4)")
     args = p.parse_args(argv)
@@ -182,9 +213,9 @@ def main(argv=None) -> dict:
     suite = load_suite("eval")
     div_rows = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][:4]]
     cfg0 = TrainConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
-    base, base_images = cached_base(work, cfg0, suite, div_rows)
+    base, base_images = cached_base(work, cfg0, suite, div_rows, args.eval_seeds)
     plain = plain_inference_rate(cfg0)
-    result = {"suite": {"prompts": len(suite), "seeds": 1}, "base": base, "plain_inference_samples_per_s": plain,
+    result = {"suite": {"prompts": len(suite), "seeds": args.eval_seeds}, "base": base, "plain_inference_samples_per_s": plain,
               "minutes": args.minutes, "methods": {}}
     for method in ("d3po", "ddpo"):  # D3PO first: DDPO is matched to its number of samples
         if method in args.methods:
@@ -215,11 +246,16 @@ def main(argv=None) -> dict:
 def write_markdown(result: dict) -> None:
     cols = {"base": result["base"]} | {m: r["final"] for m, r in result["methods"].items()}
     lines = ["# D3PO / DDPO on ShapesWorld", "",
-             f"Held-out evaluation suite ({result['suite']['prompts']} prompts, 1 seed each), the exact evaluator; "
+             f"Held-out evaluation suite ({result['suite']['prompts']} prompts, {result['suite']['seeds']} seed(s) each), the exact evaluator; "
              f"D3PO trained {result['minutes']:.0f} min on 2 CPU cores, DDPO the same number of samples. "
              "`benchmarks/d3po_shapes.py`.", ""]
     lines += category_table(cols)
     lines.append("| diversity (pairwise RMS) | " + " | ".join(f"{c['diversity']:.3f}" for c in cols.values()) + " |")
+    if all("objects_per_image" in c for c in cols.values()):  # what the policy draws (first seed)
+        lines += ["", "Shapes detected per image (first seed):", "", "| category | " + " | ".join(cols) + " |",
+                  "|---|" + "---|" * len(cols)]
+        lines += [f"| {tag} | " + " | ".join(f"{c['objects_per_image'][tag]:.2f}" for c in cols.values()) + " |"
+                  for tag in CATEGORIES]
     lines += ["", "| method | gain (overall) | pairs / samples | sampling samples/s (vs plain) | training pairs/s | training samples/s |",
               "|---|---|---|---|---|---|"]
     for m, r in result["methods"].items():

@@ -205,7 +205,8 @@ def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None
             (cfg.alpha * kl.mean() / n_acc).backward()
 
     stopped_by = None
-    bar = tqdm(total=cfg.num_epochs, initial=epoch, desc="drakes", disable=not progress, dynamic_ncols=True)
+    # a time budget usually ends the run before num_epochs: then the bar just counts epochs
+    bar = tqdm(total=None if cfg.max_minutes else cfg.num_epochs, initial=epoch, desc="drakes", disable=not progress, dynamic_ncols=True)
     with StopFlag("step") as flag, metrics_path.open("a") as metrics:
         while epoch < cfg.num_epochs:
             if flag.requested:

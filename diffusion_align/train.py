@@ -391,7 +391,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
                         tb.add_scalar(f"{cfg.method}/{k}", v, rec["epoch"])
 
     saved, stopped_by = epoch, None
-    bar = tqdm(total=cfg.num_epochs, initial=epoch, desc=cfg.method, disable=not (progress and main_proc), dynamic_ncols=True)
+    # a time budget usually ends the run before num_epochs: then the bar just counts epochs
+    bar = tqdm(total=None if cfg.max_minutes else cfg.num_epochs, initial=epoch, desc=cfg.method, disable=not (progress and main_proc), dynamic_ncols=True)
     try:
         with StopFlag("epoch") as flag:
             while epoch < cfg.num_epochs:

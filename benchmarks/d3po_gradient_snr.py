@@ -79,10 +79,9 @@ def main(argv=None) -> dict:
     subsets |= {f"first {n}": steps < n for n in range(2, T)} | {"all": steps >= 0}
     ks = [k for k in (2, 4, 8) if K % k == 0]
     rows = {}
-    one = torch.ones(1)
     for name, mask in subsets.items():
-        summed = torch.einsum("gktp,t->gkp", grads, mask.float())[:, :, None]  # [G, K, 1, P]: the trained steps' sum
-        rows[name] = {f"k{k}": jackknife(lambda i, x=summed, k=k: group_snr(x[i], scores[i], one, k) * 1e3, G) for k in ks}
+        summed = torch.einsum("gktp,t->gkp", grads, mask.float())  # [G, K, P]: the trained steps' sum
+        rows[name] = {f"k{k}": jackknife(lambda i, x=summed, k=k: group_snr(x[i], scores[i], k) * 1e3, G) for k in ks}
     norm = (grads**2).sum(-1)[informative].mean((0, 1)).sqrt().tolist()
     result = {"what": "per-sample SNR (x1e-3) of D3PO's gradient estimate at the start of training, ShapesWorld, "
                       "evaluator:graded; (value, jackknife standard error)",

@@ -62,12 +62,9 @@ def diversity(images: torch.Tensor, groups: int, per: int) -> float:
     return float(np.mean(d))
 
 
-def objects_per_image(images: np.ndarray, suite: list[dict]) -> dict[str, float]:
-    """Mean number of shapes the evaluator detects per image (uint8 ``[N,H,W,3]``), per category."""
-    from mmreward.shapes.evaluator import detect
-
-    counts = [len(detect(im)) for im in images]
-    return {tag: float(np.mean([c for c, m in zip(counts, suite) if m["tag"] == tag])) for tag in CATEGORIES}
+def objects_per_image(detected: list[int], suite: list[dict]) -> dict[str, float]:
+    """Mean number of shapes detected per image (``suite_scores``' ``detected``), per category."""
+    return {tag: float(np.mean([c for c, m in zip(detected, suite) if m["tag"] == tag])) for tag in CATEGORIES}
 
 
 def evaluate_policy(pipe, cfg, suite, div_rows, seeds: int = 1) -> tuple[dict, torch.Tensor]:
@@ -80,13 +77,14 @@ def evaluate_policy(pipe, cfg, suite, div_rows, seeds: int = 1) -> tuple[dict, t
     for r in range(seeds):
         imgs = sample_suite(pipe, cfg, prompts, [s + 1000 * r for s in first])
         runs.append(suite_scores(to_uint8(imgs), suite))
-        images = imgs if images is None else images
+        if r == 0:
+            images = imgs
     res = {"overall": float(np.mean([x["overall"] for x in runs])),
            "per_category": {k: float(np.mean([x["per_category"][k] for x in runs])) for k in runs[0]["per_category"]},
            "n": sum(x["n"] for x in runs), "seeds": seeds,
            "held_out_compositions": float(np.mean([x["held_out_compositions"] for x in runs])),
            "per_seed_overall": [x["overall"] for x in runs], "correct": runs[0]["correct"],
-           "objects_per_image": objects_per_image(to_uint8(images), suite)}  # first seed: what the policy draws
+           "objects_per_image": objects_per_image(runs[0]["detected"], suite)}  # first seed: what the policy draws
     div_prompts = [m["prompt"] for m in div_rows for _ in range(4)]
     div_images = sample_suite(pipe, cfg, div_prompts, [1000 + s for _ in div_rows for s in range(4)])
     res["diversity"] = diversity(div_images, len(div_rows), 4)

@@ -53,17 +53,13 @@ def per_step_gradients(sched, unet, params: list[torch.nn.Parameter], rollout: R
     return out
 
 
-def group_snr(grads: torch.Tensor, scores: torch.Tensor, step_weights: torch.Tensor, k: int | None = None) -> float:
-    """Per-*sample* SNR of D3PO's gradient estimate from per-image, per-step gradients ``grads`` ``[G, K, T, P]``
-    and scores ``[G, K]``, the steps weighted by ``step_weights`` ``[T]`` (1 = trained, 0 = not). With ``k``
-    (dividing ``K``) each group is split into ``K/k`` groups of ``k`` (smaller groups, same samples)."""
-    G, K, T, _ = grads.shape
+def group_snr(grads: torch.Tensor, scores: torch.Tensor, k: int | None = None) -> float:
+    """Per-*sample* SNR of D3PO's gradient estimate from per-image gradients ``grads`` ``[G, K, P]`` (summed
+    over the trained steps) and scores ``[G, K]``. With ``k`` (dividing ``K``) each group is split into
+    ``K/k`` groups of ``k`` (smaller groups, same samples)."""
+    G, K, _ = grads.shape
     k = k or K
     if K % k or k < 2:
         raise ValueError(f"k={k} must be >= 2 and divide the group size {K}")
-    est = []
-    for start in range(0, K, k):
-        c = rank_advantages(scores[:, start : start + k])  # [G, k]
-        g = (grads[:, start : start + k] * step_weights.view(1, 1, T, 1)).sum(2)  # [G, k, P]
-        est.append((c[..., None] * g).sum(1))
+    est = [(rank_advantages(scores[:, s : s + k])[..., None] * grads[:, s : s + k]).sum(1) for s in range(0, K, k)]
     return gradient_snr(torch.cat(est)) / k

@@ -183,12 +183,13 @@ def evaluate(images, prompts) -> dict:
 def suite_scores(images, metas: list[dict]) -> dict:
     """Evaluator result of images against suite rows (metadata with ``held_out``): ``overall``,
     ``per_category``, ``n``, ``held_out_compositions`` (accuracy on rows with a held-out pair or
-    relation) and ``correct`` (per image)."""
+    relation), ``correct`` and ``detected`` (per image: the verdict, the number of shapes found)."""
     res = evaluate(images, metas)
     ok = np.array([r["correct"] for r in res["per_image"]])
     held = np.array([bool(m.get("held_out")) for m in metas])
     return {"overall": res["overall"], "per_category": res["per_category"], "n": res["n"],
-            "held_out_compositions": float(ok[held].mean()) if held.any() else None, "correct": ok.tolist()}
+            "held_out_compositions": float(ok[held].mean()) if held.any() else None, "correct": ok.tolist(),
+            "detected": [len(r["detections"]) for r in res["per_image"]]}
 
 
 def category_table(columns: dict[str, dict]) -> list[str]:

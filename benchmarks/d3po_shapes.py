@@ -50,7 +50,7 @@ def sample_suite(pipe, cfg: TrainConfig, prompts: list[str], seeds: list[int], b
     for k in range(0, len(prompts), batch):
         p, s = prompts[k : k + batch], seeds[k : k + batch]
         ro = sample_rollouts(pipe, pipe.unet, p, initial_noise(pipe, s), [x + 7919 for x in s], steps=cfg.sample_steps,
-                             eta=cfg.sample_eta, guidance=cfg.guidance_scale)
+                             eta=cfg.sample_eta, guidance=cfg.guidance_scale, sde_steps=cfg.sde_steps)
         out.append(ro.images)
     return torch.cat(out)
 
@@ -178,7 +178,7 @@ def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows, seeds: int = 1) 
     """The base model's evaluation, reused from ``work`` when the sampler and seeds are the same (it is
     deterministic)."""
     key = {k: getattr(cfg0, k) for k in ("pretrained", "sample_steps", "sample_eta", "guidance_scale")}
-    key = key | ({"eval_seeds": seeds} if seeds > 1 else {})
+    key = key | ({"eval_seeds": seeds} if seeds > 1 else {}) | ({"sde_steps": cfg0.sde_steps} if cfg0.sde_steps else {})
     path = work / "base_eval.json"
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if cached.get("sampler") == key:
@@ -210,7 +210,7 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     suite = load_suite("eval")
     div_rows = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][:4]]
-    cfg0 = TrainConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
+    cfg0 = TrainConfig.from_cli(str(ROOT / "configs" / "d3po_shapes.yaml"), args.set)  # the sampler as the runs have it
     base, base_images = cached_base(work, cfg0, suite, div_rows, args.eval_seeds)
     plain = plain_inference_rate(cfg0)
     result = {"suite": {"prompts": len(suite), "seeds": args.eval_seeds}, "base": base, "plain_inference_samples_per_s": plain,

@@ -39,6 +39,9 @@ class TrainConfig(YamlConfig):
     sample_steps: int = 20
     sample_eta: float = 1.0
     guidance_scale: float = 3.0
+    #: only the first N steps stochastic (eta ``sample_eta``), deterministic DDIM (eta 0) after: the image is a
+    #: function of the trained steps' draws alone (MixGRPO's mixed SDE/ODE sampling); None: all stochastic
+    sde_steps: int | None = None
     #: prompts per sampling batch per process; D3PO draws ``samples_per_prompt`` images of each from one x_T
     sample_batch_size: int = 8
     samples_per_prompt: int = 2
@@ -64,6 +67,9 @@ class TrainConfig(YamlConfig):
     #: π_ref of the ratio: "base" (the frozen pretrained model, adapters off: the reference code) or "sampler"
     #: (the weights that drew this epoch's samples: the paper's per-round refresh of π_ref; no extra forward pass)
     reference: str = "base"
+    #: weight of a KL anchor to the base model, ``kl_coef · ½·(log π_θ − log π_ref)²`` per trained transition (the
+    #: k2 estimator, per-dimension log-probabilities; DPOK's and DRAKES' KL term): 0 is the reference D3PO
+    kl_coef: float = 0.0
     # DDPO
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
@@ -91,6 +97,12 @@ class TrainConfig(YamlConfig):
         need(0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
         need(self.train_first_steps is None or 1 <= self.train_first_steps <= self.sample_steps,
              f"train_first_steps must be in [1, sample_steps={self.sample_steps}] or null, got {self.train_first_steps}")
+        if self.sde_steps is not None:
+            need(1 <= self.sde_steps <= self.sample_steps,
+                 f"sde_steps must be in [1, sample_steps={self.sample_steps}] or null, got {self.sde_steps}")
+            need(self.train_first_steps is not None and self.train_first_steps <= self.sde_steps,
+                 f"steps after sde_steps={self.sde_steps} are deterministic (no log-probability to train): set "
+                 f"train_first_steps <= sde_steps (got {self.train_first_steps})")
         need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
         need(self.max_grad_norm > 0, f"max_grad_norm must be > 0, got {self.max_grad_norm}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
@@ -103,6 +115,7 @@ class TrainConfig(YamlConfig):
             need(self.beta > 0, f"beta must be > 0, got {self.beta}")
             need(0 < self.eps < 1, f"eps must be in (0, 1), got {self.eps}")
             need(self.reference in ("base", "sampler"), f"reference must be base or sampler, got {self.reference!r}")
+            need(self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}")
         else:
             need(self.samples_per_prompt >= 1, f"samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
             need(self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}")

@@ -68,26 +68,43 @@ def ddim_step_with_logprob(
         raise ValueError("call scheduler.set_timesteps(steps) before stepping")
     if eta <= 0:
         raise ValueError(f"eta must be > 0 for a stochastic policy with a log-probability, got {eta}")
+    alpha_t, alpha_prev, x0, eps = _alphas_and_prediction(scheduler, model_output, timestep, sample)
+    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    std = eta * variance.clamp(min=0).sqrt()
+    if (std <= 0).any():
+        t = torch.as_tensor(timestep).reshape(-1).tolist()
+        raise ValueError(f"timestep {t} has a zero-variance DDIM step (its previous timestep clamps to itself); "
+                         "use timestep_spacing='trailing' or steps_offset >= 1")
+    mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
+    if prev_sample is None:
+        if isinstance(generator, list):
+            noise = torch.stack([torch.randn(sample.shape[1:], generator=g, device=g.device) for g in generator])
+        else:
+            noise = torch.randn(sample.shape, generator=generator, device=sample.device if generator is None else generator.device)
+        prev_sample = (mean + std * noise.to(sample.device)).to(sample.dtype)
+    prev32 = prev_sample.detach().float()
+    log_prob = -((prev32 - mean) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))
+    return prev_sample.detach(), log_prob.flatten(1).mean(1)
+
+
+def ddim_step_deterministic(scheduler, model_output: torch.Tensor, timestep: int | torch.Tensor,
+                            sample: torch.Tensor) -> torch.Tensor:
+    """One DDIM step with eta = 0 (no noise, no log-probability): ``x_{t-1} = √ᾱ_prev·x̂_0 + √(1−ᾱ_prev)·ε̂``
+    ``[B,C,h,w]``, the same step as diffusers' ``DDIMScheduler.step(..., eta=0)`` (with the previous timestep
+    clamped at 0 as above). The deterministic tail of a mixed sampler (``sde_steps``)."""
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(steps) before stepping")
+    _, alpha_prev, x0, eps = _alphas_and_prediction(scheduler, model_output, timestep, sample)
+    return (alpha_prev.sqrt() * x0 + (1 - alpha_prev).sqrt() * eps).to(sample.dtype)
+
+
+def _alphas_and_prediction(scheduler, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor):
+    """``(ᾱ_t, ᾱ_prev, x̂_0, ε̂)`` in float32, the alphas shaped ``[B,1,1,1]`` (``timestep``: an int or ``[B]``)."""
     b = sample.shape[0]
     t = torch.as_tensor(timestep, device=sample.device).long().reshape(-1).expand(b)
     prev_t = (t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps).clamp(min=0)
     acp = scheduler.alphas_cumprod.to(torch.float32)
     alpha_t = _per_sample(acp, t, sample.ndim)
     alpha_prev = _per_sample(acp, prev_t, sample.ndim)
-    out32, x32 = model_output.float(), sample.float()
-    x0, eps = split_prediction(scheduler, out32, x32, alpha_t)
-    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
-    std = eta * variance.clamp(min=0).sqrt()
-    if (std <= 0).any():
-        raise ValueError(f"timestep {t.tolist()} has a zero-variance DDIM step (its previous timestep clamps to itself); "
-                         "use timestep_spacing='trailing' or steps_offset >= 1")
-    mean = alpha_prev.sqrt() * x0 + (1 - alpha_prev - std**2).clamp(min=0).sqrt() * eps
-    if prev_sample is None:
-        if isinstance(generator, list):
-            noise = torch.stack([torch.randn(x32.shape[1:], generator=g, device=g.device) for g in generator])
-        else:
-            noise = torch.randn(x32.shape, generator=generator, device=x32.device if generator is None else generator.device)
-        prev_sample = (mean + std * noise.to(x32.device)).to(sample.dtype)
-    prev32 = prev_sample.detach().float()
-    log_prob = -((prev32 - mean) ** 2) / (2 * std**2) - std.log() - math.log(math.sqrt(2 * math.pi))
-    return prev_sample.detach(), log_prob.flatten(1).mean(1)
+    x0, eps = split_prediction(scheduler, model_output.float(), sample.float(), alpha_t)
+    return alpha_t, alpha_prev, x0, eps

@@ -2,7 +2,9 @@
 
 * ``evaluator``: the ShapesWorld evaluator (1 when the image satisfies its prompt by GenEval's rules, else
   0); ``evaluator:graded`` adds partial credit (the share of the prompt's clauses that hold, times ½) so
-  fewer pairs tie.
+  fewer pairs tie; ``evaluator:strict`` is 1 only when the image is correct *and* shows no shape beyond
+  those the prompt names (GenEval's rules ignore extras, so a labeller that does not penalise them teaches
+  the policy to draw more objects, which costs counting: ``benchmarks/results/d3po_shapes_probes.json``).
 * any reward spec of the reward core (``clip:assets/shapesworld-clip``, ``0.5*clip:A+0.5*clip:B``, ...).
 
 D3PO only uses the *order* of the two scores of a pair; DDPO normalises them into advantages. Human
@@ -18,8 +20,14 @@ import torch
 Scorer = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
 
-def evaluator_scores(images: torch.Tensor, prompts: list[str], graded: bool = False) -> torch.Tensor:
-    """ShapesWorld evaluator verdicts ``[B]`` (float) for images ``[B,3,H,W]`` in [0,1]."""
+EVALUATOR_MODES = ("binary", "graded", "strict")
+
+
+def evaluator_scores(images: torch.Tensor, prompts: list[str], mode: str = "binary") -> torch.Tensor:
+    """ShapesWorld evaluator verdicts ``[B]`` (float) for images ``[B,3,H,W]`` in [0,1]; ``mode`` is one of
+    :data:`EVALUATOR_MODES` (see the module docstring)."""
+    if mode not in EVALUATOR_MODES:
+        raise ValueError(f"evaluator mode {mode!r}: expected one of {EVALUATOR_MODES}")
     from mmreward.images import to_uint8
     from mmreward.shapes.evaluator import detect, judge
     from mmreward.shapes.prompts import parse_prompt
@@ -29,7 +37,9 @@ def evaluator_scores(images: torch.Tensor, prompts: list[str], graded: bool = Fa
         meta = parse_prompt(prompt)
         dets = detect(img)
         ok = judge(meta, dets)[0]
-        if ok or not graded:
+        if mode == "strict":
+            ok = ok and len(dets) <= sum(req["count"] for req in meta["include"])
+        if ok or mode != "graded":
             out.append(float(ok))
             continue
         inc = meta["include"]
@@ -50,11 +60,14 @@ def _clause_holds(include: list[dict], k: int, dets) -> bool:
 
 
 def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
-    """A scorer from a feedback spec: ``evaluator``, ``evaluator:graded`` or a reward spec."""
+    """A scorer from a feedback spec: ``evaluator``, ``evaluator:graded``, ``evaluator:strict`` or a reward
+    spec."""
     spec = spec.strip()
-    if spec in ("evaluator", "evaluator:graded"):
-        graded = spec.endswith("graded")
-        return lambda images, prompts: evaluator_scores(images, prompts, graded)
+    if spec == "evaluator" or spec.startswith("evaluator:"):
+        mode = spec.partition(":")[2] or "binary"
+        if mode not in EVALUATOR_MODES:
+            raise ValueError(f"feedback {spec!r}: the evaluator's modes are {', '.join(EVALUATOR_MODES)}")
+        return lambda images, prompts: evaluator_scores(images, prompts, mode)
     from mmreward import load_reward
 
     reward = load_reward(spec, device=device)

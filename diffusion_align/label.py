@@ -56,7 +56,7 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
     return len(pairs)
 
 
-SAMPLER_KEYS = ("pretrained", "sample_steps", "sample_eta", "guidance_scale")
+SAMPLER_KEYS = ("pretrained", "sample_steps", "sample_eta", "guidance_scale", "sde_steps")
 
 
 def sampler_info(cfg: TrainConfig, lora: str | None = None) -> dict:

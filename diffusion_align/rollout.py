@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from .ddim_logprob import ddim_step_with_logprob
+from .ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Rollout:
     prompts: list[str]
     latents: torch.Tensor  # [B, T+1, C, h, w]: x_T, ..., x_0
     timesteps: torch.Tensor  # [T] (long)
-    log_probs: torch.Tensor  # [B, T] under the sampling weights
+    log_probs: torch.Tensor  # [B, T] under the sampling weights (NaN on deterministic steps: sde_steps)
     cond: torch.Tensor  # [B, L, D] prompt embeddings
     uncond: torch.Tensor  # [B, L, D] empty-prompt embeddings (classifier-free guidance)
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
@@ -163,27 +163,40 @@ def sample_rollouts(
     eta: float = 1.0,
     guidance: float = 3.0,
     reference: bool = False,
+    sde_steps: int | None = None,
 ) -> Rollout:
     """Sample ``len(prompts)`` DDIM trajectories from ``noise`` ``[B,C,h,w]`` (``x_T``).
 
     The step noise of trajectory ``b`` comes from a generator seeded ``step_seeds[b]``: trajectories with
     the same ``x_T`` and different step seeds diverge (D3PO's pairs). ``unet`` may carry LoRA adapters;
     ``reference=True`` also scores every transition under the base model (adapters off).
+    ``sde_steps``: only the first ``sde_steps`` steps are stochastic (eta ``eta``); the rest are deterministic
+    DDIM (eta 0; MixGRPO's mixed SDE/ODE sampling), so the image is a function of the stochastic steps'
+    draws alone, and a policy trained on those steps controls the whole outcome. Their ``log_probs`` (and
+    ``ref_log_probs``) are NaN: a deterministic step has no density.
     """
+    if sde_steps is not None and not 1 <= sde_steps <= steps:
+        raise ValueError(f"sde_steps must be in [1, steps={steps}] or None, got {sde_steps}")
     sched = ddim_scheduler(pipe, steps)
     cond, uncond = encode_prompts(pipe, prompts)
     gens = [torch.Generator(noise.device).manual_seed(int(s)) for s in step_seeds]
     x = noise * sched.init_noise_sigma
     latents, log_probs, ref_log_probs = [x], [], []
-    for t in sched.timesteps:
+    nan = torch.full((len(prompts),), float("nan"), device=x.device)
+    for i, t in enumerate(sched.timesteps):
         out = guided_output(unet, x, t, cond, uncond, guidance)
-        x_next, lp = ddim_step_with_logprob(sched, out, t, x, eta, generator=gens)
-        if reference:
-            with adapters_disabled(unet):
-                ref_out = guided_output(unet, x, t, cond, uncond, guidance)
-            ref_log_probs.append(ddim_step_with_logprob(sched, ref_out, t, x, eta, prev_sample=x_next)[1])
+        if sde_steps is not None and i >= sde_steps:
+            x_next, lp, ref_lp = ddim_step_deterministic(sched, out, t, x), nan, nan
+        else:
+            x_next, lp = ddim_step_with_logprob(sched, out, t, x, eta, generator=gens)
+            ref_lp = None
+            if reference:
+                with adapters_disabled(unet):
+                    ref_out = guided_output(unet, x, t, cond, uncond, guidance)
+                ref_lp = ddim_step_with_logprob(sched, ref_out, t, x, eta, prev_sample=x_next)[1]
         latents.append(x_next)
         log_probs.append(lp)
+        ref_log_probs.append(ref_lp)
         x = x_next
     return Rollout(
         prompts=list(prompts), latents=torch.stack(latents, 1), timesteps=sched.timesteps.clone(),

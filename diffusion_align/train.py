@@ -150,7 +150,8 @@ def sample_epoch(cfg: TrainConfig, pipe, unet, prompts: list[str], epoch: int, p
         step_seeds = rng.integers(2**31, size=cfg.sample_batch_size * k)
         noise = initial_noise(pipe, [int(s) for s in noise_seeds for _ in range(k)])
         out.append(sample_rollouts(pipe, unet, [p for p in chosen for _ in range(k)], noise, step_seeds.tolist(),
-                                   steps=cfg.sample_steps, eta=cfg.sample_eta, guidance=cfg.guidance_scale))
+                                   steps=cfg.sample_steps, eta=cfg.sample_eta, guidance=cfg.guidance_scale,
+                                   sde_steps=cfg.sde_steps))
     return Rollout.cat(out)
 
 
@@ -205,7 +206,7 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
     steps = train_steps(cfg, T, rng, int(comp.max()) + 1)[comp]  # [U, T_train]: one order per component
     sub = rollout.select(images)
     pref = pref.to(sub.latents.device)
-    losses = []
+    losses, kls = [], []
     for jj in range(steps.shape[1]):
         j = steps[:, jj].to(sub.latents.device)  # [U]
         if cfg.reference == "sampler":  # π_ref refreshed every round: the policy that drew the samples
@@ -219,9 +220,13 @@ def d3po_update(cfg, accelerator, sched, unet, opt, params, rollout: Rollout, pa
         with accelerator.autocast(), (nullcontext() if last else accelerator.no_sync(unet)):
             lp = transition_log_prob(sched, unet, sub, j, cfg.guidance_scale, cfg.sample_eta)
             loss = d3po_loss(lp[pos], ref_lp[pos], pref, cfg.beta, cfg.eps)
-        accelerator.backward(loss * scale / steps.shape[1])
+            # k2 estimate of KL(π_θ‖π_ref) on the transitions trained (its gradient is KL's score-function gradient)
+            kl = 0.5 * ((lp - ref_lp.to(lp.device)) ** 2).mean()
+        accelerator.backward((loss + cfg.kl_coef * kl) * scale / steps.shape[1])
         losses.append(loss.item())
-    return {"loss": float(np.mean(losses)), "images": len(images), **optimizer_step(accelerator, opt, params, cfg.max_grad_norm)}
+        kls.append(kl.item())
+    return {"loss": float(np.mean(losses)), "kl": float(np.mean(kls)), "images": len(images),
+            **optimizer_step(accelerator, opt, params, cfg.max_grad_norm)}
 
 
 def optimizer_step(accelerator, opt, params, max_norm: float) -> dict:

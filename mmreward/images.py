@@ -94,33 +94,37 @@ def verdict_tile(image: np.ndarray, correct: bool) -> Image.Image:
 
 def line_chart(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
                size: tuple[int, int] = (560, 360)) -> Image.Image:
-    """A plain line chart of named ``(x, y)`` series (axes from 0 / the data range), drawn with PIL."""
+    """A plain line chart of named ``(x, y)`` series (axes from 0 / the data range), drawn with PIL. The
+    legend sits in a column right of the plot (the image grows to fit it), so it never covers a line."""
     from PIL import ImageDraw
 
     pts = [p for s in series.values() for p in s]
     if not pts:
         raise ValueError("no points to plot")
-    w, h = size
-    left, right, top, bottom = 56, 16, 16, 44
+    plot_w, h = size
+    legend_w = 28 + 6 * max(len(name) for name in series)  # PIL's default bitmap font: about 6 px a character
+    w = plot_w + legend_w
+    left, right, top, bottom = 56, 16, 24, 44
     x1 = max(x for x, _ in pts) or 1.0
     y0, y1 = min(y for _, y in pts), max(y for _, y in pts)
     pad = 0.1 * (y1 - y0 or 1.0)
     y0, y1 = y0 - pad, y1 + pad
 
     def to_px(x: float, y: float) -> tuple[float, float]:
-        return left + (w - left - right) * x / x1, h - bottom - (h - top - bottom) * (y - y0) / (y1 - y0)
+        return left + (plot_w - left - right) * x / x1, h - bottom - (h - top - bottom) * (y - y0) / (y1 - y0)
 
-    img = Image.new("RGB", size, "white")
+    img = Image.new("RGB", (w, h), "white")
     d = ImageDraw.Draw(img)
-    d.rectangle([left, top, w - right, h - bottom], outline="black")
+    d.rectangle([left, top, plot_w - right, h - bottom], outline="black")
     for k in range(5):
         yv = y0 + (y1 - y0) * k / 4
         xv = x1 * k / 4
         d.text((4, to_px(0, yv)[1] - 6), f"{yv:.3f}", fill="black")
-        d.text((to_px(xv, y0)[0] - 8, h - bottom + 4), f"{xv:.0f}", fill="black")
+        d.text((to_px(xv, y0)[0] - 8, h - bottom + 4), f"{xv:.0f}" if x1 >= 20 else f"{xv:.3g}", fill="black")
     d.text((left, h - 18), xlabel, fill="black")
-    d.text((left + 4, top + 2), ylabel, fill="black")
-    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189)]
+    d.text((left, 6), ylabel, fill="black")
+    colors = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (140, 86, 75),
+              (227, 119, 194), (127, 127, 127)]
     for i, (name, s) in enumerate(series.items()):
         c = colors[i % len(colors)]
         xy = [to_px(x, y) for x, y in sorted(s)]
@@ -128,5 +132,7 @@ def line_chart(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel
             d.line(xy, fill=c, width=2)
         for px, py in xy:
             d.ellipse([px - 3, py - 3, px + 3, py + 3], fill=c)
-        d.text((w - right - 90, top + 16 + 14 * i), name, fill=c)
+        ly = top + 4 + 16 * i
+        d.line([(plot_w + 2, ly + 6), (plot_w + 18, ly + 6)], fill=c, width=3)
+        d.text((plot_w + 22, ly), name, fill=c)
     return img

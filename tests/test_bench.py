@@ -90,3 +90,21 @@ def test_cli_scores_a_preference_file_against_its_noise_free_truth(tmp_path, ope
     assert evaluate(items, score_candidates(reward, items, progress=False))["accuracy"] == pytest.approx(np.mean([not truth_right[0], truth_right[1]]))
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--reward", f"clip:{open_clip_dir}", "--data", str(tmp_path / "none.json")])
+
+
+def test_line_chart_keeps_the_legend_beside_the_plot():
+    """The benchmarks' charts: every series is drawn in its colour inside the plot, and the legend column
+    right of it holds nothing but the legend (a long name widens the image instead of covering a line)."""
+    from mmreward.images import line_chart
+
+    series = {"a rather long series name": [(0.0, 0.0), (1.0, 1.0)], "b": [(0.0, 1.0), (1.0, 0.0)]}
+    img = np.asarray(line_chart(series, "x", "y", size=(300, 200)))
+    assert img.shape[:2] == (200, 300 + 28 + 6 * len("a rather long series name"))
+    plot, legend = img[:, :300], img[:, 300:]
+    blue, red = (31, 119, 180), (214, 39, 40)
+    for c in (blue, red):
+        assert (plot == c).all(-1).sum() > 50  # the line itself
+        assert (legend == c).all(-1).sum() > 0  # its legend entry
+    assert (legend[80:] == 255).all()  # below the two entries: blank
+    with pytest.raises(ValueError, match="no points"):
+        line_chart({"a": []}, "x", "y")

@@ -14,11 +14,12 @@ import torch
 from conftest import interrupt_when
 
 from diffusion_align.config import ConfigError, TrainConfig
-from diffusion_align.ddim_logprob import ddim_step_with_logprob
+from diffusion_align.ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
 from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
 from diffusion_align.rollout import (
     adapters_disabled,
     ddim_scheduler,
+    guided_output,
     initial_noise,
     sample_rollouts,
     transition_log_prob,
@@ -122,6 +123,27 @@ def test_graded_evaluator_credits_each_clause_on_its_own():
     assert [_clause_holds(pos["include"], k, left) for k in range(2)] == [True, True]
     assert [_clause_holds(pos["include"], k, right) for k in range(2)] == [True, False]
 
+
+
+def test_strict_evaluator_fails_correct_images_with_extra_shapes(monkeypatch):
+    """GenEval's rules ignore shapes the prompt does not name; ``evaluator:strict`` does not."""
+    import mmreward.shapes.evaluator as ev
+    from diffusion_align.feedback import evaluator_scores, make_scorer
+    from mmreward.shapes import Detection
+
+    pair = [Detection("circle", "red", (0.1, 0.4, 0.3, 0.6), 100, 0.0), Detection("square", "blue", (0.6, 0.4, 0.8, 0.6), 100, 0.0)]
+    extra = pair + [Detection("triangle", "green", (0.4, 0.1, 0.5, 0.2), 50, 0.0)]
+    wrong = pair[:1] + [Detection("square", "green", (0.6, 0.4, 0.8, 0.6), 100, 0.0)]
+    per_image = iter([pair, extra, wrong] * 3)
+    monkeypatch.setattr(ev, "detect", lambda img: next(per_image))
+    images, prompts = torch.zeros(3, 3, 8, 8), ["a photo of a red circle and a blue square"] * 3
+    assert evaluator_scores(images, prompts, "binary").tolist() == [1.0, 1.0, 0.0]
+    assert evaluator_scores(images, prompts, "strict").tolist() == [1.0, 0.0, 0.0]
+    assert evaluator_scores(images, prompts, "graded").tolist() == [1.0, 1.0, 0.25]  # one clause of two, times 1/2
+    with pytest.raises(ValueError, match="evaluator's modes"):
+        make_scorer("evaluator:lenient")
+    with pytest.raises(ValueError, match="evaluator mode"):
+        evaluator_scores(images, prompts, "lenient")
 
 # ------------------------------------------------------------------------------------------ losses
 def test_d3po_loss_hand_computed():
@@ -230,6 +252,41 @@ def test_rollout_log_probs_are_recomputed_exactly_and_reference_is_the_base(tiny
     assert all(p.grad is None for n, p in pipe.unet.named_parameters() if "lora" not in n)  # base frozen
 
 
+def test_deterministic_ddim_step_is_diffusers_eta_zero_step():
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing")
+    sched.set_timesteps(10)
+    g = torch.Generator().manual_seed(0)
+    x, out = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    for t in sched.timesteps[:-1]:  # the last step: the reference clamps prev_t to 0 (diffusers: final_alpha_cumprod)
+        torch.testing.assert_close(ddim_step_deterministic(sched, out, t, x), sched.step(out, t, x, eta=0.0).prev_sample)
+
+
+def test_mixed_sampler_is_stochastic_for_the_first_steps_only(tiny_pipe_dir):
+    """sde_steps = 2 of 4: trajectories sharing x_T diverge in steps 0-1, the rest is a deterministic function
+    of x after step 1 (NaN log-probabilities there); the stochastic steps' log-probabilities are the same as
+    a fully stochastic sampler's for the same draws."""
+    pipe, _ = _lora_pipe(tiny_pipe_dir)
+    noise = initial_noise(pipe, [3, 3])
+    ro = sample_rollouts(pipe, pipe.unet, PROMPTS[:1] * 2, noise, [10, 11], steps=4, guidance=2.0, reference=True, sde_steps=2)
+    full = sample_rollouts(pipe, pipe.unet, PROMPTS[:1] * 2, noise, [10, 11], steps=4, guidance=2.0, reference=True)
+    assert torch.isfinite(ro.log_probs[:, :2]).all() and torch.isnan(ro.log_probs[:, 2:]).all()
+    assert torch.isnan(ro.ref_log_probs[:, 2:]).all()
+    torch.testing.assert_close(ro.latents[:, :3], full.latents[:, :3])  # the same draws up to step 2
+    torch.testing.assert_close(ro.log_probs[:, :2], full.log_probs[:, :2])
+    assert not torch.allclose(ro.latents[:, 3:], full.latents[:, 3:])  # then no noise is added
+    sched = ddim_scheduler(pipe, 4)
+    x = ro.latents[:, 2]
+    for j in (2, 3):
+        with torch.no_grad():
+            out = guided_output(pipe.unet, x, sched.timesteps[j], ro.cond, ro.uncond, 2.0)
+        x = ddim_step_deterministic(sched, out, sched.timesteps[j], x)
+        torch.testing.assert_close(x, ro.latents[:, j + 1])
+    with pytest.raises(ValueError, match="sde_steps must be in"):
+        sample_rollouts(pipe, pipe.unet, PROMPTS[:1], noise[:1], [1], steps=4, sde_steps=5)
+
+
 def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
     from accelerate import Accelerator
 
@@ -273,11 +330,12 @@ def test_pair_components_and_minibatches_keep_groups_together():
                 assert not set((pairs[b, 0] // 4).tolist()) & set((pairs[other, 0] // 4).tolist())
 
 
-@pytest.mark.parametrize("reference", ["base", "sampler"])
-def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pipe_dir, reference):
+@pytest.mark.parametrize("reference,kl_coef", [("base", 0.0), ("sampler", 0.0), ("base", 3.0)])
+def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pipe_dir, reference, kl_coef):
     """Three pairs within one group of 3 and one pair of another: the update's gradient (each image run
     once per step) equals the mean over pairs and steps of the D3PO loss computed pair by pair, with π_ref
-    the base model (adapters off) or the sampling-time policy (its recorded log-probabilities)."""
+    the base model (adapters off) or the sampling-time policy (its recorded log-probabilities); with
+    ``kl_coef``, plus ``kl_coef · ½·(log π_θ − log π_ref)²`` averaged over the distinct images and steps."""
     import torch.nn.functional as F
     from accelerate import Accelerator
 
@@ -289,7 +347,7 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
         for p in params:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     cfg = TrainConfig(sample_steps=3, guidance_scale=2.0, beta=5.0, eps=0.5, max_grad_norm=1e9, samples_per_prompt=3,
-                      reference=reference)
+                      reference=reference, kl_coef=kl_coef)
     prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
     ro = sample_rollouts(pipe, pipe.unet, prompts, initial_noise(pipe, [1, 1, 1, 2, 2, 2]), [5, 6, 7, 8, 9, 10],
                          steps=3, guidance=2.0)
@@ -321,6 +379,14 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
             lp = transition_log_prob(sched, pipe.unet, sub, step, 2.0, 1.0)
             log_r = torch.clamp(lp - ref, math.log(1 - cfg.eps), math.log(1 + cfg.eps))
             total = total - F.logsigmoid(cfg.beta * (h * log_r).sum()) / (len(pairs) * 3)
+    if kl_coef:
+        images = torch.tensor([0, 1, 2, 3, 4])
+        for j in range(3):
+            step = torch.full((5,), j)
+            with torch.no_grad(), adapters_disabled(pipe.unet):
+                ref = transition_log_prob(sched, pipe.unet, ro.select(images), step, 2.0, 1.0)
+            lp = transition_log_prob(sched, pipe.unet, ro.select(images), step, 2.0, 1.0)
+            total = total + kl_coef * 0.5 * ((lp - ref) ** 2).mean() / 3
     for p in params:
         p.grad = None
     total.backward()
@@ -357,6 +423,10 @@ def test_config_validation(tmp_path):
         ({"timestep_fraction": 1.5}, "timestep_fraction"),
         ({"train_first_steps": 0}, "train_first_steps must be in"),
         ({"train_first_steps": 21, "sample_steps": 20}, "train_first_steps must be in"),
+        ({"sde_steps": 0}, "sde_steps must be in"),
+        ({"kl_coef": -1.0}, "kl_coef must be >= 0"),
+        ({"sde_steps": 3}, "set train_first_steps <= sde_steps"),
+        ({"sde_steps": 3, "train_first_steps": 4}, "set train_first_steps <= sde_steps"),
         ({"sample_eta": 1.5}, "sample_eta must be in"),
         ({"stat_min_count": 32}, "must not exceed stat_buffer_size"),
         ({"reference": "frozen"}, "reference must be base or sampler"),
@@ -472,7 +542,7 @@ def test_nan_feedback_stops_without_corrupting_the_checkpoint(tmp_path, tiny_pip
     cfg = _write_cfg(tmp_path, tiny_pipe_dir, "unused", feedback="evaluator", checkpoint_every=1)
     main(["--config", str(cfg), "--stop-after-epochs", "1", "--no-progress"])
     state = (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes()
-    monkeypatch.setattr(fb, "evaluator_scores", lambda images, prompts, graded=False: torch.full((len(prompts),), float("nan")))
+    monkeypatch.setattr(fb, "evaluator_scores", lambda images, prompts, mode="binary": torch.full((len(prompts),), float("nan")))
     with pytest.raises(ValueError, match="NaN"):
         main(["--config", str(cfg), "--resume", "--no-progress"])
     assert (tmp_path / "run" / "checkpoint" / "state.safetensors").read_bytes() == state

@@ -25,7 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from d3po_shapes import RESULTS, ROOT, sample_suite, with_lora  # noqa: E402
 
-from diffusion_align.config import TrainConfig  # noqa: E402
+from diffusion_align.config import SAMPLER_KEYS, TrainConfig  # noqa: E402
 from mmreward.images import to_uint8  # noqa: E402
 from mmreward.shapes import load_suite  # noqa: E402
 from mmreward.shapes.evaluator import suite_scores  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
         correct[:, k] = suite_scores(to_uint8(images), suite)["correct"]
     res = headroom(correct, [m["tag"] for m in suite])
     res.update({"n": args.n, "prompts": len(suite), "seconds": time.time() - t0,
-                "sampler": {k: getattr(cfg, k) for k in ("pretrained", "sample_steps", "sample_eta", "guidance_scale")}})
+                "sampler": {k: getattr(cfg, k) for k in SAMPLER_KEYS}})
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "d3po_headroom.json").write_text(json.dumps(res, indent=2))
     write_markdown(res)

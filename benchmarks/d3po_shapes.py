@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from diffusion_align.config import TrainConfig
+from diffusion_align.config import SAMPLER_KEYS, TrainConfig
 from diffusion_align.rollout import initial_noise, sample_rollouts
 from diffusion_align.train import load_pipeline, train
 from mmreward.images import image_grid, line_chart, text_tile, to_uint8, verdict_tile
@@ -177,8 +177,8 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
 def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows, seeds: int = 1) -> tuple[dict, torch.Tensor]:
     """The base model's evaluation, reused from ``work`` when the sampler and seeds are the same (it is
     deterministic)."""
-    key = {k: getattr(cfg0, k) for k in ("pretrained", "sample_steps", "sample_eta", "guidance_scale")}
-    key = key | ({"eval_seeds": seeds} if seeds > 1 else {}) | ({"sde_steps": cfg0.sde_steps} if cfg0.sde_steps else {})
+    key = {k: v for k in SAMPLER_KEYS if (v := getattr(cfg0, k)) is not None}  # unset keys left out: older caches match
+    key = key | ({"eval_seeds": seeds} if seeds > 1 else {})
     path = work / "base_eval.json"
     cached = json.loads(path.read_text()) if path.is_file() else {}
     if cached.get("sampler") == key:

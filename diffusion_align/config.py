@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from mmreward.config_file import ConfigError, YamlConfig, need
 
 METHODS = ("d3po", "ddpo")
-__all__ = ["ConfigError", "METHODS", "TrainConfig"]
+#: the keys that define the sampler (what a sample was drawn with: labels and cached evaluations check them)
+SAMPLER_KEYS = ("pretrained", "sample_steps", "sample_eta", "guidance_scale", "sde_steps")
+__all__ = ["ConfigError", "METHODS", "SAMPLER_KEYS", "TrainConfig"]
 
 
 @dataclass

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.config import SAMPLER_KEYS, ConfigError, TrainConfig
 
 
 def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, lora: str | None = None) -> int:
@@ -54,9 +54,6 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
             image_grid([to_pil(rollout.images[a]), to_pil(rollout.images[b]), text_tile(rollout.prompts[a])], cols=3).save(out / name)
             f.write(json.dumps({"pair": pid, "a": a, "b": b, "prompt": rollout.prompts[a], "image": name}) + "\n")
     return len(pairs)
-
-
-SAMPLER_KEYS = ("pretrained", "sample_steps", "sample_eta", "guidance_scale", "sde_steps")
 
 
 def sampler_info(cfg: TrainConfig, lora: str | None = None) -> dict:

@@ -124,7 +124,6 @@ def test_graded_evaluator_credits_each_clause_on_its_own():
     assert [_clause_holds(pos["include"], k, right) for k in range(2)] == [True, False]
 
 
-
 def test_strict_evaluator_fails_correct_images_with_extra_shapes(monkeypatch):
     """GenEval's rules ignore shapes the prompt does not name; ``evaluator:strict`` does not."""
     import mmreward.shapes.evaluator as ev
@@ -144,6 +143,7 @@ def test_strict_evaluator_fails_correct_images_with_extra_shapes(monkeypatch):
         make_scorer("evaluator:lenient")
     with pytest.raises(ValueError, match="evaluator mode"):
         evaluator_scores(images, prompts, "lenient")
+
 
 # ------------------------------------------------------------------------------------------ losses
 def test_d3po_loss_hand_computed():

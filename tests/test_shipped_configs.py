@@ -10,6 +10,7 @@ import yaml
 
 from diffusion_align.config import SAMPLER_KEYS, ConfigError, TrainConfig
 from diffusion_align.drakes import DrakesConfig
+from diffusion_align.train import config_method
 from mmreward.train_reward import RewardTrainConfig
 from vlm_rl.config import RLConfig
 
@@ -17,14 +18,15 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def config_class(path: Path):
-    """The config class of the command the file's header names (``python -m vlm_rl.train``, ...)."""
-    head = path.read_text()
-    if "mmreward.train_reward" in head:
+    """The config class of the command the file's header names (``python -m vlm_rl.train``, ...); for
+    ``diffusion_align/train.py``, the one its own dispatch on ``method`` picks."""
+    text = path.read_text()
+    if "mmreward.train_reward" in text:
         return RewardTrainConfig
-    if "vlm_rl.train" in head:
+    if "vlm_rl.train" in text:
         return RLConfig
-    if "diffusion_align/train.py" in head:
-        return DrakesConfig if yaml.safe_load(head).get("method") == "drakes" else TrainConfig
+    if "diffusion_align/train.py" in text:
+        return DrakesConfig if config_method(str(path), []) == "drakes" else TrainConfig
     raise AssertionError(f"{path.name}: its header names no known command")
 
 

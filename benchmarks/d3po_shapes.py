@@ -201,6 +201,7 @@ def main(argv=None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue the runs in --work (finished chunks are kept)")
     p.add_argument("--max-chunks", type=int, default=None, help="train at most this many chunks per method now (--resume continues)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--name", default="d3po_shapes", help="stem of the result files in benchmarks/results/")
     p.add_argument("--eval-seeds", type=int, default=1, help="seeds per held-out prompt (scores averaged)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the methods' configs (probes; e.g. --set train_first_steps=4)")
@@ -229,19 +230,19 @@ def main(argv=None) -> dict:
         if method in result["methods"]:
             t = result["methods"][method]["throughput"]
             t["sampling_vs_plain"] = t["samples_per_s_sampling"] / result["methods"][method].get("plain_inference_samples_per_s", plain)
-            (RESULTS / "d3po_shapes.json").write_text(json.dumps(result, indent=2))
+            (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     if not result["methods"]:  # only partial runs (--max-chunks): keep the published results as they are
         tqdm.write(f"no method finished; partial curves: {json.dumps(result.get('partial'))}")
         return result
-    write_markdown(result)
+    write_markdown(result, args.name)
     series = {m: [(c["samples"], c["overall"]) for c in r["curve"]] for m, r in result["methods"].items()}
-    line_chart(series, f"samples drawn (D3PO: {result['minutes']:.0f} min on 2 CPU cores)", "evaluator overall (held-out suite)").save(RESULTS / "d3po_shapes_curve.png")
+    line_chart(series, f"samples drawn (D3PO: {result['minutes']:.0f} min on 2 CPU cores)", "evaluator overall (held-out suite)").save(RESULTS / f"{args.name}_curve.png")
     images = {"base": base_images} | {m: load_file(work / m / "eval_images.safetensors")["images"] for m in result["methods"]}
-    sample_grid(suite, images).save(RESULTS / "d3po_shapes_samples.png")
+    sample_grid(suite, images).save(RESULTS / f"{args.name}_samples.png")
     return result
 
 
-def write_markdown(result: dict) -> None:
+def write_markdown(result: dict, name: str = "d3po_shapes") -> None:
     cols = {"base": result["base"]} | {m: r["final"] for m, r in result["methods"].items()}
     lines = ["# D3PO / DDPO on ShapesWorld", "",
              f"Held-out evaluation suite ({result['suite']['prompts']} prompts, {result['suite']['seeds']} seed(s) each), the exact evaluator; "
@@ -268,7 +269,7 @@ def write_markdown(result: dict) -> None:
     for m, r in result["methods"].items():
         for c in r["curve"]:
             lines.append(f"| {m} | {c['minutes']:.1f} | {c.get('epochs', '')} | {c['pairs']} | {c['samples']} | {c['overall']:.3f} | {c['held_out_compositions']:.3f} |")
-    (RESULTS / "d3po_shapes.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def sample_grid(suite: list[dict], images: dict[str, torch.Tensor], rows_per_cat: int = 2):

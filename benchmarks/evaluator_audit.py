@@ -19,7 +19,6 @@ import math
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from mmreward.images import image_grid, text_tile

@@ -163,3 +163,12 @@ def test_shape_net_training_resumes_to_the_same_weights(tmp_path):
     b, _ = load_shape_net(tmp_path / "b")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle", "star"])
+def test_ground_truth_shapes_are_named_at_every_size(shape):
+    # the world draws objects from 0.16 (counting scenes at the preference data's 0.8 scale) to 0.44 (its 1.3 scale)
+    for size in np.linspace(0.16, 0.46, 11):
+        for x in (0.5, 0.46):
+            dets = detect(render(Scene([Obj(shape, "purple", x, 0.5, float(size))])))
+            assert [(d.shape, d.color) for d in dets] == [(shape, "purple")], (shape, size, dets)

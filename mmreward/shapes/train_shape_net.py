@@ -1,12 +1,13 @@
 """Train the evaluator's shape classifier (:mod:`.shape_net`) on drawn shapes.
 
-    python -m mmreward.shapes.train_shape_net --out assets/shapesworld-shape-net [--steps 3000]
+    python -m mmreward.shapes.train_shape_net --out assets/shapesworld-shape-net --real benchmarks/audit
 
-Training masks are drawn once into a pool (``--pool``, sampled with left-right flips): one object at 10-26 px on a 64-px canvas, as the evaluator reads
-it (coverage, cropped to a square box, 32x32). The four named shapes vary as generators draw them and
-people still name them: rotation, aspect, sides bowed in or out, rounded corners, a leaning apex, a star's
-inner radius, point lengths and blunt tips, a small smooth warp, blur up to 1.1 px, and coverage noise.
-The ``blob`` class holds what people do not name as any of the four: regular pentagons to octagons,
+Training masks are drawn once into a pool (``--pool``, sampled with left-right flips): one object at
+9-34 px on a 64-px canvas, as the evaluator reads it (coverage, cropped to a square box, 32x32). A fifth
+of the named shapes are drawn exactly as the world renders them; the rest vary as generators draw them
+and people still name them: rotation, aspect, sides bowed in or out, rounded corners, a leaning apex, a
+star's inner radius, point lengths and blunt tips, a small smooth warp, blur up to 1.1 px and coverage
+noise. The ``blob`` class holds what people do not name as any of the four: regular pentagons to octagons,
 houses, domes, teardrops, trapezoids, crescents, arrowheads, irregular polygons, lumpy blobs and two
 shapes merged into one. With ``--real benchmarks/audit`` each step also takes ``--real-batch`` objects
 of generated images that people named (the audit set's ``dev`` half, never its ``test`` half). Seeded; checkpoints every ``--ckpt-every`` steps to ``--work`` and resumes from
@@ -126,12 +127,34 @@ def _blob(kind: str, r: float, rng) -> list[list]:
     return [pa, pb]
 
 
+def _clean(shape: str, r: float) -> list:
+    """The outline of a named shape exactly as :mod:`.world` renders it (centred at 0)."""
+    if shape == "circle":
+        return [(r * math.cos(a), r * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 96, endpoint=False)]
+    if shape == "square":
+        return [(-r, -r), (r, -r), (r, r), (-r, r)]
+    if shape == "triangle":
+        return [(0.0, -r), (r, r), (-r, r)]
+    return [((r if k % 2 == 0 else 0.45 * r) * math.cos(-math.pi / 2 + k * math.pi / 5),
+             (r if k % 2 == 0 else 0.45 * r) * math.sin(-math.pi / 2 + k * math.pi / 5)) for k in range(10)]
+
+
+#: share of named-shape masks drawn exactly as the world renders them (ground truth must stay exact)
+CLEAN_SHARE = 0.2
+
+
 def draw(cls: str, rng: np.random.Generator) -> np.ndarray:
     """One training mask ``[32,32]`` of class ``cls`` (a shape of :data:`CLASSES`)."""
     big = 64 * SS
-    size = rng.uniform(10, 26) * SS
+    size = rng.uniform(9, 34) * SS
     r = size / 2
     c = (big / 2 + rng.uniform(-1, 1) * SS, big / 2 + rng.uniform(-1, 1) * SS)
+    if cls != "blob" and rng.random() < CLEAN_SHARE:
+        im = Image.new("L", (big, big), 0)
+        ImageDraw.Draw(im).polygon([(c[0] + x, c[1] + y) for x, y in _clean(cls, r)], fill=255)
+        cover = (np.asarray(im) > 127).reshape(64, SS, 64, SS).mean(axis=(1, 3))
+        out = crop_square(cover)
+        return out if out is not None else np.zeros((32, 32), np.float32)
     polys = [_named(cls, r, rng)] if cls != "blob" else _blob(str(rng.choice(BLOB_KINDS)), r, rng)
     rot = rng.uniform(-20, 20) if cls != "blob" else rng.uniform(-180, 180) * (rng.random() < 0.5)
     aspect = math.exp(rng.uniform(-0.2, 0.2))
@@ -210,9 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/shapesworld-shape-net")
     p.add_argument("--work", default="outputs/train_shape_net", help="checkpoint folder (resumed when it holds one)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--pool", type=int, default=40000, help="masks drawn once and sampled from")
+    p.add_argument("--pool", type=int, default=20000, help="masks drawn once and sampled from")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -11,7 +11,14 @@ from scipy import ndimage
 
 from diffusion_align.feedback import evaluator_scores
 from mmreward.shapes.evaluator import detect, evaluate_image, inverse_relation
-from mmreward.shapes.shape_net import CLASSES, ShapeNet, class_probabilities, crop_square, load_shape_net, save_shape_net
+from mmreward.shapes.shape_net import (
+    CLASSES,
+    ShapeNet,
+    class_probabilities,
+    crop_square,
+    load_shape_net,
+    save_shape_net,
+)
 from mmreward.shapes.world import BACKGROUND, COLORS, Obj, Scene, render
 
 SS = 8

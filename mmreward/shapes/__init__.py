@@ -1,4 +1,4 @@
-"""ShapesWorld: an offline GenEval with an exact evaluator.
+"""ShapesWorld: an offline GenEval with an evaluator exact on ground truth and audited on generated images.
 
 Procedural scenes of coloured shapes (:mod:`.world`), prompts in GenEval's six categories with
 GenEval-style metadata (:mod:`.prompts`), committed prompt suites (:mod:`.suites`) and an evaluator

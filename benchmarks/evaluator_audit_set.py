@@ -3,6 +3,8 @@ every image source the suite's figures rest on, chosen by a seeded random draw (
 
     python benchmarks/evaluator_audit_set.py build --d3po-lora outputs/audit_d3po/lora   # images + items.jsonl
     python benchmarks/evaluator_audit_set.py sheets --out outputs/audit_sheets          # contact sheets to label
+    python benchmarks/evaluator_audit_set.py build --d3po-lora L --per-category 10 --seed 2028 --split test2
+                                                  # a further, untouched round appended to the set
 
 Sources (``--per-category`` rows of each of the six categories per source, 20 by default, so 600 images):
 
@@ -13,7 +15,8 @@ Sources (``--per-category`` rows of each of the six categories per source, 20 by
 
 Each source draws its own rows (with replacement across sources) and a random seed per image. Every
 image gets a split, ``dev`` or ``test``, stratified by source and category, fixed here before any
-label is read. Writes ``benchmarks/audit/images/NNNN.png`` (64x64, as generated) and
+label is read; ``--split NAME`` instead gives every image of a new round that split (ids continue after
+the existing items, which are kept). Writes ``benchmarks/audit/images/NNNN.png`` (64x64, as generated) and
 ``benchmarks/audit/items.jsonl`` (``id, file, prompt, tag, meta, source, seed, split``); ``sheets`` writes
 what the labellers see (prompt and image at 4x, nothing else).
 """
@@ -109,8 +112,14 @@ def d3po_images(lora: str, prompts: list[str], seeds: list[int]) -> list[np.ndar
 def build(args) -> None:
     from diffusers import DiffusionPipeline
 
+    items_path = AUDIT / "items.jsonl"
+    existing = read_items() if items_path.is_file() else []
+    if existing and not args.split:
+        raise SystemExit(f"{items_path} already holds {len(existing)} items; add a further round with --split NAME")
+    if args.split and any(it["split"] == args.split for it in existing):
+        raise SystemExit(f"{items_path}: split {args.split!r} already exists; pick a new name")
     rows = draw_rows(args.per_category, args.seed)
-    splits = split_of(rows, args.seed)
+    splits = [args.split] * len(rows) if args.split else split_of(rows, args.seed)
     images: list[np.ndarray | None] = [None] * len(rows)
     for source in SOURCES:
         idx = [i for i, r in enumerate(rows) if r["source"] == source]
@@ -130,22 +139,28 @@ def build(args) -> None:
     # ids in a seeded shuffled order, so neighbouring ids (and sheets) mix sources and categories
     order = np.random.default_rng(args.seed + 2).permutation(len(rows))
     (AUDIT / "images").mkdir(parents=True, exist_ok=True)
+    first = max((it["id"] for it in existing), default=-1) + 1
     items = []
-    for new_id, i in enumerate(order):
+    for new_id, i in enumerate(order, start=first):
         r, file = rows[int(i)], f"images/{new_id:04d}.png"
         Image.fromarray(images[int(i)]).save(AUDIT / file)
         items.append({"id": new_id, "file": file, "prompt": r["meta"]["prompt"], "tag": r["meta"]["tag"],
                       "meta": r["meta"], "source": r["source"], "seed": r["seed"], "split": splits[int(i)]})
-    with open(AUDIT / "items.jsonl", "w") as f:
+    with open(items_path, "a") as f:
         for it in items:
             f.write(json.dumps(it) + "\n")
-    print(f"wrote {len(items)} items to {AUDIT}")
+    print(f"wrote {len(items)} items (ids {first}-{first + len(items) - 1}) to {AUDIT}")
+
+
+def read_items() -> list[dict]:
+    return [json.loads(line) for line in (AUDIT / "items.jsonl").read_text().splitlines() if line.strip()]
 
 
 def sheets(args) -> None:
     """Contact sheets (``sheet_NNN.png``, 8 images at ``--scale``x with id and prompt), one 8x zoom per image
-    (``zoom/NNNN.png``) and ``to_label.jsonl`` (id, prompt): the only files a labeller gets."""
-    items = [json.loads(line) for line in (AUDIT / "items.jsonl").read_text().splitlines()]
+    (``zoom/NNNN.png``) and ``to_label.jsonl`` (id, prompt): the only files a labeller gets. ``--split``
+    keeps one split's items (e.g. a new round)."""
+    items = [it for it in read_items() if not args.split or it["split"] == args.split]
     out = Path(args.out)
     (out / "zoom").mkdir(parents=True, exist_ok=True)
     font = ImageFont.load_default(size=15)
@@ -198,7 +213,9 @@ def main() -> None:
     b.add_argument("--teacher", default=str(ROOT / "assets/shapesworld-t2i-teacher"))
     b.add_argument("--reward", default=f"clip:{ROOT / 'assets/shapesworld-clip'}")
     b.add_argument("--d3po-lora", required=True, help="LoRA folder of a D3PO run (its checkpoint/ or lora/)")
+    b.add_argument("--split", default=None, help="a further round: every new image gets this split (appended)")
     s = sub.add_parser("sheets")
+    s.add_argument("--split", default=None, help="only the items of this split")
     s.add_argument("--out", default="outputs/audit_sheets")
     s.add_argument("--scale", type=int, default=4)
     args = p.parse_args()

@@ -3,12 +3,14 @@ in ``benchmarks/audit/``: how it was drawn and labelled is in its README).
 
     python benchmarks/evaluator_audit.py [--before benchmarks/results/evaluator_audit_before.json]
 
-Reports, for the ``test`` half (untouched while the evaluator was developed), the ``dev`` half and both:
+Reports, for each split (``test2``: a second round drawn and labelled after the evaluator's second
+development round and scored once; ``test`` and ``dev``: the first round's halves) and all together:
 agreement overall, per category and per image source with Wilson 95% intervals, ``unsure`` labels left
 out (and counted) and again counted as disagreements; the label noise measured on the double-labelled
 images; every disagreement with its failure mode, read from the labeller's object list against the
 evaluator's detections. Writes ``benchmarks/results/evaluator_audit.{json,md}`` and
-``evaluator_audit_disagreements.png`` (test half: image at 4x, prompt, label, evaluator verdict).
+``evaluator_audit_disagreements.png`` (the newest untouched split: image at 4x, prompt, label, evaluator
+verdict).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from mmreward.shapes.prompts import CATEGORIES
 AUDIT = Path(__file__).parent / "audit"
 RESULTS = Path(__file__).parent / "results"
 SOURCES = ("one_step", "four_step", "teacher", "reno", "d3po")
-SPLITS = ("test", "dev", "all")
+SPLIT_ORDER = ("test2", "test", "dev")  #: newest untouched split first
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -56,6 +58,16 @@ def agreement(rows: list[dict]) -> dict:
     return {"n": n_all, "unsure": n_all - n, "agree": k,
             "decided": {"n": n, "agreement": k / n if n else float("nan"), "wilson95": [lo, hi]},
             "strict": {"n": n_all, "agreement": k / n_all if n_all else float("nan"), "wilson95": [slo, shi]}}
+
+
+def label_noise(labels: dict[int, dict], second: list[dict]) -> dict:
+    """Agreement of a second, independent labelling (``second``) with the first (``labels`` by id)."""
+    pairs = [(labels[s["id"]]["label"], s["label"]) for s in second]
+    both = [(a, b) for a, b in pairs if "unsure" not in (a, b)]
+    k = sum(a == b for a, b in both)
+    return {"n": len(pairs), "same_label": sum(a == b for a, b in pairs) / len(pairs),
+            "decided_by_both": len(both), "agreement_when_decided": k / len(both) if both else float("nan"),
+            "wilson95": list(wilson(k, len(both))), "pairs": dict(Counter(f"{a}/{b}" for a, b in pairs))}
 
 
 def _objects(seen: list[str]) -> Counter:
@@ -130,8 +142,10 @@ def main() -> None:
             row["failure_mode"] = failure_mode({**lb, "tag": it["tag"]}, res)
         rows.append(row)
 
+    present = {r["split"] for r in rows}
+    splits = [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER)) + ["all"]
     result = {"items": len(rows), "labels": Counter(r["label"] for r in rows), "splits": {}}
-    for split in SPLITS:
+    for split in splits:
         sel = [r for r in rows if split == "all" or r["split"] == split]
         result["splits"][split] = {
             "overall": agreement(sel),
@@ -142,24 +156,20 @@ def main() -> None:
     second_path = Path(args.second)
     if second_path.is_file():
         second = read_jsonl(second_path)
-        pairs = [(labels[s["id"]]["label"], s["label"]) for s in second]
-        both = [(a, b) for a, b in pairs if "unsure" not in (a, b)]
-        k = sum(a == b for a, b in both)
-        result["label_noise"] = {
-            "n": len(pairs), "same_label": sum(a == b for a, b in pairs) / len(pairs),
-            "decided_by_both": len(both), "agreement_when_decided": k / len(both) if both else float("nan"),
-            "wilson95": list(wilson(k, len(both))), "pairs": dict(Counter(f"{a}/{b}" for a, b in pairs)),
-        }
+        result["label_noise"] = label_noise(labels, second)
+        result["label_noise"]["per_split"] = {
+            sp: label_noise(labels, [s for s in second if items[s["id"]]["split"] == sp])
+            for sp in splits[:-1] if any(items[s["id"]]["split"] == sp for s in second)}
     result["disagreements"] = [r for r in rows if "failure_mode" in r]
     if args.before:
         before = json.loads(Path(args.before).read_text())
         result["before"] = {s: {"overall": before["splits"][s]["overall"],
                                 "per_category": before["splits"][s]["per_category"],
-                                "per_source": before["splits"][s]["per_source"]} for s in SPLITS}
+                                "per_source": before["splits"][s]["per_source"]} for s in splits if s in before["splits"]}
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    test_dis = [r for r in result["disagreements"] if r["split"] == "test"]
+    test_dis = [r for r in result["disagreements"] if r["split"] == splits[0]]
     if test_dis:
         disagreement_grid(test_dis[:48]).save(out.with_name(out.stem + "_disagreements.png"))
     out.write_text(json.dumps(result, indent=1))
@@ -177,8 +187,9 @@ def markdown(r: dict) -> str:
     lines = ["## ShapesWorld evaluator against visual labels of generated images", "",
              f"{r['items']} generated images (labels: " + ", ".join(f"{k} {v}" for k, v in r["labels"].items()) + "). "
              "Agreement with Wilson 95% intervals; *decided* leaves `unsure` labels out, *strict* counts them as "
-             "disagreements. The `test` half was not looked at while the evaluator was developed.", ""]
-    for split in SPLITS:
+             "disagreements. `test2` (drawn and labelled after the evaluator was final) was scored once; `test` "
+             "was held out in the first development round and used in the second; `dev` was used in both.", ""]
+    for split in r["splits"]:
         s = r["splits"][split]
         b = r.get("before", {}).get(split)
         head = "| group | n | unsure | agreement (decided) | agreement (strict) |" + (" before (decided) |" if b else "")
@@ -197,7 +208,10 @@ def markdown(r: dict) -> str:
         lines += [f"Label noise: {n['n']} images labelled twice, independently: the same label on {n['same_label']:.3f}; "
                   f"where both decided ({n['decided_by_both']}), agreement {n['agreement_when_decided']:.3f} "
                   f"[{lo:.3f}, {hi:.3f}]. Pairs (first/second): "
-                  + ", ".join(f"{k} {v}" for k, v in sorted(n["pairs"].items())) + ".", ""]
+                  + ", ".join(f"{k} {v}" for k, v in sorted(n["pairs"].items())) + "."]
+        lines += [f"- {sp}: {v['n']} images, the same label on {v['same_label']:.3f}; where both decided ({v['decided_by_both']}), "
+                  f"{v['agreement_when_decided']:.3f}." for sp, v in n.get("per_split", {}).items()]
+        lines.append("")
     return "\n".join(lines)
 
 

@@ -126,6 +126,8 @@ def generate(args, jobs: list[tuple[dict, int]]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-category", type=int, default=36, help="prompts of each category (suite order)")
+    p.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES,
+                   help="only these categories' rows (e.g. position, to measure a remedy for relation hacking)")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--batch", type=int, default=16)
@@ -142,15 +144,17 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     suite = load_suite("eval")
-    metas = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][: args.per_category]]
+    metas = [m for tag in CATEGORIES if tag in args.categories for m in [x for x in suite if x["tag"] == tag][: args.per_category]]
     # seeds 0..n-1 per prompt; a prompt that repeats in the suite continues with new seeds (as
     # shapes.generate.sample_pipeline does), so repeated rows are distinct samples
     repeat = repeat_counts([m["prompt"] for m in metas])
     jobs = [(m, k * args.seeds + s) for m, k in zip(metas, repeat) for s in range(args.seeds)]
     out = Path(args.out)
     store = Path(args.images or f"outputs/{out.stem}_images.npz")
-    key = json.dumps({k: getattr(args, k) for k in ("per_category", "seeds", "iters", "batch", "model", "rewards", "lr",
-                                                    "reg_weight", "grad_clip")}, sort_keys=True)
+    key = {k: getattr(args, k) for k in ("per_category", "seeds", "iters", "batch", "model", "rewards", "lr", "reg_weight", "grad_clip")}
+    if set(args.categories) != set(CATEGORIES):  # the key of a full run stays as it was, so kept images still match
+        key["categories"] = sorted(args.categories)
+    key = json.dumps(key, sort_keys=True)
     if store.is_file() and str(np.load(store)["key"]) == key:
         tqdm.write(f"judging the images kept in {store}")
         g = dict(np.load(store, allow_pickle=False))
@@ -186,7 +190,7 @@ def main() -> None:
                        f"{args.iters}_iterations_one_prompt_s": one_prompt}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    picks = [i for tag in CATEGORIES for i in [j for j, (m, _) in enumerate(jobs) if m["tag"] == tag][:2]]
+    picks = [i for tag in CATEGORIES for i in [j for j, (m, _) in enumerate(jobs) if m["tag"] == tag][: 12 // len(args.categories)]]
     bon_ok = np.array(ev[f"best_of_{args.iters}"]["correct"])
     sample_grid([(rows[i]["prompt"], init_imgs[i], c0[i], reno_imgs[i], c1[i], bon_imgs[i], bon_ok[i]) for i in picks]).save(
         out.with_name(out.stem + "_samples.png"))

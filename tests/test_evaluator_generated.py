@@ -179,3 +179,60 @@ def test_ground_truth_shapes_are_named_at_every_size(shape):
         for x in (0.5, 0.46):
             dets = detect(render(Scene([Obj(shape, "purple", x, 0.5, float(size))])))
             assert [(d.shape, d.color) for d in dets] == [(shape, "purple")], (shape, size, dets)
+
+
+def _audit_folder(tmp_path, rows):
+    """A miniature audit folder: ``rows`` of (split, scene, labeller's objects)."""
+    import json
+
+    (tmp_path / "images").mkdir()
+    items, labels = [], []
+    for i, (split, scene, seen) in enumerate(rows):
+        file = f"images/{i:04d}.png"
+        Image.fromarray(render(scene)).save(tmp_path / file)
+        items.append({"id": i, "file": file, "split": split})
+        labels.append({"id": i, "label": "yes", "seen": seen})
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
+    (tmp_path / "labels.jsonl").write_text("".join(json.dumps(x) + "\n" for x in labels))
+    return tmp_path
+
+
+def test_people_named_objects_come_from_the_named_splits_only(tmp_path):
+    from mmreward.shapes.train_shape_net import labelled_objects
+
+    audit = _audit_folder(tmp_path, [
+        ("dev", Scene([Obj("star", "red", 0.3, 0.5, 0.3)]), ["red star"]),
+        ("test", Scene([Obj("square", "blue", 0.3, 0.3, 0.25), Obj("circle", "green", 0.7, 0.7, 0.25)]),
+         ["blue square", "green circle"]),
+        ("test2", Scene([Obj("triangle", "yellow", 0.5, 0.5, 0.3)]), ["yellow triangle"]),
+        # the labeller's list does not match the objects found one to one by colour: left out
+        ("dev", Scene([Obj("circle", "red", 0.5, 0.5, 0.3)]), ["red circle", "blue blob"]),
+    ])
+    x, y = labelled_objects(audit, "dev")
+    assert x.shape == (1, 1, 32, 32) and [CLASSES[k] for k in y] == ["star"]
+    _, y = labelled_objects(audit, "dev,test")
+    assert sorted(CLASSES[k] for k in y) == ["circle", "square", "star"]
+    _, y = labelled_objects(audit, "dev,test", fold=(1, 2))  # id % 2 == 1 (the test image) left out
+    assert [CLASSES[k] for k in y] == ["star"]
+
+
+def test_name_object_applies_the_confidence_threshold_and_the_blob_class():
+    from mmreward.shapes.evaluator import name_object
+
+    obj = {"color": "red", "box": (0.1, 0.1, 0.3, 0.3), "area": 40}
+    d = name_object(obj, np.array([0.6, 0.1, 0.1, 0.1, 0.1]))
+    assert (d.shape, d.best_shape, d.confidence) == ("circle", "circle", pytest.approx(0.6))
+    d = name_object(obj, np.array([0.45, 0.1, 0.1, 0.05, 0.3]))  # circle most probable, but under 0.5
+    assert d.shape is None and d.best_shape == "circle"
+    assert name_object(obj, np.array([0.45, 0.1, 0.1, 0.05, 0.3]), min_confidence=0.4).shape == "circle"
+    d = name_object(obj, np.array([0.2, 0.0, 0.0, 0.3, 0.5]), min_confidence=0.1)  # blob wins
+    assert d.shape is None and d.best_shape == "star"
+
+
+def test_category_table_keeps_only_the_categories_scored():
+    from mmreward.shapes.evaluator import category_table
+
+    col = {"per_category": {"position": 0.25}, "overall": 0.25, "held_out_compositions": 0.5}
+    rows = category_table({"a": col, "b": {**col, "overall": 0.5}})
+    assert rows[2] == "| position | 0.250 | 0.250 |"
+    assert rows[3] == "| **overall** | **0.250** | **0.500** |" and len(rows) == 5

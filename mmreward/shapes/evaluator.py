@@ -125,12 +125,16 @@ def detect(image, threshold: float = 0.25, min_area: float = 6.0, min_confidence
     the classifier finds it most likely a blob or gives no named shape ``min_confidence``."""
     objects = find_objects(image, threshold, min_area)
     probs = class_probabilities([o["mask"] for o in objects], *([classifier] if classifier else []))
-    dets = []
-    for o, pr in zip(objects, probs):
-        k = int(np.argmax(pr[: len(SHAPES)]))
-        named = int(np.argmax(pr)) < len(SHAPES) and pr[k] >= min_confidence
-        dets.append(Detection(SHAPES[k] if named else None, o["color"], o["box"], o["area"], float(pr[k]), SHAPES[k]))
-    return dets
+    return [name_object(o, pr, min_confidence) for o, pr in zip(objects, probs)]
+
+
+def name_object(obj: dict, probs: np.ndarray, min_confidence: float = MIN_CONFIDENCE) -> Detection:
+    """The detection of one object of :func:`find_objects` from the classifier's probabilities ``[5]``
+    over circle, square, triangle, star, blob: unrecognised when blob is the most probable class or the
+    best named shape has less than ``min_confidence``."""
+    k = int(np.argmax(probs[: len(SHAPES)]))
+    named = int(np.argmax(probs)) < len(SHAPES) and probs[k] >= min_confidence
+    return Detection(SHAPES[k] if named else None, obj["color"], obj["box"], obj["area"], float(probs[k]), SHAPES[k])
 
 
 def _read_object(part, others, sl, smooth, dist, raw_dist, bg, size) -> dict | None:
@@ -285,10 +289,10 @@ def suite_scores(images, metas: list[dict]) -> dict:
 
 def category_table(columns: dict[str, dict]) -> list[str]:
     """Markdown rows comparing evaluator results (``{column: {"per_category", "overall",
-    "held_out_compositions"}}``): a row per category, overall, held-out compositions."""
+    "held_out_compositions"}}``): a row per category scored, overall, held-out compositions."""
     names = list(columns)
     rows = ["| category | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    for tag in CATEGORIES:
+    for tag in [t for t in CATEGORIES if t in columns[names[0]]["per_category"]]:
         rows.append(f"| {tag} | " + " | ".join(f"{columns[k]['per_category'][tag]:.3f}" for k in names) + " |")
     rows.append("| **overall** | " + " | ".join(f"**{columns[k]['overall']:.3f}**" for k in names) + " |")
     rows.append("| held-out compositions | " + " | ".join(f"{columns[k]['held_out_compositions']:.3f}" for k in names) + " |")

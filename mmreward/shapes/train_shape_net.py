@@ -201,7 +201,8 @@ def make_batch(rng: np.random.Generator, n: int) -> tuple[torch.Tensor, torch.Te
 
 
 def labelled_objects(audit: str | Path, split: str = "dev", fold: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Objects of generated images named by people: the audit set's images of ``split`` whose labeller's
+    """Objects of generated images named by people: the audit set's images of ``split`` (one split, or
+    several joined by commas: ``"dev,test"``) whose labeller's
     object list (``seen``) matches the objects found one to one by colour (each colour naming one shape).
     ``fold=(k, n)`` keeps the images with ``id % n != k`` (cross-validation). Returns masks ``[N,1,32,32]``
     and class indices ``[N]``."""
@@ -213,7 +214,7 @@ def labelled_objects(audit: str | Path, split: str = "dev", fold: tuple[int, int
     labels = {x["id"]: x for x in map(json.loads, (audit / "labels.jsonl").read_text().splitlines())}
     masks, classes = [], []
     for it in map(json.loads, (audit / "items.jsonl").read_text().splitlines()):
-        if it["split"] != split or (fold is not None and it["id"] % fold[1] == fold[0]):
+        if it["split"] not in split.split(",") or (fold is not None and it["id"] % fold[1] == fold[0]):
             continue
         objs = find_objects(Image.open(audit / it["file"]))
         seen = [tuple(s.split()[::len(s.split()) - 1]) for s in labels[it["id"]]["seen"] if len(s.split()) >= 2]
@@ -242,7 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ckpt-every", type=int, default=250)
     p.add_argument("--real", default=None, help="an audit folder (benchmarks/audit): also train on its people-named objects")
-    p.add_argument("--real-split", default="dev", help="the audit split to train on (never the test half)")
+    p.add_argument("--real-split", default="dev", help="the audit splits to train on, comma-separated (never an "
+                   "untouched test split)")
     p.add_argument("--real-fold", default=None, help="K/N: leave out the images with id %% N == K (cross-validation)")
     p.add_argument("--real-batch", type=int, default=16, help="people-named objects per step")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after this step (simulates a kill)")

@@ -3,8 +3,8 @@ in ``benchmarks/audit/``: how it was drawn and labelled is in its README).
 
     python benchmarks/evaluator_audit.py [--before benchmarks/results/evaluator_audit_before.json]
 
-Reports, for each split (``test2``: a second round drawn and labelled after the evaluator's second
-development round and scored once; ``test`` and ``dev``: the first round's halves) and all together:
+Reports, for each split (``test2``: a second round drawn and labelled after the evaluator was final and
+scored once; ``test`` and ``dev``: the first round's halves, ``dev`` used to develop it) and all together:
 agreement overall, per category and per image source with Wilson 95% intervals, ``unsure`` labels left
 out (and counted) and again counted as disagreements; the label noise measured on the double-labelled
 images; every disagreement with its failure mode, read from the labeller's object list against the
@@ -187,8 +187,8 @@ def markdown(r: dict) -> str:
     lines = ["## ShapesWorld evaluator against visual labels of generated images", "",
              f"{r['items']} generated images (labels: " + ", ".join(f"{k} {v}" for k, v in r["labels"].items()) + "). "
              "Agreement with Wilson 95% intervals; *decided* leaves `unsure` labels out, *strict* counts them as "
-             "disagreements. `test2` (drawn and labelled after the evaluator was final) was scored once; `test` "
-             "was held out in the first development round and used in the second; `dev` was used in both.", ""]
+             "disagreements. The evaluator was developed on `dev`; `test` was held out then, and `test2` was drawn "
+             "and labelled after it was final and scored once.", ""]
     for split in r["splits"]:
         s = r["splits"][split]
         b = r.get("before", {}).get(split)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from mmreward.shapes import load_suite
 from mmreward.shapes.prompts import CATEGORIES
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evaluator_audit import read_jsonl  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AUDIT = Path(__file__).parent / "audit"
@@ -96,9 +100,6 @@ def reno_images(model: str, reward_spec: str, prompts: list[str], seeds: list[in
 
 
 def d3po_images(lora: str, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from d3po_shapes import sample_suite, with_lora
 
     from diffusion_align.config import TrainConfig
@@ -113,7 +114,7 @@ def build(args) -> None:
     from diffusers import DiffusionPipeline
 
     items_path = AUDIT / "items.jsonl"
-    existing = read_items() if items_path.is_file() else []
+    existing = read_jsonl(items_path) if items_path.is_file() else []
     if existing and not args.split:
         raise SystemExit(f"{items_path} already holds {len(existing)} items; add a further round with --split NAME")
     if args.split and any(it["split"] == args.split for it in existing):
@@ -152,15 +153,11 @@ def build(args) -> None:
     print(f"wrote {len(items)} items (ids {first}-{first + len(items) - 1}) to {AUDIT}")
 
 
-def read_items() -> list[dict]:
-    return [json.loads(line) for line in (AUDIT / "items.jsonl").read_text().splitlines() if line.strip()]
-
-
 def sheets(args) -> None:
     """Contact sheets (``sheet_NNN.png``, 8 images at ``--scale``x with id and prompt), one 8x zoom per image
     (``zoom/NNNN.png``) and ``to_label.jsonl`` (id, prompt): the only files a labeller gets. ``--split``
     keeps one split's items (e.g. a new round)."""
-    items = [it for it in read_items() if not args.split or it["split"] == args.split]
+    items = [it for it in read_jsonl(AUDIT / "items.jsonl") if not args.split or it["split"] == args.split]
     out = Path(args.out)
     (out / "zoom").mkdir(parents=True, exist_ok=True)
     font = ImageFont.load_default(size=15)

@@ -21,6 +21,7 @@ import torch
 
 from mmreward import load_reward
 from mmreward.shapes import load_suite
+from mmreward.shapes.data import to_tensor
 from mmreward.shapes.prompts import counterfactual, sample_scene
 from mmreward.shapes.world import render
 
@@ -38,11 +39,7 @@ def scenes(rows: list[dict], per_row: int, seed: int) -> tuple[torch.Tensor, tor
             true.append(render(sample_scene(m, rng)))
             inverse.append(render(sample_scene(cf, rng)))
             prompts.append(m["prompt"])
-
-    def as_tensor(a):
-        return torch.from_numpy(np.stack(a)).permute(0, 3, 1, 2).float() / 255
-
-    return as_tensor(true), as_tensor(inverse), prompts
+    return to_tensor(np.stack(true)), to_tensor(np.stack(inverse)), prompts
 
 
 def main() -> None:

@@ -30,6 +30,8 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
     """Sample and write the groups and their pairs; returns the number of pairs."""
     from mmreward.images import image_grid, text_tile, to_pil
 
+    from .lora import load_lora
+    from .pipelines import make_adapter
     from .rollout import Rollout
     from .train import group_pairs, load_pipeline, read_prompts, sample_epoch
 
@@ -38,13 +40,16 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
     out.mkdir(parents=True, exist_ok=True)
     if (out / "rollouts.safetensors").exists():
         raise ConfigError(f"{out} already holds sampled pairs; choose another --out")
-    pipe = load_pipeline(cfg.pretrained, "cuda" if torch.cuda.is_available() else "cpu")
+    pipe = make_adapter(load_pipeline(cfg.pretrained, "cuda" if torch.cuda.is_available() else "cpu"))
     if lora:
-        pipe.load_lora_weights(lora)
+        try:
+            load_lora(pipe, lora)
+        except ValueError as e:
+            raise ConfigError(f"--lora: {e}") from e
     prompts = read_prompts(cfg.prompts)
     run = TrainConfig.from_dict({**vars(cfg), "samples_per_prompt": per_prompt, "sample_batch_size": n_prompts,
                                  "num_batches_per_epoch": 1})
-    rollout: Rollout = sample_epoch(run, pipe, pipe.unet, prompts, epoch=0, process=0)
+    rollout: Rollout = sample_epoch(run, pipe, pipe.denoiser, prompts, epoch=0, process=0)
     rollout.save(out / "rollouts.safetensors", sampler_info(cfg, lora))
     pairs = group_pairs(n_prompts, per_prompt)
     (out / "pairs").mkdir(exist_ok=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from diffusion_align.pipelines import make_adapter
 from mmreward.base import check_rewards
 from mmreward.errors import RewardError
 
@@ -54,51 +55,40 @@ class FewStepGenerator:
     denoiser; all weights are frozen. The last step returns the scheduler's clean-sample estimate (as the
     pipelines do for one step). ``timesteps`` overrides the scheduler's (PixArt-DMD uses ``[400]``).
     ``steps`` > 1 draws the schedulers' fresh noise from ``generator`` (ReNO re-seeds it every iteration so
-    the map from ``z`` to the image stays fixed). Subclasses say how prompts condition the denoiser.
+    the map from ``z`` to the image stays fixed). How prompts condition the denoiser and how latents are
+    decoded is the pipeline layout's (:mod:`diffusion_align.pipelines`).
     """
 
     def __init__(self, pipe, steps: int = 1, timesteps: list[int] | None = None,
                  gradient_checkpointing: bool = False) -> None:
         if not 1 <= steps <= 4:
             raise ValueError(f"steps must be between 1 and 4 for a one-step model, got {steps}")
-        self.pipe, self.steps, self.timesteps = pipe, steps, timesteps
-        self.denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
-        if self.denoiser is None or getattr(pipe, "vae", None) is None:
-            raise ValueError(f"{type(pipe).__name__} has no unet/transformer and vae: not a latent text-to-image pipeline")
-        for name in ("denoiser", "text_encoder", "text_encoder_2"):
-            m = self.denoiser if name == "denoiser" else getattr(pipe, name, None)
-            if m is not None:
-                m.requires_grad_(False).eval()
-        pipe.vae.requires_grad_(False).eval()
+        self.adapter = make_adapter(pipe).freeze()
+        self.pipe, self.steps, self.timesteps = self.adapter.pipe, steps, timesteps
+        for m in self.adapter.modules():
+            m.eval()
         if gradient_checkpointing:
-            self.denoiser.enable_gradient_checkpointing()
-            self.denoiser.train()  # diffusers checkpoints only in training mode (these models have no dropout)
+            self.adapter.denoiser.enable_gradient_checkpointing()
+            self.adapter.denoiser.train()  # diffusers checkpoints only in training mode (these models have no dropout)
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        return self.adapter.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.denoiser.dtype
+        return self.adapter.dtype
 
     @property
     def image_size(self) -> int:
-        size = self.denoiser.config.sample_size
-        return (size if isinstance(size, int) else size[0]) * self.pipe.vae_scale_factor
+        return self.adapter.image_size
 
     def latent_shape(self, batch: int) -> tuple[int, ...]:
-        size = self.image_size // self.pipe.vae_scale_factor
-        return (batch, self.denoiser.config.in_channels, size, size)
+        return self.adapter.latent_shape(batch)
 
     def encode(self, prompts: list[str]) -> dict:
-        """Keyword arguments of the denoiser for ``prompts`` (no classifier-free guidance)."""
-        raise NotImplementedError
-
-    def denoise(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        out = self.denoiser(x, timestep=t.reshape(1).expand(x.shape[0]), **cond).sample
-        c = self.denoiser.config.in_channels
-        return out[:, :c] if out.shape[1] == 2 * c else out  # learned variance (PixArt): keep the mean part
+        """The conditioning of ``prompts`` (no classifier-free guidance: one-step models are distilled without)."""
+        return self.adapter.encode(prompts)[0]
 
     def __call__(self, z: torch.Tensor, cond: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         sched = self.pipe.scheduler
@@ -108,76 +98,19 @@ class FewStepGenerator:
             sched.set_timesteps(self.steps, device=self.device)
         x = z.to(self.dtype) * sched.init_noise_sigma
         for i, t in enumerate(sched.timesteps):
-            out = sched.step(self.denoise(sched.scale_model_input(x, t), t, cond), t, x, generator=generator)
+            out = sched.step(self.adapter.denoise(sched.scale_model_input(x, t), t, cond), t, x, generator=generator)
             if i == len(sched.timesteps) - 1:  # the clean-sample estimate, not a re-noised one (DDPM)
                 x = getattr(out, "pred_original_sample", None)
                 x = out.prev_sample if x is None else x
             else:
                 x = out.prev_sample
-        return self.decode(x)
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.pipe.vae
-        x = latents / vae.config.scaling_factor
-        if getattr(vae.config, "shift_factor", None):
-            x = x + vae.config.shift_factor
-        if getattr(vae.config, "force_upcast", False) and vae.dtype == torch.float16:
-            vae.to(torch.float32)  # the SD/SDXL VAE overflows in fp16 (as the pipelines do, decode in fp32)
-        x = x.to(vae.dtype)
-        return (vae.decode(x).sample.float() / 2 + 0.5).clamp(0, 1)
-
-
-class SDGenerator(FewStepGenerator):
-    """Stable Diffusion 1.x/2.x layout (SD-Turbo, the embedded ShapesWorld model): one CLIP text encoder."""
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> dict:
-        embeds, _ = self.pipe.encode_prompt(prompts, self.device, 1, do_classifier_free_guidance=False)
-        return {"encoder_hidden_states": embeds}
-
-
-class SDXLGenerator(FewStepGenerator):
-    """SDXL layout (SDXL-Turbo): two CLIP text encoders, pooled text embedding and size/crop time ids."""
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> dict:
-        pipe = self.pipe
-        embeds, _, pooled, _ = pipe.encode_prompt(prompts, device=self.device, num_images_per_prompt=1,
-                                                  do_classifier_free_guidance=False)
-        size = self.image_size
-        proj = pipe.text_encoder_2.config.projection_dim if pipe.text_encoder_2 is not None else int(pooled.shape[-1])
-        ids = pipe._get_add_time_ids((size, size), (0, 0), (size, size), dtype=embeds.dtype,
-                                     text_encoder_projection_dim=proj)
-        return {"encoder_hidden_states": embeds,
-                "added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.to(self.device).repeat(len(prompts), 1)}}
-
-
-class PixArtGenerator(FewStepGenerator):
-    """PixArt-α layout (PixArt-DMD one-step): a DiT transformer conditioned on T5 embeddings and their mask."""
-
-    @torch.no_grad()
-    def encode(self, prompts: list[str]) -> dict:
-        embeds, mask, _, _ = self.pipe.encode_prompt(prompts, do_classifier_free_guidance=False, device=self.device)
-        added = {"resolution": None, "aspect_ratio": None}
-        if self.denoiser.config.sample_size == 128:  # the 1024 px model's micro-conditions
-            size = self.image_size
-            added = {"resolution": torch.tensor([[size, size]] * len(prompts), dtype=embeds.dtype, device=self.device),
-                     "aspect_ratio": torch.ones(len(prompts), 1, dtype=embeds.dtype, device=self.device)}
-        return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "added_cond_kwargs": added}
+        return self.adapter.decode(x)
 
 
 def make_generator(pipe, steps: int = 1, timesteps: list[int] | None = None,
                    gradient_checkpointing: bool = False) -> FewStepGenerator:
-    """The generator for ``pipe``'s layout: PixArt (a transformer), SDXL (two text encoders) or SD."""
-    if getattr(pipe, "transformer", None) is not None and "PixArt" in type(pipe).__name__:
-        cls = PixArtGenerator
-    elif getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None:
-        cls = SDXLGenerator
-    elif getattr(pipe, "unet", None) is not None and getattr(pipe, "text_encoder", None) is not None:
-        cls = SDGenerator
-    else:
-        raise ValueError(f"ReNO supports Stable Diffusion, SDXL and PixArt-α pipelines, not {type(pipe).__name__}")
-    return cls(pipe, steps=steps, timesteps=timesteps, gradient_checkpointing=gradient_checkpointing)
+    """The few-step generator of ``pipe`` (SD 1.x/2.x, SDXL or PixArt-α layout; ``ValueError`` otherwise)."""
+    return FewStepGenerator(pipe, steps=steps, timesteps=timesteps, gradient_checkpointing=gradient_checkpointing)
 
 
 @dataclass

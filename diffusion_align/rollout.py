@@ -5,17 +5,23 @@ A :class:`Rollout` holds everything training needs to re-evaluate a trajectory u
 under the sampling weights (``log_probs``, PPO's "old" policy) and, when asked, under the frozen base
 model (``ref_log_probs``: D3PO's reference, computed with the LoRA adapters switched off).
 
-Classifier-free guidance is applied inside the policy (``guided_output``), in sampling and training alike.
+Classifier-free guidance is applied inside the policy (:func:`diffusion_align.pipelines.guided_output`),
+in sampling and training alike. Every pipeline layout of :mod:`diffusion_align.pipelines` (SD 1.x/2.x,
+SDXL, PixArt-α) samples the same way; the functions take a pipeline or its adapter.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import torch
 
 from .ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
+from .lora import adapters_disabled
+from .pipelines import Cond, PipelineAdapter, guided_output, make_adapter
+
+__all__ = ["Rollout", "adapters_disabled", "ddim_scheduler", "guided_output", "initial_noise", "sample_rollouts",
+           "transition_log_prob"]
 
 
 @dataclass
@@ -26,11 +32,12 @@ class Rollout:
     latents: torch.Tensor  # [B, T+1, C, h, w]: x_T, ..., x_0
     timesteps: torch.Tensor  # [T] (long)
     log_probs: torch.Tensor  # [B, T] under the sampling weights (NaN on deterministic steps: sde_steps)
-    cond: torch.Tensor  # [B, L, D] prompt embeddings
-    uncond: torch.Tensor  # [B, L, D] empty-prompt embeddings (classifier-free guidance)
+    cond: Cond  # the prompts' conditioning (batch-first tensors, e.g. encoder_hidden_states [B, L, D])
+    uncond: Cond  # the empty/negative prompt's (classifier-free guidance)
     images: torch.Tensor  # [B, 3, H, W] in [0, 1]
     seeds: torch.Tensor  # [B] (long) the seed of each trajectory's noise
     ref_log_probs: torch.Tensor | None = None  # [B, T] under the frozen base model
+    layout: str = "sd"  # the pipeline layout the conditioning belongs to (diffusion_align.pipelines)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -43,21 +50,30 @@ class Rollout:
             v = getattr(self, f.name)
             if f.name == "prompts":
                 out[f.name] = [v[int(i)] for i in idx]
-            elif f.name == "timesteps" or v is None:
+            elif f.name in ("timesteps", "layout") or v is None:
                 out[f.name] = v
+            elif isinstance(v, dict):
+                out[f.name] = {k: x[idx.to(x.device)] for k, x in v.items()}
             else:
                 out[f.name] = v[idx.to(v.device)]
         return Rollout(**out)
 
     def save(self, path, info: dict | None = None) -> None:
-        """Write to a safetensors file (tensors; prompts and ``info``, e.g. the sampler, in the metadata)."""
+        """Write to a safetensors file (tensors, conditioning as ``cond.<key>``; prompts, layout and ``info``,
+        e.g. the sampler, in the metadata)."""
         import json
 
         from safetensors.torch import save_file
 
-        tensors = {f.name: getattr(self, f.name).detach().cpu().contiguous() for f in fields(self)
-                   if f.name != "prompts" and getattr(self, f.name) is not None}
-        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts), "info": json.dumps(info or {})})
+        tensors = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, dict):
+                tensors.update({f"{f.name}.{k}": x.detach().cpu().contiguous() for k, x in v.items()})
+            elif isinstance(v, torch.Tensor):
+                tensors[f.name] = v.detach().cpu().contiguous()
+        save_file(tensors, str(path), metadata={"prompts": json.dumps(self.prompts), "layout": self.layout,
+                                                "info": json.dumps(info or {})})
 
     @staticmethod
     def load(path, device: str | torch.device = "cpu") -> tuple[Rollout, dict]:
@@ -69,7 +85,11 @@ class Rollout:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata()
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-        return Rollout(prompts=json.loads(meta["prompts"]), **tensors), json.loads(meta.get("info", "{}"))
+        for name in ("cond", "uncond"):  # a file of the SD-only format holds one embedding tensor each
+            flat = {k.split(".", 1)[1]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
+            tensors[name] = flat or {"encoder_hidden_states": tensors.pop(name)}
+        rollout = Rollout(prompts=json.loads(meta["prompts"]), layout=meta.get("layout", "sd"), **tensors)
+        return rollout, json.loads(meta.get("info", "{}"))
 
     @staticmethod
     def cat(rollouts: list[Rollout]) -> Rollout:
@@ -79,19 +99,23 @@ class Rollout:
             vs = [getattr(r, f.name) for r in rollouts]
             if f.name == "prompts":
                 out[f.name] = [p for v in vs for p in v]
-            elif f.name == "timesteps":
+            elif f.name in ("timesteps", "layout"):
                 out[f.name] = vs[0]
             elif any(v is None for v in vs):
                 out[f.name] = None
+            elif isinstance(vs[0], dict):
+                out[f.name] = {k: torch.cat([v[k] for v in vs]) for k in vs[0]}
             else:
                 out[f.name] = torch.cat(vs)
         return Rollout(**out)
 
 
-def ddim_scheduler(pipe, steps: int):
-    """A DDIM scheduler with the pipeline's noise schedule, set to ``steps`` steps."""
+def ddim_scheduler(pipe: PipelineAdapter, steps: int):
+    """A DDIM scheduler with the pipeline's noise schedule, set to ``steps`` steps (``pipe``: a pipeline
+    or its adapter)."""
     from diffusers import DDIMScheduler
 
+    pipe = pipe.pipe if isinstance(pipe, PipelineAdapter) else pipe
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
     sched.set_timesteps(steps, device=pipe.device)
     if int(sched.timesteps.min()) == 0:
@@ -100,62 +124,18 @@ def ddim_scheduler(pipe, steps: int):
     return sched
 
 
-@torch.no_grad()
-def encode_prompts(pipe, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(cond, uncond)`` text embeddings ``[B, L, D]`` of an SD-layout pipeline (empty negative prompt)."""
-    if any(not p or not p.strip() for p in prompts):
-        raise ValueError("empty prompt in the batch")
-    cond, uncond = pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=[""] * len(prompts))
-    return cond, uncond
-
-
-def guided_output(unet, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor,
-                  guidance: float) -> torch.Tensor:
-    """The denoiser's output with classifier-free guidance ``u + g·(c − u)`` (no guidance when ``g <= 1``).
-    ``x``: ``[B,C,h,w]``; ``t``: a scalar or ``[B]``."""
-    t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-    dtype = next(unet.parameters()).dtype
-    if guidance <= 1.0:
-        return unet(x.to(dtype), t, encoder_hidden_states=cond.to(dtype)).sample
-    out = unet(torch.cat([x, x]).to(dtype), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond]).to(dtype)).sample
-    u, c = out.chunk(2)
-    return u + guidance * (c - u)
-
-
-@contextmanager
-def adapters_disabled(unet):
-    """Run ``unet`` as its base model: LoRA adapters (diffusers' peft integration) switched off."""
-    unet.disable_adapters()
-    try:
-        yield unet
-    finally:
-        unet.enable_adapters()
-
-
-@torch.no_grad()
-def decode(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents ``[B,C,h,w]`` -> images ``[B,3,H,W]`` in [0,1] (float32)."""
-    vae = pipe.vae
-    img = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return (img.float() / 2 + 0.5).clamp(0, 1)
-
-
-def latent_shape(pipe, n: int) -> tuple[int, ...]:
-    size = pipe.unet.config.sample_size
-    return (n, pipe.unet.config.in_channels, size, size)
-
-
-def initial_noise(pipe, seeds: list[int]) -> torch.Tensor:
+def initial_noise(pipe: PipelineAdapter, seeds: list[int]) -> torch.Tensor:
     """``x_T`` ``[B,C,h,w]``: one standard-normal draw per seed (independent of the batch it is in)."""
     from .inputs import noise_for_seeds
 
-    return noise_for_seeds(latent_shape(pipe, 1), seeds, pipe.device)
+    adapter = make_adapter(pipe)
+    return noise_for_seeds(adapter.latent_shape(1), seeds, adapter.device)
 
 
 @torch.no_grad()
 def sample_rollouts(
-    pipe,
-    unet,
+    pipe: PipelineAdapter,
+    unet: torch.nn.Module,
     prompts: list[str],
     noise: torch.Tensor,
     step_seeds: list[int],
@@ -165,7 +145,8 @@ def sample_rollouts(
     reference: bool = False,
     sde_steps: int | None = None,
 ) -> Rollout:
-    """Sample ``len(prompts)`` DDIM trajectories from ``noise`` ``[B,C,h,w]`` (``x_T``).
+    """Sample ``len(prompts)`` DDIM trajectories from ``noise`` ``[B,C,h,w]`` (``x_T``) of ``pipe`` (a
+    pipeline or its adapter), running the denoiser ``unet`` (the pipeline's, possibly wrapped).
 
     The step noise of trajectory ``b`` comes from a generator seeded ``step_seeds[b]``: trajectories with
     the same ``x_T`` and different step seeds diverge (D3PO's pairs). ``unet`` may carry LoRA adapters;
@@ -177,14 +158,16 @@ def sample_rollouts(
     """
     if sde_steps is not None and not 1 <= sde_steps <= steps:
         raise ValueError(f"sde_steps must be in [1, steps={steps}] or None, got {sde_steps}")
-    sched = ddim_scheduler(pipe, steps)
-    cond, uncond = encode_prompts(pipe, prompts)
+    adapter = make_adapter(pipe)
+    sched = ddim_scheduler(adapter, steps)
+    cond, uncond = adapter.encode(prompts, guidance=True)
+    layout = adapter.layout
     gens = [torch.Generator(noise.device).manual_seed(int(s)) for s in step_seeds]
     x = noise * sched.init_noise_sigma
     latents, log_probs, ref_log_probs = [x], [], []
     nan = torch.full((len(prompts),), float("nan"), device=x.device)
     for i, t in enumerate(sched.timesteps):
-        out = guided_output(unet, x, t, cond, uncond, guidance)
+        out = guided_output(unet, x, t, cond, uncond, guidance, layout)
         if sde_steps is not None and i >= sde_steps:
             x_next, lp, ref_lp = ddim_step_deterministic(sched, out, t, x), nan, nan
         else:
@@ -192,7 +175,7 @@ def sample_rollouts(
             ref_lp = None
             if reference:
                 with adapters_disabled(unet):
-                    ref_out = guided_output(unet, x, t, cond, uncond, guidance)
+                    ref_out = guided_output(unet, x, t, cond, uncond, guidance, layout)
                 ref_lp = ddim_step_with_logprob(sched, ref_out, t, x, eta, prev_sample=x_next)[1]
         latents.append(x_next)
         log_probs.append(lp)
@@ -200,9 +183,9 @@ def sample_rollouts(
         x = x_next
     return Rollout(
         prompts=list(prompts), latents=torch.stack(latents, 1), timesteps=sched.timesteps.clone(),
-        log_probs=torch.stack(log_probs, 1), cond=cond, uncond=uncond, images=decode(pipe, x),
+        log_probs=torch.stack(log_probs, 1), cond=cond, uncond=uncond, images=adapter.decode(x),
         seeds=torch.as_tensor(step_seeds, dtype=torch.long),
-        ref_log_probs=torch.stack(ref_log_probs, 1) if reference else None)
+        ref_log_probs=torch.stack(ref_log_probs, 1) if reference else None, layout=layout)
 
 
 def transition_log_prob(sched, unet, rollout: Rollout, j: torch.Tensor, guidance: float, eta: float) -> torch.Tensor:
@@ -211,5 +194,5 @@ def transition_log_prob(sched, unet, rollout: Rollout, j: torch.Tensor, guidance
     b = torch.arange(len(rollout), device=rollout.latents.device)
     x, x_next = rollout.latents[b, j], rollout.latents[b, j + 1]
     t = rollout.timesteps.to(x.device)[j]
-    out = guided_output(unet, x, t, rollout.cond, rollout.uncond, guidance)
+    out = guided_output(unet, x, t, rollout.cond, rollout.uncond, guidance, rollout.layout)
     return ddim_step_with_logprob(sched, out, t, x, eta, prev_sample=x_next)[1]

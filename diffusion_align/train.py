@@ -35,12 +35,13 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from diffusion_align import inputs
+from diffusion_align import inputs, lora
 from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.lora import LoraState, adapters_disabled, save_lora
 from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
+from diffusion_align.pipelines import make_adapter
 from diffusion_align.rollout import (
     Rollout,
-    adapters_disabled,
     ddim_scheduler,
     initial_noise,
     sample_rollouts,
@@ -59,76 +60,22 @@ def read_prompts(spec: str) -> list[str]:
 
 
 def load_pipeline(name: str, device):
-    """A Stable-Diffusion-layout pipeline (UNet + one text encoder), all weights frozen."""
+    """The pipeline ``name`` (hub id or folder) of a supported layout (SD 1.x/2.x, SDXL, PixArt-α:
+    :mod:`diffusion_align.pipelines`), all weights frozen."""
     try:
         pipe = inputs.load_pipeline(name, device)
+        make_adapter(pipe).freeze()
     except ValueError as e:
         raise ConfigError(f"pretrained: {e}") from e
-    if not hasattr(pipe, "unet") or not hasattr(pipe, "encode_prompt"):
-        raise ConfigError(f"pretrained: {name!r} is a {type(pipe).__name__}; expected a Stable Diffusion layout (UNet + one text encoder)")
-    for m in (pipe.vae, pipe.text_encoder, pipe.unet):
-        m.requires_grad_(False)
     return pipe
 
 
-def add_lora(unet, cfg: TrainConfig) -> list[torch.nn.Parameter]:
-    """Attach LoRA adapters (peft, gaussian init: the adapted model starts equal to the base) and return
-    the trainable parameters (fp32)."""
-    from peft import LoraConfig
-
-    unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, init_lora_weights="gaussian",
-                                target_modules=cfg.lora_targets))
-    params = [p for p in unet.parameters() if p.requires_grad]
-    if not params:
-        raise ConfigError(f"lora_targets {cfg.lora_targets} matched no module of the UNet")
-    for p in params:
-        p.data = p.data.float()
-    return params
-
-
-class LoraState(torch.nn.Module):
-    """The UNet's LoRA weights as a module state dict (what :func:`mmreward.checkpoint.save_state` stores)."""
-
-    def __init__(self, unet):
-        super().__init__()
-        self._unet = [unet]  # not a submodule: only the adapters are state
-
-    def state_dict(self, *a, **k):
-        from peft.utils import get_peft_model_state_dict
-
-        return {n: v.detach().cpu() for n, v in get_peft_model_state_dict(self._unet[0]).items()}
-
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
-        from peft.utils import set_peft_model_state_dict
-
-        result = set_peft_model_state_dict(self._unet[0], state)
-        if strict and getattr(result, "unexpected_keys", None):
-            raise RuntimeError(f"unexpected LoRA keys in checkpoint: {result.unexpected_keys[:5]}")
-        return result
-
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
-
-
-def save_lora(unet, folder: Path) -> None:
-    """``folder/pytorch_lora_weights.safetensors`` in the layout ``pipe.load_lora_weights(folder)`` reads,
-    with the adapter config (rank, alpha, targets) as metadata; written to a temp folder and renamed, so a
-    kill never leaves a half-written file."""
-    import os
-    import shutil
-
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    folder = Path(folder)
-    tmp = folder / ".saving"
-    tmp.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionPipeline.save_lora_weights(str(tmp), unet_lora_layers=layers, safe_serialization=True,
-                                              unet_lora_adapter_metadata=unet.peft_config["default"].to_dict())
-    os.replace(tmp / LORA_FILE, folder / LORA_FILE)
-    shutil.rmtree(tmp, ignore_errors=True)
+def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """LoRA adapters of the config's rank, alpha and targets on ``model``; the trainable parameters."""
+    try:
+        return lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def seeds_for(cfg: TrainConfig, epoch: int, batch: int, process: int) -> np.random.Generator:
@@ -336,15 +283,15 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
     prompts = read_prompts(cfg.prompts) if offline is None else []
 
     torch.manual_seed(cfg.seed)  # identical LoRA init on every process
-    pipe = load_pipeline(cfg.pretrained, accelerator.device)
+    pipe = make_adapter(load_pipeline(cfg.pretrained, accelerator.device))
     try:
         sched = ddim_scheduler(pipe, cfg.sample_steps)
     except ValueError as e:
         raise ConfigError(f"pretrained {cfg.pretrained!r}: {e}") from e
-    params = add_lora(pipe.unet, cfg)
+    params = add_lora(pipe.denoiser, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    unet, opt = accelerator.prepare(pipe.unet, opt)  # train through `unet` (wrapped): gradients are all-reduced
+    unet, opt = accelerator.prepare(pipe.denoiser, opt)  # train through `unet` (wrapped): gradients are all-reduced
     module = accelerator.unwrap_model(unet)
     raw_opt = getattr(opt, "optimizer", opt)
     scorer = make_scorer(cfg.feedback, accelerator.device) if offline is None else None
@@ -384,7 +331,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
             counters["elapsed"] = time.time() - t_start
             save_state(ckpt, lora_state, raw_opt, next_epoch,
                        {"counters": counters, "tracker": tracker.state_dict(), "method": cfg.method})
-            save_lora(module, ckpt)
+            save_lora(pipe, ckpt)
 
     def log(rec: dict) -> None:
         if main_proc:
@@ -489,7 +436,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None 
             if saved != epoch:
                 checkpoint(epoch)
             if main_proc and epoch >= cfg.num_epochs:
-                save_lora(module, out / "lora")
+                save_lora(pipe, out / "lora")
     finally:
         bar.close()
         if metrics is not None:

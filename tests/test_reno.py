@@ -11,8 +11,8 @@ from conftest import interrupt_when
 
 from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
 from diffusion_align.reno import (
+    FewStepGenerator,
     RenoConfig,
-    SDGenerator,
     chi_regulariser,
     clip_grad_per_sample,
     reno,
@@ -68,7 +68,7 @@ def test_clip_grad_per_sample_scales_only_large_gradients():
 
 
 def test_generator_is_differentiable_and_frozen(pipe, reward):
-    gen = SDGenerator(pipe, steps=1)
+    gen = FewStepGenerator(pipe, steps=1)
     z = noise(2).requires_grad_(True)
     images = gen(z, gen.encode(PROMPTS))
     assert images.shape == (2, 3, 64, 64) and images.min() >= 0 and images.max() <= 1
@@ -82,18 +82,18 @@ def test_generator_is_differentiable_and_frozen(pipe, reward):
 
 
 def test_multi_step_generator_is_a_fixed_map_of_the_noise(pipe):
-    gen = SDGenerator(pipe, steps=2)
+    gen = FewStepGenerator(pipe, steps=2)
     cond = gen.encode(PROMPTS[:1])
     a = gen(noise(1), cond, generator=torch.Generator().manual_seed(3))
     b = gen(noise(1), cond, generator=torch.Generator().manual_seed(3))
     c = gen(noise(1), cond, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a, b) and not torch.equal(a, c)
     with pytest.raises(ValueError, match="between 1 and 4"):
-        SDGenerator(pipe, steps=8)
+        FewStepGenerator(pipe, steps=8)
 
 
 def test_reno_raises_the_reward_and_keeps_the_best_iterate(pipe, reward):
-    res = reno(SDGenerator(pipe), reward, PROMPTS, noise(2), RenoConfig(iters=12), progress=False)
+    res = reno(FewStepGenerator(pipe), reward, PROMPTS, noise(2), RenoConfig(iters=12), progress=False)
     rewards = np.array([rec["reward"] for rec in res.log])  # [iters, B]
     assert rewards.shape == (12, 2)
     assert (rewards[-3:].mean(0) > rewards[0] + 0.01).all()  # gradient ascent works on every sample
@@ -101,7 +101,7 @@ def test_reno_raises_the_reward_and_keeps_the_best_iterate(pipe, reward):
     assert res.best_iter.tolist() == rewards.argmax(0).tolist()
     assert np.allclose(res.initial_reward.numpy(), rewards[0], atol=1e-6)
     # the kept image is the one the best noise generates, and it scores the best reward
-    gen = SDGenerator(pipe)
+    gen = FewStepGenerator(pipe)
     with torch.no_grad():
         again = gen(res.best_noise, gen.encode(PROMPTS))
         assert torch.allclose(again, res.best, atol=1e-5)
@@ -117,8 +117,8 @@ def test_first_update_follows_the_reference_optimiser(pipe, reward):
     # loss plus regulariser clipped per sample: with a clip below the gradient norm (0.05-0.06 here), each
     # sample moves by exactly 5 * 1.9 * 0.01
     cfg = RenoConfig(iters=2, grad_clip=0.01)
-    res = reno(SDGenerator(pipe), reward, PROMPTS, noise(2), cfg, progress=False)
-    gen = SDGenerator(pipe)
+    res = reno(FewStepGenerator(pipe), reward, PROMPTS, noise(2), cfg, progress=False)
+    gen = FewStepGenerator(pipe)
     z = noise(2).requires_grad_(True)
     loss = -reward(gen(z, gen.encode(PROMPTS)), PROMPTS).sum() + cfg.reg_weight * chi_regulariser(z).sum()
     loss.backward()
@@ -131,16 +131,16 @@ def test_first_update_follows_the_reference_optimiser(pipe, reward):
 
 def test_a_batch_equals_one_prompt_at_a_time(pipe, reward):
     cfg = RenoConfig(iters=4)
-    both = reno(SDGenerator(pipe), reward, PROMPTS, noise(2), cfg, progress=False)
+    both = reno(FewStepGenerator(pipe), reward, PROMPTS, noise(2), cfg, progress=False)
     for i in range(2):
-        one = reno(SDGenerator(pipe), reward, PROMPTS[i : i + 1], noise(2)[i : i + 1], cfg, progress=False)
+        one = reno(FewStepGenerator(pipe), reward, PROMPTS[i : i + 1], noise(2)[i : i + 1], cfg, progress=False)
         assert torch.allclose(one.best_noise[0], both.best_noise[i], atol=1e-4)
         assert one.best_reward[0].item() == pytest.approx(both.best_reward[i].item(), abs=1e-5)
 
 
 def test_weighted_sum_terms_are_logged(pipe, open_clip_dir):
     summed = load_reward(f"2*clip:{open_clip_dir}, 0.5*clip:{open_clip_dir}?mode=hessel")
-    res = reno(SDGenerator(pipe), summed, PROMPTS, noise(2), RenoConfig(iters=2), progress=False)
+    res = reno(FewStepGenerator(pipe), summed, PROMPTS, noise(2), RenoConfig(iters=2), progress=False)
     rec = res.log[0]
     assert set(rec["components"]) == {"clip[0]", "clip[1]"}
     total = 2 * np.array(rec["components"]["clip[0]"]) + 0.5 * np.array(rec["components"]["clip[1]"])
@@ -153,7 +153,7 @@ def test_interrupt_keeps_what_is_finished(pipe, reward):
         if rec["iter"] == 2:
             raise KeyboardInterrupt
 
-    res = reno(SDGenerator(pipe), reward, PROMPTS, noise(2), RenoConfig(iters=10), progress=False, on_iteration=stop)
+    res = reno(FewStepGenerator(pipe), reward, PROMPTS, noise(2), RenoConfig(iters=10), progress=False, on_iteration=stop)
     assert len(res.log) == 3 and res.best.shape == (2, 3, 64, 64)
 
 
@@ -164,13 +164,13 @@ class NaNReward(torch.nn.Module):
 
 def test_bad_input(pipe, reward):
     with pytest.raises(RewardError, match="non-finite"):
-        reno(SDGenerator(pipe), NaNReward(), PROMPTS, noise(2), RenoConfig(iters=2), progress=False)
+        reno(FewStepGenerator(pipe), NaNReward(), PROMPTS, noise(2), RenoConfig(iters=2), progress=False)
     with pytest.raises(ValueError, match="empty prompt"):
-        reno(SDGenerator(pipe), reward, ["a photo of a star", " "], noise(2), progress=False)
+        reno(FewStepGenerator(pipe), reward, ["a photo of a star", " "], noise(2), progress=False)
     with pytest.raises(ValueError, match="2 prompts for 3 noise"):
-        reno(SDGenerator(pipe), reward, PROMPTS, noise(3), progress=False)
+        reno(FewStepGenerator(pipe), reward, PROMPTS, noise(3), progress=False)
     with pytest.raises(ValueError, match="iters"):
-        reno(SDGenerator(pipe), reward, PROMPTS, noise(2), RenoConfig(iters=0), progress=False)
+        reno(FewStepGenerator(pipe), reward, PROMPTS, noise(2), RenoConfig(iters=0), progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -320,14 +320,15 @@ def make_tiny_sdxl(folder) -> str:
 def test_sdxl_turbo_layout_end_to_end(tmp_path, open_clip_dir):
     from diffusers import DiffusionPipeline
 
-    from diffusion_align.reno import SDXLGenerator, make_generator
+    from diffusion_align.pipelines import SDXLAdapter
+    from diffusion_align.reno import make_generator
 
     pipe = DiffusionPipeline.from_pretrained(make_tiny_sdxl(tmp_path))
     gen = make_generator(pipe)
-    assert isinstance(gen, SDXLGenerator) and gen.latent_shape(2) == (2, 4, 32, 32) and gen.image_size == 64
+    assert isinstance(gen.adapter, SDXLAdapter) and gen.latent_shape(2) == (2, 4, 32, 32) and gen.image_size == 64
     z = torch.randn(gen.latent_shape(2), generator=torch.Generator().manual_seed(0))
     cond = gen.encode(PROMPTS)
-    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
+    assert cond["time_ids"].tolist() == [[64, 64, 0, 0, 64, 64]] * 2
     # one step equals the pipeline's own one-step sample from the same latents
     with torch.no_grad():
         ref = pipe(PROMPTS, num_inference_steps=1, guidance_scale=0.0, latents=z, output_type="pt").images
@@ -371,11 +372,12 @@ def make_tiny_pixart(folder) -> str:
 def test_pixart_dmd_layout_end_to_end(tmp_path, open_clip_dir):
     from diffusers import DiffusionPipeline
 
-    from diffusion_align.reno import PixArtGenerator, make_generator
+    from diffusion_align.pipelines import PixArtAdapter
+    from diffusion_align.reno import make_generator
 
     pipe = DiffusionPipeline.from_pretrained(make_tiny_pixart(tmp_path))
     gen = make_generator(pipe, timesteps=[400])
-    assert isinstance(gen, PixArtGenerator) and gen.latent_shape(2) == (2, 4, 8, 8) and gen.image_size == 16
+    assert isinstance(gen.adapter, PixArtAdapter) and gen.latent_shape(2) == (2, 4, 8, 8) and gen.image_size == 16
     z = torch.randn(gen.latent_shape(2), generator=torch.Generator().manual_seed(0))
     cond = gen.encode(PROMPTS)
     with torch.no_grad():  # the DMD one-step sample: the clean estimate at t=400, as the pipeline returns it

@@ -111,3 +111,73 @@ def interrupt_when(cmd: list[str], ready, cwd=None, wait: float = 180) -> tuple[
     finally:
         proc.kill()
     return proc.returncode, output
+
+
+# ------------------------------------------------------------------ tiny pipelines of other layouts
+#: the word-level vocabulary of the tiny PixArt tokenizer (other words map to <unk>)
+PIXART_WORDS = ("a photo of red blue green yellow purple orange circle circles square squares star stars triangle "
+                "triangles two three four left right above below the one and")
+
+
+def make_tiny_sdxl(folder, scheduler=None) -> str:
+    """A tiny SDXL-Turbo-layout pipeline (two CLIP text encoders, pooled embedding, time ids, Euler
+    ancestral with trailing spacing, or ``scheduler``) saved as a pipeline folder."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from mmreward.tokenizer_files import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+                projection_dim=32, hidden_act="gelu")
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64, norm_num_groups=1)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        sample_size=64, norm_num_groups=8)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, unet=unet, text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**text)),
+        tokenizer=write_clip_tokenizer(folder / "tok1"), tokenizer_2=write_clip_tokenizer(folder / "tok2"),
+        scheduler=scheduler or EulerAncestralDiscreteScheduler(timestep_spacing="trailing"))
+    pipe.save_pretrained(folder / "pipe")
+    return str(folder / "pipe")
+
+
+def make_tiny_pixart(folder, scheduler=None) -> str:
+    """A tiny PixArt-α-layout pipeline (DiT transformer with learned variance, T5 encoder, DDPM scheduler as
+    the PixArt-DMD one-step model uses) saved as a pipeline folder; the tokenizer is a word-level fast
+    tokenizer (a T5 sentencepiece model cannot be built offline)."""
+    from diffusers import AutoencoderKL, DDPMScheduler, PixArtAlphaPipeline, PixArtTransformer2DModel
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    words = sorted(set(PIXART_WORDS.split()))
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    text_encoder = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                           pad_token_id=0, eos_token_id=1))
+    transformer = PixArtTransformer2DModel(
+        sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+        in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        sample_size=16, norm_num_groups=8)
+    pipe = PixArtAlphaPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
+                               scheduler=scheduler or DDPMScheduler())
+    pipe.save_pretrained(folder / "pipe")
+    return str(folder / "pipe")

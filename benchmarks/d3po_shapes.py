@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 from diffusion_align.config import SAMPLER_KEYS, TrainConfig
 from diffusion_align.rollout import initial_noise, sample_rollouts
-from diffusion_align.train import load_pipeline, train
+from diffusion_align.sampling import load_pipeline
+from diffusion_align.train import train
 from mmreward.images import image_grid, line_chart, text_tile, to_uint8, verdict_tile
 from mmreward.shapes import load_suite
 from mmreward.shapes.evaluator import category_table, suite_scores

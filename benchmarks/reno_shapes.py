@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from diffusion_align.inputs import noise_for_seeds
 from diffusion_align.reno import RenoConfig, chi_regulariser, make_generator, reno
-from diffusion_align.reno_cli import EMBEDDED_MODEL, EMBEDDED_REWARD
+from diffusion_align.reno.cli import EMBEDDED_MODEL, EMBEDDED_REWARD
 from mmreward import load_reward
 from mmreward.images import image_grid, text_tile, to_uint8, verdict_tile
 from mmreward.shapes import load_suite

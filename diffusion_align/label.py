@@ -33,7 +33,7 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
     from .lora import load_lora
     from .pipelines import make_adapter
     from .rollout import Rollout
-    from .train import group_pairs, load_pipeline, read_prompts, sample_epoch
+    from .sampling import group_pairs, load_pipeline, read_prompts, sample_epoch
 
     if per_prompt < 2:
         raise ConfigError("--per-prompt must be at least 2 (pairs)")

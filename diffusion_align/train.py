@@ -35,77 +35,23 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from diffusion_align import inputs, lora
+from diffusion_align import lora
 from diffusion_align.config import ConfigError, TrainConfig
 from diffusion_align.lora import LoraState, adapters_disabled, save_lora
 from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
 from diffusion_align.pipelines import make_adapter
-from diffusion_align.rollout import (
-    Rollout,
-    ddim_scheduler,
-    initial_noise,
-    sample_rollouts,
-    transition_log_prob,
-)
+from diffusion_align.rollout import Rollout, ddim_scheduler, transition_log_prob
+from diffusion_align.sampling import group_pairs, load_pipeline, read_prompts, sample_epoch, seeds_for
 from mmreward.stop import StopFlag
 
 
 # ------------------------------------------------------------------------------------------ setup
-def read_prompts(spec: str) -> list[str]:
-    """The config's ``prompts`` (:func:`diffusion_align.inputs.read_prompts`), errors as config errors."""
-    try:
-        return inputs.read_prompts(spec)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-
-
-def load_pipeline(name: str, device):
-    """The pipeline ``name`` (hub id or folder) of a supported layout (SD 1.x/2.x, SDXL, PixArt-α:
-    :mod:`diffusion_align.pipelines`), all weights frozen."""
-    try:
-        pipe = inputs.load_pipeline(name, device)
-        make_adapter(pipe).freeze()
-    except ValueError as e:
-        raise ConfigError(f"pretrained: {e}") from e
-    return pipe
-
-
 def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     """LoRA adapters of the config's rank, alpha and targets on ``model``; the trainable parameters."""
     try:
         return lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-
-
-def seeds_for(cfg: TrainConfig, epoch: int, batch: int, process: int) -> np.random.Generator:
-    """The RNG of one sampling batch: a function of (seed, epoch, batch, process) only, so runs are
-    reproducible, resumable at any epoch and different on every process."""
-    return np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, batch, process]))
-
-
-# --------------------------------------------------------------------------------------- sampling
-def sample_epoch(cfg: TrainConfig, pipe, unet, prompts: list[str], epoch: int, process: int) -> Rollout:
-    """This process's trajectories for one epoch: ``samples_per_prompt`` per drawn prompt, adjacent and
-    sharing ``x_T``; different step noise per trajectory."""
-    k = cfg.samples_per_prompt
-    out = []
-    for b in range(cfg.num_batches_per_epoch):
-        rng = seeds_for(cfg, epoch, b, process)
-        chosen = [prompts[int(i)] for i in rng.integers(len(prompts), size=cfg.sample_batch_size)]
-        noise_seeds = rng.integers(2**31, size=cfg.sample_batch_size)
-        step_seeds = rng.integers(2**31, size=cfg.sample_batch_size * k)
-        noise = initial_noise(pipe, [int(s) for s in noise_seeds for _ in range(k)])
-        out.append(sample_rollouts(pipe, unet, [p for p in chosen for _ in range(k)], noise, step_seeds.tolist(),
-                                   steps=cfg.sample_steps, eta=cfg.sample_eta, guidance=cfg.guidance_scale,
-                                   sde_steps=cfg.sde_steps))
-    return Rollout.cat(out)
-
-
-def group_pairs(n_groups: int, k: int) -> torch.Tensor:
-    """All ``C(k, 2)`` index pairs ``[P, 2]`` within each group of ``k`` adjacent trajectories."""
-    within = [(a, b) for a in range(k) for b in range(a + 1, k)]
-    return torch.tensor([(g * k + a, g * k + b) for g in range(n_groups) for a, b in within], dtype=torch.long)
 
 
 # --------------------------------------------------------------------------------------- training

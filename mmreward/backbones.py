@@ -256,7 +256,7 @@ def _hf_preprocess(folder_or_id: str, model) -> ClipPreprocess:
         mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
         crop = cfg.get("crop_size", crop)
         crop = crop.get("height", size) if isinstance(crop, dict) else crop
-    return ClipPreprocess(size=int(crop), mean=mean, std=std)
+    return ClipPreprocess(size=int(crop), mean=mean, std=std, crop="floor")  # transformers' centre crop: margin // 2
 
 
 def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

@@ -156,7 +156,7 @@ def load_head_reward(arg: str, device: str | torch.device = "cpu", dtype: torch.
                      backbone: str | None = None, backbones: dict | None = None) -> HeadReward:
     """Load a head reward folder (``backbone`` overrides the spec stored in it). ``backbones``: a cache
     ``{spec: loaded backbone}`` shared by the heads of an ensemble, so one CLIP serves them all."""
-    from .factory import load_backbone
+    from .registry import load_backbone
 
     cfg, head = read_head(arg)
     spec = backbone or cfg["backbone_resolved"]

@@ -26,6 +26,8 @@ class ClipPreprocess(nn.Module):
         interpolation: ``"bicubic"`` or ``"bilinear"``.
         resize_mode: ``"shortest"`` (resize shortest side to ``S``, then centre crop, as
             open_clip and transformers do) or ``"squash"`` (resize to ``S x S``, as VLM-RM does).
+        crop: where an odd margin of the centre crop goes: ``"round"`` (torchvision's ``CenterCrop``, used
+            by open_clip: offset ``round(margin / 2)``) or ``"floor"`` (transformers: ``margin // 2``).
     """
 
     def __init__(
@@ -35,13 +37,17 @@ class ClipPreprocess(nn.Module):
         std: Sequence[float] = OPENAI_CLIP_STD,
         interpolation: str = "bicubic",
         resize_mode: str = "shortest",
+        crop: str = "round",
     ) -> None:
         super().__init__()
         if interpolation not in ("bicubic", "bilinear"):
             raise ValueError(f"interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
         if resize_mode not in ("shortest", "squash"):
             raise ValueError(f"resize_mode must be 'shortest' or 'squash', got {resize_mode!r}")
+        if crop not in ("round", "floor"):
+            raise ValueError(f"crop must be 'round' or 'floor', got {crop!r}")
         self.size = int(size)
+        self.crop = crop
         self.interpolation = interpolation
         self.resize_mode = resize_mode
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -63,10 +69,12 @@ class ClipPreprocess(nn.Module):
         if (nh, nw) != (h, w):
             x = F.interpolate(x, size=(nh, nw), mode=self.interpolation, align_corners=False, antialias=True)
         if (nh, nw) != (self.size, self.size):
-            top = int(round((nh - self.size) / 2.0))
-            left = int(round((nw - self.size) / 2.0))
+            if self.crop == "round":
+                top, left = int(round((nh - self.size) / 2.0)), int(round((nw - self.size) / 2.0))
+            else:
+                top, left = (nh - self.size) // 2, (nw - self.size) // 2
             x = x[..., top : top + self.size, left : left + self.size]
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, interpolation={self.interpolation}, resize_mode={self.resize_mode}"
+        return f"size={self.size}, interpolation={self.interpolation}, resize_mode={self.resize_mode}, crop={self.crop}"

@@ -107,8 +107,8 @@ def load_hps(arg: str = "v2.1", device="cpu", dtype=torch.float32, arch: str = "
 def load_aesthetic(arg: str | None = None, device="cpu", dtype=torch.float32, backbone: str = AESTHETIC_BACKBONE,
                    **unknown):
     """The LAION improved aesthetic predictor: its MLP on the normalised CLIP image embedding."""
-    from .factory import load_backbone
     from .heads import HeadReward, MLPHead
+    from .registry import load_backbone
 
     if unknown:
         raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; aesthetic accepts 'backbone'")

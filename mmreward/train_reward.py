@@ -141,8 +141,8 @@ class ClipPreference(torch.nn.Module):
 
 def build(cfg: RewardTrainConfig):
     """``(trainable module, backbone, reward_fn)``: ``reward_fn(batch_items) -> [B,K]`` is set up in :func:`train`."""
-    from .factory import load_backbone
     from .heads import HeadReward, MLPHead
+    from .registry import load_backbone
 
     try:
         backbone = load_backbone(cfg.backbone)

@@ -221,7 +221,8 @@ def test_per_prompt_stat_tracker_and_pair_preferences():
 
 # ------------------------------------------------------------------------------------------- rollouts
 def _lora_pipe(tiny_pipe_dir):
-    from diffusion_align.train import add_lora, load_pipeline
+    from diffusion_align.sampling import load_pipeline
+    from diffusion_align.train import add_lora
 
     pipe = load_pipeline(tiny_pipe_dir, "cpu")
     params = add_lora(pipe.unet, TrainConfig())

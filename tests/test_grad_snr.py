@@ -8,7 +8,7 @@ from diffusion_align.config import TrainConfig
 from diffusion_align.grad_snr import gradient_snr, group_snr, per_step_gradients, rank_advantages
 from diffusion_align.losses import d3po_loss, pair_preferences
 from diffusion_align.rollout import ddim_scheduler, initial_noise, sample_rollouts, transition_log_prob
-from diffusion_align.train import group_pairs
+from diffusion_align.sampling import group_pairs
 
 
 @pytest.mark.parametrize("signal", [0.0, 0.05, 0.3])
@@ -40,7 +40,8 @@ def test_rank_advantages_are_the_d3po_pair_loss_gradient_near_the_reference():
 
 def test_per_step_gradients_sum_to_one_backward_pass_and_group_snr_splits_groups(tmp_path):
     from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
-    from diffusion_align.train import add_lora, load_pipeline
+    from diffusion_align.sampling import load_pipeline
+    from diffusion_align.train import add_lora
 
     save_pipeline(build_components(seed=0, tiny=True), tmp_path)
     pipe = load_pipeline(str(tmp_path), "cpu")

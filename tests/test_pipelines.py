@@ -15,7 +15,8 @@ from diffusion_align.ddim_logprob import ddim_step_deterministic
 from diffusion_align.lora import PEFT_FILE, LoraState, load_lora
 from diffusion_align.pipelines import PixArtAdapter, SDAdapter, SDXLAdapter, make_adapter
 from diffusion_align.rollout import ddim_scheduler, initial_noise, sample_rollouts, transition_log_prob
-from diffusion_align.train import add_lora, load_pipeline
+from diffusion_align.sampling import load_pipeline
+from diffusion_align.train import add_lora
 
 PROMPTS = ["a photo of a red circle", "a photo of two blue squares"]
 LAYOUTS = {"sd": SDAdapter, "sdxl": SDXLAdapter, "pixart": PixArtAdapter}

@@ -296,7 +296,7 @@ def test_a_trained_reward_drives_reno_through_its_spec_string(tmp_path, open_cli
     from diffusers import DiffusionPipeline
 
     from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
-    from diffusion_align.reno_cli import main as reno_main
+    from diffusion_align.reno.cli import main as reno_main
     from mmreward.train_reward import train
 
     res = train(_cfg(tmp_path, open_clip_dir, prefs, epochs=2, val_data=None), progress=False)

@@ -49,9 +49,29 @@ def test_hf_clip_torch_preprocess_matches_pil(hf_clip_dir, h, w):
     ref_pixels = proc(images=pils, return_tensors="pt")["pixel_values"]
     ours = bb.preprocess(_tensor(pils))
     assert ours.shape == ref_pixels.shape
-    assert (ours - ref_pixels).abs().mean() < 0.02  # measured 0.004 (0.017 at 33x70: HF rounds sizes up)
+    assert (ours - ref_pixels).abs().mean() < 0.006  # measured 0.004-0.0045 (uint8 rounding of the PIL path)
     cos = F.cosine_similarity(bb.encode_image(ours), bb.encode_image(ref_pixels), dim=-1)
     assert cos.min() > 0.999, cos
+    # control, on textured images (smooth ones hide the filter): bilinear instead of bicubic, or the
+    # centre crop's odd margin put where torchvision puts it (round, not floor), is clearly distinguishable
+    textured = [Image.fromarray(to_uint8_hwc(x)) for x in _textured(3, h, w, seed=h * w)]
+    ref = proc(images=textured, return_tensors="pt")["pixel_values"]
+    x = _tensor(textured)
+    assert (bb.preprocess(x) - ref).abs().mean() < 0.006  # measured 0.0044-0.0046
+    if (h, w) != (64, 64):
+        bilinear = ClipPreprocess(64, bb.preprocess.mean.flatten().tolist(), bb.preprocess.std.flatten().tolist(),
+                                  interpolation="bilinear", crop="floor")
+        assert (bilinear(x) - ref).abs().mean() > 0.02  # measured 0.033-0.048
+    rounded = ClipPreprocess(64, bb.preprocess.mean.flatten().tolist(), bb.preprocess.std.flatten().tolist())
+    margin = max(rounded.resized_shape(h, w)) - 64
+    if round(margin / 2) != margin // 2:  # the two conventions differ (33x70 -> 64x135: margin 71)
+        assert (rounded(x) - ref).abs().mean() > 0.05  # measured 0.17
+
+
+def _textured(n: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """Smooth images with 30% per-pixel noise: fine detail, so resampling filters and pixel shifts show."""
+    g = torch.Generator().manual_seed(seed)
+    return (0.7 * smooth_images(n, h, w, seed=seed) + 0.3 * torch.rand(n, 3, h, w, generator=g)).clamp(0, 1)
 
 
 def test_preprocess_shapes_and_modes():

@@ -187,7 +187,7 @@ def test_cli_writes_images_index_grid_and_log(tmp_path, pipe_dir, open_clip_dir)
     from diffusers import DiffusionPipeline
     from PIL import Image
 
-    from diffusion_align.reno_cli import main
+    from diffusion_align.reno.cli import main
     from mmreward.shapes.__main__ import main as shapes_cli
 
     out = tmp_path / "reno"
@@ -215,7 +215,7 @@ def test_cli_writes_images_index_grid_and_log(tmp_path, pipe_dir, open_clip_dir)
 
 
 def test_cli_bad_input(tmp_path, pipe_dir, open_clip_dir):
-    from diffusion_align.reno_cli import main
+    from diffusion_align.reno.cli import main
 
     base = ["--rewards", f"clip:{open_clip_dir}", "--iters", "1", "--no-progress"]
     afile = tmp_path / "file.txt"
@@ -264,7 +264,7 @@ def test_cli_bf16_runs_the_half_precision_path(tmp_path, pipe_dir, open_clip_dir
 
     from PIL import Image
 
-    from diffusion_align.reno_cli import main
+    from diffusion_align.reno.cli import main
 
     outs = {}
     for dtype in ("float32", "bf16"):

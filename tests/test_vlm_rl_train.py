@@ -93,7 +93,7 @@ def test_config_validation():
 def test_shipped_configs_build_their_agents(name):
     from pathlib import Path
 
-    from vlm_rl.train import build_vec_env, make_agent
+    from vlm_rl.builders import build_vec_env, make_agent
 
     cfg = RLConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert cfg.reward_source == "vlm" and cfg.goal_prompt != cfg.baseline_prompt

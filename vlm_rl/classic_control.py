@@ -161,6 +161,21 @@ def make_mountain_car(size: tuple[int, int], episode_length: int, textured: bool
     env = gym.wrappers.TimeLimit(AbsorbingGoal(base), episode_length)
     if textured:
         return TexturedMountainCar(env, size)
-    from .envs import ResizeFrames
-
     return ResizeFrames(env, size)
+
+
+class ResizeFrames(gym.Wrapper):
+    """Render at ``size`` ``(H,W)``: frames from renderers with their own fixed size (pygame's 400x600)
+    are resized with PIL (bilinear); frames already of that size pass through unchanged."""
+
+    def __init__(self, env: gym.Env, size: tuple[int, int]) -> None:
+        super().__init__(env)
+        self.size = size
+
+    def render(self):
+        frame = self.env.render()
+        if frame is None or frame.shape[:2] == self.size:
+            return frame
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(frame).resize(self.size[::-1], Image.BILINEAR))

@@ -133,7 +133,7 @@ def make_env(spec: EnvSpec, seed: int | None = None) -> gym.Env:
 
         env = make_mountain_car(spec.size, spec.episode_length, spec.textured)
     else:  # cartpole: pygame (or the textured drawing) renders 400x600 (the reference's RENDER_DIM), resized
-        from .classic_control import TexturedCartPole
+        from .classic_control import ResizeFrames, TexturedCartPole
 
         env = gym.make("CartPole-v1", render_mode="rgb_array").unwrapped
         env = gym.wrappers.TimeLimit(NoTermination(env), spec.episode_length)
@@ -142,20 +142,3 @@ def make_env(spec: EnvSpec, seed: int | None = None) -> gym.Env:
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
-
-
-class ResizeFrames(gym.Wrapper):
-    """Render at ``size`` ``(H,W)``: frames from renderers with their own fixed size (pygame's 400x600)
-    are resized with PIL (bilinear); frames already of that size pass through unchanged."""
-
-    def __init__(self, env: gym.Env, size: tuple[int, int]) -> None:
-        super().__init__(env)
-        self.size = size
-
-    def render(self):
-        frame = self.env.render()
-        if frame is None or frame.shape[:2] == self.size:
-            return frame
-        from PIL import Image
-
-        return np.asarray(Image.fromarray(frame).resize(self.size[::-1], Image.BILINEAR))

@@ -18,11 +18,11 @@ import numpy as np
 from safetensors.torch import load_file
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from .builders import env_spec, load_task_reward, make_agent
 from .config import ConfigError, RLConfig
 from .envs import make_env
 from .reward_wrapper import TaskInfo, frames_to_tensor
 from .tasks import get_task
-from .train import env_spec, load_task_reward, make_agent
 
 
 def load_policy(cfg: RLConfig, checkpoint: Path, weights: str = "policy.safetensors"):

@@ -220,9 +220,3 @@ def reno(
 def shell_radius(shape: tuple[int, ...]) -> float:
     """Where the regulariser of a sample with ``shape`` (without batch) is minimal: ``√(d − 1)``."""
     return math.sqrt(math.prod(shape) - 1)
-
-
-if __name__ == "__main__":  # python -m diffusion_align.reno: the command-line interface
-    from diffusion_align.reno_cli import main
-
-    main()

@@ -20,8 +20,8 @@ import torch
 
 from mmreward.images import to_pil
 
-from . import inputs
-from .reno import RenoConfig, make_generator, reno
+from .. import inputs
+from . import RenoConfig, make_generator, reno
 
 #: the embedded one-step model and its reward (used when ``--model`` / ``--rewards`` are not given)
 EMBEDDED_MODEL = "assets/shapesworld-t2i"

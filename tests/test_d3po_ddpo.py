@@ -40,9 +40,12 @@ def tiny_pipe_dir(tmp_path_factory) -> str:
 
 
 # ------------------------------------------------------------------------------- DDIM log-probability
-@pytest.mark.parametrize("prediction_type,clip_sample", [("epsilon", False), ("v_prediction", False), ("epsilon", True)])
-def test_ddim_logprob_matches_an_independent_gaussian(prediction_type, clip_sample):
-    """Mean and σ from diffusers' own DDIMScheduler.step / _get_variance, density from torch.distributions."""
+@pytest.mark.parametrize("prediction_type,clip_sample,eta", [("epsilon", False, 1.0), ("v_prediction", False, 1.0),
+                                                             ("epsilon", True, 1.0), ("epsilon", False, 0.5),
+                                                             ("v_prediction", False, 0.3)])
+def test_ddim_logprob_matches_an_independent_gaussian(prediction_type, clip_sample, eta):
+    """Mean and σ from diffusers' own DDIMScheduler.step / _get_variance, density from torch.distributions
+    (``eta`` < 1 too: σ = eta · √variance, and the mean's noise direction shrinks with it)."""
     from diffusers import DDIMScheduler
 
     sched = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type=prediction_type,
@@ -54,15 +57,15 @@ def test_ddim_logprob_matches_an_independent_gaussian(prediction_type, clip_samp
     z = torch.randn(3, 4, 8, 8, generator=g)
     for t in sched.timesteps[:-1]:  # every step but the last (where the reference clamps prev_t to 0)
         prev_t = int(t) - 1000 // 10
-        std = math.sqrt(sched._get_variance(int(t), prev_t))  # eta = 1
-        mean = sched.step(out, t, x, eta=1.0, variance_noise=torch.zeros_like(x)).prev_sample
-        drawn = sched.step(out, t, x, eta=1.0, variance_noise=z).prev_sample
+        std = eta * math.sqrt(sched._get_variance(int(t), prev_t))
+        mean = sched.step(out, t, x, eta=eta, variance_noise=torch.zeros_like(x)).prev_sample
+        drawn = sched.step(out, t, x, eta=eta, variance_noise=z).prev_sample
         expected = torch.distributions.Normal(mean, std).log_prob(drawn).flatten(1).mean(1)
-        prev, lp = ddim_step_with_logprob(sched, out, t, x, eta=1.0, prev_sample=drawn)
+        prev, lp = ddim_step_with_logprob(sched, out, t, x, eta=eta, prev_sample=drawn)
         torch.testing.assert_close(lp, expected, rtol=1e-4, atol=1e-4)
         # sampling: mean + σ·noise with the generator's noise
         gen = torch.Generator().manual_seed(5)
-        sampled, lp2 = ddim_step_with_logprob(sched, out, t, x, eta=1.0, generator=gen)
+        sampled, lp2 = ddim_step_with_logprob(sched, out, t, x, eta=eta, generator=gen)
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(5))
         torch.testing.assert_close(sampled, mean + std * noise, rtol=1e-4, atol=1e-4)
         assert torch.allclose(lp2, torch.distributions.Normal(mean, std).log_prob(sampled).flatten(1).mean(1), atol=1e-4)
@@ -550,13 +553,16 @@ def test_nan_feedback_stops_without_corrupting_the_checkpoint(tmp_path, tiny_pip
 
 
 @pytest.mark.slow
-def test_two_process_launch_splits_samples_and_keeps_weights_identical(tmp_path, tiny_pipe_dir, open_clip_dir):
+@pytest.mark.parametrize("method", ["d3po", "ddpo"])
+def test_two_process_launch_splits_samples_and_keeps_weights_identical(tmp_path, tiny_pipe_dir, open_clip_dir, method):
+    """Both methods train through the DDP-wrapped denoiser (a forward that bypasses it leaves each process
+    with its own gradients, and the weights drift apart)."""
     cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=2, check_weight_sync=True, sample_batch_size=2,
-                     train_batch_size=1)
+                     train_batch_size=1, method=method)
     # accelerate >= 1.0 runs `--cpu --num_processes N` as ONE process unless MPI is set up; `--multi_gpu` goes
     # through torchrun, and the trainer selects gloo on CPU-only machines
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(29517 + (method == "ddpo")),
            str(ROOT / "diffusion_align" / "train.py"), "--config", str(cfg), "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

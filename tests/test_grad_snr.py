@@ -23,6 +23,24 @@ def test_gradient_snr_recovers_a_known_ratio(signal):
         gradient_snr(v[:1])
 
 
+@pytest.mark.parametrize("signal", [0.0, 0.3])
+def test_gradient_snr_is_unbiased_at_small_sample_sizes(signal):
+    """With n = 8 estimates per draw the plug-in ratio ‖v̄‖² / mean‖v − v̄‖² overshoots by about 1/(n−1)
+    (‖v̄‖² carries the noise's trace / n); the unbiased estimator, averaged over 400 draws, does not."""
+    g = torch.Generator().manual_seed(1)
+    n, P, draws = 8, 50, 400
+    mu = torch.zeros(P)
+    mu[0] = (signal * P) ** 0.5
+    est, plug_in = [], []
+    for _ in range(draws):
+        v = mu + torch.randn(n, P, generator=g)
+        est.append(gradient_snr(v))
+        m = v.mean(0)
+        plug_in.append(float(m @ m / ((v - m) ** 2).sum(1).mean()))
+    assert sum(est) / draws == pytest.approx(signal, abs=0.03)
+    assert sum(plug_in) / draws - signal > 0.1  # the control: the biased estimator is told apart
+
+
 def test_rank_advantages_are_the_d3po_pair_loss_gradient_near_the_reference():
     """Summed over all C(k,2) pairs at log-ratio 0 the D3PO loss's gradient w.r.t. each image's log-prob
     is -β/2 times its rank coefficient Σ_j sign(s_i - s_j) (ties: 0)."""

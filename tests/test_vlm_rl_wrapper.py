@@ -240,3 +240,31 @@ def test_scene_data_captions_are_true_of_their_frames(tmp_path):
         cart.unwrapped.state = np.array([0.5, 0.0, np.deg2rad(theta), 0.0])
         caps = true_captions("cartpole", cart)
         assert (get_task("cartpole").goal in caps) == upright and (CART_FALLEN in caps) == fallen
+
+
+def test_cartpole_ground_truth_is_the_documented_failure_rule():
+    """Success and the ground-truth reward of the cartpole task are 1 exactly while CartPole-v1 has not
+    failed by its documented rule (pole within ±12° of vertical, cart within ±2.4), the angle set here in
+    degrees and converted independently: a wrong threshold (24°, radians for degrees) fails."""
+    import math
+
+    task = get_task("cartpole")
+    env = make_env(EnvSpec("cartpole", size=SIZE, episode_length=40), seed=0)
+    env.reset(seed=0)
+    for x in (0.0, 2.3, -2.3, 2.5):
+        for deg in (0.0, 5.0, -11.5, 11.9, 12.5, -13.0, 20.0, 23.0, 30.0, 90.0):
+            env.unwrapped.state = np.array([x, 0.0, math.radians(deg), 0.0])
+            expected = abs(deg) < 12 and abs(x) < 2.4
+            assert task.success(env) == expected, (x, deg)
+            assert task.gt_reward(0.0, env) == float(expected), (x, deg)
+    # along an episode of random pushes, read against the state itself at every step
+    env.reset(seed=1)
+    rng, seen = np.random.default_rng(0), set()
+    for _ in range(40):
+        env.step(int(rng.integers(2)))
+        x, _, theta, _ = env.unwrapped.state
+        expected = abs(math.degrees(theta)) < 12 and abs(x) < 2.4
+        assert task.success(env) == expected
+        seen.add(expected)
+    assert seen == {True, False}  # the episode crosses the threshold
+

@@ -29,9 +29,9 @@ from d3po_shapes import RESULTS, ROOT  # noqa: E402
 from diffusion_align.config import TrainConfig  # noqa: E402
 from diffusion_align.feedback import make_scorer  # noqa: E402
 from diffusion_align.grad_snr import group_snr, per_step_gradients  # noqa: E402
+from diffusion_align.rl_trainer import add_lora  # noqa: E402
 from diffusion_align.rollout import Rollout, ddim_scheduler, initial_noise, sample_rollouts  # noqa: E402
 from diffusion_align.sampling import load_pipeline, read_prompts  # noqa: E402
-from diffusion_align.train import add_lora  # noqa: E402
 
 
 def jackknife(fn, n: int, blocks: int = 8) -> tuple[float, float]:

@@ -16,6 +16,7 @@ from conftest import interrupt_when
 from diffusion_align.config import ConfigError, TrainConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
 from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
+from diffusion_align.rl_trainer import PolicyUpdate, train_steps
 from diffusion_align.rollout import (
     adapters_disabled,
     ddim_scheduler,
@@ -24,7 +25,6 @@ from diffusion_align.rollout import (
     sample_rollouts,
     transition_log_prob,
 )
-from diffusion_align.train import train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red circle", "a photo of a square left of a star"]
@@ -180,7 +180,7 @@ def test_d3po_loss_stays_finite_when_log_ratios_overflow_exp():
 def test_a_non_finite_gradient_skips_the_step_and_keeps_the_weights():
     from accelerate import Accelerator
 
-    from diffusion_align.train import optimizer_step
+    from diffusion_align.rl_trainer import optimizer_step
 
     w = torch.nn.Parameter(torch.ones(3))
     opt = torch.optim.AdamW([w], lr=0.1)
@@ -224,8 +224,8 @@ def test_per_prompt_stat_tracker_and_pair_preferences():
 
 # ------------------------------------------------------------------------------------------- rollouts
 def _lora_pipe(tiny_pipe_dir):
+    from diffusion_align.rl_trainer import add_lora
     from diffusion_align.sampling import load_pipeline
-    from diffusion_align.train import add_lora
 
     pipe = load_pipeline(tiny_pipe_dir, "cpu")
     params = add_lora(pipe.unet, TrainConfig())
@@ -294,7 +294,7 @@ def test_mixed_sampler_is_stochastic_for_the_first_steps_only(tiny_pipe_dir):
 def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
     from accelerate import Accelerator
 
-    from diffusion_align.train import d3po_update
+    from diffusion_align.d3po import d3po_update
 
     pipe, params = _lora_pipe(tiny_pipe_dir)
     cfg = TrainConfig(sample_steps=3, learning_rate=3e-3, guidance_scale=1.0)
@@ -312,12 +312,13 @@ def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
 
     before = margin()
     for _ in range(5):
-        d3po_update(cfg, Accelerator(cpu=True), sched, pipe.unet, opt, params, ro, pairs, pref, torch.Generator().manual_seed(0))
+        d3po_update(PolicyUpdate(cfg, Accelerator(cpu=True), sched, pipe.unet, opt, params), ro, pairs, pref,
+                    torch.Generator().manual_seed(0))
     assert margin() > before + 1e-4
 
 
 def test_pair_components_and_minibatches_keep_groups_together():
-    from diffusion_align.train import pair_components, pair_minibatches
+    from diffusion_align.d3po import pair_components, pair_minibatches
 
     pairs = torch.tensor([[4, 5], [0, 2], [1, 2], [4, 7], [9, 8]])
     images, pos, comp = pair_components(pairs)
@@ -343,7 +344,7 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
     import torch.nn.functional as F
     from accelerate import Accelerator
 
-    from diffusion_align.train import d3po_update
+    from diffusion_align.d3po import d3po_update
 
     pipe, params = _lora_pipe(tiny_pipe_dir)
     with torch.no_grad():  # adapters away from zero, so policy and reference differ
@@ -367,8 +368,8 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
         def step(self, closure=None):
             grads.update({i: p.grad.clone() for i, p in enumerate(params)})
 
-    d3po_update(cfg, Accelerator(cpu=True), sched, pipe.unet, Capture(params, lr=0.0), params, ro, pairs, pref,
-                torch.Generator().manual_seed(0))
+    d3po_update(PolicyUpdate(cfg, Accelerator(cpu=True), sched, pipe.unet, Capture(params, lr=0.0), params), ro, pairs,
+                pref, torch.Generator().manual_seed(0))
     total = 0.0
     for (a, b), h in zip(pairs.tolist(), pref):
         for j in range(3):
@@ -514,7 +515,8 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_
     again = pipe2(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     torch.testing.assert_close(again, tuned)
     # ... and equal the trained UNet itself (LoRA state restored from the training checkpoint, alpha 8)
-    from diffusion_align.train import LoraState, add_lora
+    from diffusion_align.lora import LoraState
+    from diffusion_align.rl_trainer import add_lora
     from mmreward.checkpoint import load_state
 
     pipe3 = DiffusionPipeline.from_pretrained(tiny_pipe_dir)

@@ -58,8 +58,8 @@ def test_rank_advantages_are_the_d3po_pair_loss_gradient_near_the_reference():
 
 def test_per_step_gradients_sum_to_one_backward_pass_and_group_snr_splits_groups(tmp_path):
     from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
+    from diffusion_align.rl_trainer import add_lora
     from diffusion_align.sampling import load_pipeline
-    from diffusion_align.train import add_lora
 
     save_pipeline(build_components(seed=0, tiny=True), tmp_path)
     pipe = load_pipeline(str(tmp_path), "cpu")

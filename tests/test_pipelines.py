@@ -14,9 +14,9 @@ from diffusion_align.config import TrainConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic
 from diffusion_align.lora import PEFT_FILE, LoraState, load_lora
 from diffusion_align.pipelines import PixArtAdapter, SDAdapter, SDXLAdapter, make_adapter
+from diffusion_align.rl_trainer import PolicyUpdate, add_lora
 from diffusion_align.rollout import ddim_scheduler, initial_noise, sample_rollouts, transition_log_prob
 from diffusion_align.sampling import load_pipeline
-from diffusion_align.train import add_lora
 
 PROMPTS = ["a photo of a red circle", "a photo of two blue squares"]
 LAYOUTS = {"sd": SDAdapter, "sdxl": SDXLAdapter, "pixart": PixArtAdapter}
@@ -84,7 +84,7 @@ def test_other_pipelines_are_refused_with_the_supported_layouts_named():
 def test_d3po_update_raises_the_preferred_log_prob_on_every_layout(pipe_dirs, layout):
     from accelerate import Accelerator
 
-    from diffusion_align.train import d3po_update
+    from diffusion_align.d3po import d3po_update
 
     adapter = make_adapter(load_pipeline(pipe_dirs[layout], "cpu"))
     params = add_lora(adapter.denoiser, TrainConfig())
@@ -106,7 +106,7 @@ def test_d3po_update_raises_the_preferred_log_prob_on_every_layout(pipe_dirs, la
 
     before = margin()
     for _ in range(5):
-        d3po_update(cfg, Accelerator(cpu=True), sched, adapter.denoiser, opt, params, ro, pairs, pref,
+        d3po_update(PolicyUpdate(cfg, Accelerator(cpu=True), sched, adapter.denoiser, opt, params), ro, pairs, pref,
                     torch.Generator().manual_seed(0))
     assert margin() > before + 1e-4
 

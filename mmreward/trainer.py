@@ -1,0 +1,216 @@
+"""The training loop every trainer of the suite runs on: one :class:`Trainer` owns the run folder.
+
+A method subclasses it and writes what is its own — setting up its models, one unit of work
+(:meth:`Trainer.train_step`: an epoch or an optimiser step, returning a metrics row), what a checkpoint
+holds besides the weights and what is exported at the end. The layer does the rest, the same way for
+every method:
+
+* the run folder: a fresh run refuses to overwrite a checkpoint, ``resume`` needs one; ``config.json``;
+* ``metrics.jsonl``: one JSON row per unit (rows of units after the checkpoint, from a killed run, are
+  dropped on resume), and the same rows to the trackers of ``Accelerator(log_with=...)``;
+* checkpoints: safetensors only (:mod:`mmreward.checkpoint`: weights, optimiser, counters, RNG), written
+  every ``checkpoint_every`` units, at the end, when the time budget runs out and on Ctrl-C (which
+  finishes the current unit first; a second Ctrl-C aborts, keeping the last checkpoint);
+* the time budget (``max_minutes``, counted across resumes), ``stop_after`` (checkpoint and stop there:
+  a simulated kill), a progress bar, and messages through accelerate's logger;
+* several processes: they agree on stopping at a unit boundary, and only the main process writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_state, run_checkpoint_dir, save_state
+from .stop import StopFlag
+
+
+def setup_logging(level: int = 20) -> None:
+    """Show the suite's messages (the ``mmalign`` loggers) on stderr at ``level`` (INFO), once per process;
+    other libraries' loggers are left as they are."""
+    import logging
+
+    logger = logging.getLogger("mmalign")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+
+
+class Trainer:
+    """Subclass and implement :meth:`train_step`; override the other hooks as needed.
+
+    Args:
+        output_dir: the run folder.
+        total: units (epochs or steps) of the full run.
+        config: what ``config.json`` records (a dataclass config's ``vars``).
+        resume: continue from ``output_dir/checkpoint``.
+        checkpoint_every: units between checkpoints.
+        max_minutes: wall-clock budget (``None``: none).
+        stop_after: checkpoint and stop after this many units.
+        progress: show a progress bar (main process only).
+        accelerator: the run's ``accelerate.Accelerator`` (one is made when not given).
+        name: the run's name in the bar, the logs and the trackers.
+        unit: ``"epoch"`` or ``"step"``: the key of each metrics row and the word in messages.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, total: int, config: dict | None = None, *, resume: bool = False,
+                 checkpoint_every: int = 1, max_minutes: float | None = None, stop_after: int | None = None,
+                 progress: bool = True, accelerator=None, name: str = "train", unit: str = "step",
+                 where: str = "output_dir") -> None:
+        from accelerate import Accelerator
+        from accelerate.logging import get_logger
+
+        self.accelerator = accelerator if accelerator is not None else Accelerator(cpu=not torch.cuda.is_available())
+        self.logger = get_logger(f"mmalign.{name}")
+        self.out, self.total, self.config = Path(output_dir), int(total), config
+        self.resume, self.checkpoint_every, self.max_minutes = resume, int(checkpoint_every), max_minutes
+        self.stop_after, self.progress, self.name, self.unit = stop_after, progress, name, unit
+        self.ckpt = run_checkpoint_dir(self.out, resume, where=where)
+        self.position = 0  # units done
+        self.elapsed = 0.0  # seconds of training before this process started (resumed runs)
+        self.stopped_by: str | None = None
+
+    # ------------------------------------------------------------------------------------ hooks
+    def state(self) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
+        """``(module, optimizer)`` whose state a checkpoint holds (the module's ``state_dict``)."""
+        raise NotImplementedError
+
+    def state_extra(self) -> dict:
+        """JSON-able state besides weights and optimiser (counters, trackers), saved with each checkpoint."""
+        return {}
+
+    def load_state_extra(self, extra: dict) -> None:
+        """Restore :meth:`state_extra` on resume."""
+
+    def train_step(self, i: int) -> dict | None:
+        """Unit ``i`` (0-based) of the run; returns its metrics row (without the unit key) or ``None``."""
+        raise NotImplementedError
+
+    def on_checkpoint(self, folder: Path) -> None:
+        """Called on the main process after each checkpoint is written (exports beside it, e.g. LoRA files)."""
+
+    def finish(self) -> dict:
+        """Called on the main process when the run is complete (``total`` units): final exports; returns
+        entries for the run's result."""
+        return {}
+
+    def row_position(self, row: dict) -> int:
+        """The 0-based unit a metrics row was written by (rows at or after the resumed position are redone)."""
+        return int(row[self.unit])
+
+    def postfix(self, row: dict) -> dict:
+        """What the progress bar shows of a row."""
+        return {}
+
+    # ------------------------------------------------------------------------------------ layer
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def seconds(self) -> float:
+        """Training time so far, across resumes."""
+        return time.time() - self._t_start
+
+    def checkpoint(self) -> None:
+        """Write the checkpoint of the current position (all processes call it; the main one writes)."""
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            module, opt = self.state()
+            extra = {**self.state_extra(), "elapsed": self.seconds}
+            save_state(self.ckpt, module, opt, self.position, extra)
+            self.on_checkpoint(self.ckpt)
+        self._saved = self.position
+
+    def _restore(self) -> None:
+        module, opt = self.state()
+        self.position, extra = load_state(self.ckpt, module, opt)
+        self.elapsed = float(extra.get("elapsed", 0.0))
+        self.load_state_extra(extra)
+
+    def _open_metrics(self):
+        path = self.out / "metrics.jsonl"
+        if not self.is_main:
+            return None
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.config is not None:
+            (self.out / "config.json").write_text(json.dumps(self.config, indent=2))
+        old = [x for x in path.read_text().splitlines() if x.strip()] if self.resume and path.is_file() else []
+        path.write_text("".join(x + "\n" for x in old if self.row_position(json.loads(x)) < self.position))
+        return path.open("a")
+
+    def log(self, row: dict) -> None:
+        """Append a metrics row (main process) and send its numbers to the trackers."""
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(row) + "\n")
+            self._metrics.flush()
+        if self.accelerator.trackers:
+            numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != self.unit}
+            self.accelerator.log({f"{self.name}/{k}": v for k, v in numbers.items()}, step=row.get(self.unit))
+
+    def _stop_reason(self, flag: StopFlag) -> str | None:
+        over = self.max_minutes is not None and self.seconds > self.max_minutes * 60
+        votes = torch.tensor([[flag.requested, over]], device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:  # every process must agree, at a unit boundary
+            votes = self.accelerator.gather(votes)
+        votes = votes.cpu()
+        if votes[:, 0].any():
+            return "interrupt"
+        if votes[:, 1].any():
+            return "time budget"
+        return None
+
+    def run(self) -> dict:
+        """Train to ``total`` units (or the budget, Ctrl-C, ``stop_after``); returns the run's result."""
+        from tqdm import tqdm
+
+        if self.resume:
+            self._restore()
+            self.logger.info(f"resumed from {self.ckpt} at {self.unit} {self.position}", main_process_only=True)
+        self._saved = self.position
+        self._t_start = time.time() - self.elapsed
+        self._metrics = self._open_metrics()
+        # a time budget usually ends the run before `total`: then the bar just counts
+        bar = tqdm(total=None if self.max_minutes else self.total, initial=self.position, desc=self.name,
+                   disable=not (self.progress and self.is_main), dynamic_ncols=True)
+        result: dict = {}
+        try:
+            with StopFlag(self.unit) as flag:
+                while self.position < self.total:
+                    self.stopped_by = self._stop_reason(flag)
+                    if self.stopped_by:
+                        break
+                    row = self.train_step(self.position)
+                    if row is not None:
+                        self.log({self.unit: self.position, **row})
+                    self.position += 1
+                    bar.update(1)
+                    if row is not None and (post := self.postfix(row)):
+                        bar.set_postfix(post)
+                    stop = self.stop_after is not None and self.position >= self.stop_after
+                    if self.position % self.checkpoint_every == 0 or self.position == self.total or stop:
+                        self.checkpoint()
+                    if stop:
+                        self.stopped_by = f"stop_after_{self.unit}s"
+                        break
+                if self._saved != self.position:
+                    self.checkpoint()
+                if self.is_main and self.position >= self.total:
+                    result = self.finish()
+        finally:
+            bar.close()
+            if self._metrics is not None:
+                self._metrics.close()
+        if self.stopped_by in ("interrupt", "time budget"):
+            self.logger.warning(f"{self.name}: stopped ({self.stopped_by}) at {self.unit} {self.position}; "
+                                f"`--resume` continues from {self.ckpt}", main_process_only=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
+        return {self.unit: self.position, "stopped_by": self.stopped_by, "output_dir": str(self.out), **result}

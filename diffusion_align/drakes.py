@@ -34,18 +34,17 @@ fine-tuned denoiser, loadable with :func:`diffusion_align.dna.mdlm.load_model`).
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from diffusion_align.dna.mdlm import gumbel, one_hot_state, step_probs, timesteps, x0_log_probs
 from mmreward.config_file import ConfigError, YamlConfig, need
+from mmreward.trainer import Trainer
 
 
 @dataclass
@@ -163,98 +162,87 @@ def relaxed_trajectory(model, ref, n: int, steps: int, truncate: int, temp: floa
 
 
 # ------------------------------------------------------------------------------------- training
+class DrakesTrainer(Trainer):
+    """DRAKES on the trainer layer: one unit is one optimiser step (``num_accum_steps`` batches)."""
+
+    def __init__(self, cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None = None,
+                 progress: bool = True) -> None:
+        from diffusion_align.dna.mdlm import load_model
+        from diffusion_align.dna.oracle import load_oracle
+
+        super().__init__(cfg.output_dir, cfg.num_epochs, vars(cfg), resume=resume, checkpoint_every=cfg.checkpoint_every,
+                         max_minutes=cfg.max_minutes, stop_after=stop_after_epochs, progress=progress, name="drakes",
+                         unit="epoch")
+        self.cfg = cfg
+        try:
+            self.model = load_model(cfg.pretrained)
+            self.reward = load_oracle(cfg.reward, column=cfg.reward_column)
+            self.eval_reward = load_oracle(cfg.eval_reward, column=cfg.reward_column) if cfg.eval_reward else None
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(str(e)) from e
+        self.ref = copy.deepcopy(self.model).requires_grad_(False).eval() if cfg.alpha > 0 else None
+        self.model.train()
+        torch.manual_seed(cfg.seed)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.early = None
+        if self.ref is not None and not cfg.truncate_kl:
+            def early(kl: torch.Tensor) -> None:  # each early step's KL, backpropagated at once
+                (cfg.alpha * kl.mean() / cfg.num_accum_steps).backward()
+
+            self.early = early
+
+    def state(self):
+        return self.model, self.opt
+
+    def state_extra(self) -> dict:
+        return {"method": "drakes"}
+
+    def postfix(self, row: dict) -> dict:
+        return {"reward": f"{row['reward']:.3f}", "kl": f"{row['kl']:.2f}"}
+
+    def train_step(self, epoch: int) -> dict:
+        cfg, n_acc, B = self.cfg, self.cfg.num_accum_steps, self.cfg.batch_size
+        # the step's RNG depends on (seed, step) only: resumable and reproducible
+        self.gen.manual_seed(cfg.seed * 1_000_003 + epoch)
+        t0 = time.time()
+        rec = {"reward": 0.0, "kl": 0.0, "eval_reward": 0.0}
+        for _ in range(n_acc):
+            x0, kl_late, kl_early = relaxed_trajectory(self.model, self.ref, B, cfg.sample_steps, cfg.truncate_steps,
+                                                       cfg.gumbel_temp, cfg.hard_states, self.gen, self.early,
+                                                       cfg.early_kl_samples)
+            r = self.reward(x0[..., :-1])
+            if not torch.isfinite(r).all():
+                raise ValueError(f"step {epoch}: the reward oracle returned NaN/inf; stopping (the checkpoint of "
+                                 f"step {epoch - epoch % cfg.checkpoint_every} is kept)")
+            loss = (-r.mean() + cfg.alpha * kl_late.mean()) / n_acc
+            loss.backward()
+            rec["reward"] += r.mean().item() / n_acc
+            rec["kl"] += (kl_late.detach() + kl_early).mean().item() / n_acc
+            if self.eval_reward is not None:
+                with torch.no_grad():
+                    rec["eval_reward"] += self.eval_reward(x0.detach()[..., :-1]).mean().item() / n_acc
+        norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+        if math.isfinite(norm):
+            self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        rec.update({"grad_norm": norm, "skipped": not math.isfinite(norm), "step_s": time.time() - t0,
+                    "elapsed_s": self.seconds})
+        if self.eval_reward is None:
+            rec.pop("eval_reward")
+        return rec
+
+    def save_model(self) -> None:
+        from diffusion_align.dna.mdlm import save_model
+
+        save_model(self.model, self.out / "model", {"fine_tuned_from": self.cfg.pretrained, "method": "drakes",
+                                                    "alpha": self.cfg.alpha, "steps": self.position})
+
+
 def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
-    from diffusion_align.dna.mdlm import load_model, save_model
-    from diffusion_align.dna.oracle import load_oracle
-    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
-    from mmreward.stop import StopFlag
-
-    out = Path(cfg.output_dir)
-    ckpt = run_checkpoint_dir(out, resume)
-    try:
-        model = load_model(cfg.pretrained)
-        reward = load_oracle(cfg.reward, column=cfg.reward_column)
-        eval_reward = load_oracle(cfg.eval_reward, column=cfg.reward_column) if cfg.eval_reward else None
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e)) from e
-    ref = copy.deepcopy(model).requires_grad_(False).eval() if cfg.alpha > 0 else None
-    model.train()
-    torch.manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    epoch, elapsed = 0, 0.0
-    if resume:
-        epoch, extra = load_state(ckpt, model, opt)
-        elapsed = extra["elapsed"]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(vars(cfg), indent=2))
-    metrics_path = out / "metrics.jsonl"
-    old = [x for x in metrics_path.read_text().splitlines() if x.strip()] if resume and metrics_path.is_file() else []
-    metrics_path.write_text("".join(x + "\n" for x in old if json.loads(x)["epoch"] < epoch))
-    t_start = time.time() - elapsed
-
-    def checkpoint(next_epoch: int) -> None:
-        save_state(ckpt, model, opt, next_epoch, {"elapsed": time.time() - t_start, "method": "drakes"})
-
-    n_acc, B = cfg.num_accum_steps, cfg.batch_size
-    early = None
-    if ref is not None and not cfg.truncate_kl:
-        def early(kl: torch.Tensor) -> None:  # noqa: E306 - each early step's KL, backpropagated at once
-            (cfg.alpha * kl.mean() / n_acc).backward()
-
-    stopped_by = None
-    # a time budget usually ends the run before num_epochs: then the bar just counts epochs
-    bar = tqdm(total=None if cfg.max_minutes else cfg.num_epochs, initial=epoch, desc="drakes", disable=not progress, dynamic_ncols=True)
-    with StopFlag("step") as flag, metrics_path.open("a") as metrics:
-        while epoch < cfg.num_epochs:
-            if flag.requested:
-                stopped_by = "interrupt"
-                break
-            if cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60:
-                stopped_by = "time budget"
-                break
-            # the step's RNG depends on (seed, step) only: resumable and reproducible
-            gen.manual_seed(cfg.seed * 1_000_003 + epoch)
-            t0 = time.time()
-            rec = {"epoch": epoch, "reward": 0.0, "kl": 0.0, "eval_reward": 0.0}
-            for _ in range(n_acc):
-                x0, kl_late, kl_early = relaxed_trajectory(model, ref, B, cfg.sample_steps, cfg.truncate_steps,
-                                                           cfg.gumbel_temp, cfg.hard_states, gen, early,
-                                                           cfg.early_kl_samples)
-                r = reward(x0[..., :-1])
-                if not torch.isfinite(r).all():
-                    raise ValueError(f"step {epoch}: the reward oracle returned NaN/inf; stopping (the checkpoint of "
-                                     f"step {epoch - epoch % cfg.checkpoint_every} is kept)")
-                loss = (-r.mean() + cfg.alpha * kl_late.mean()) / n_acc
-                loss.backward()
-                rec["reward"] += r.mean().item() / n_acc
-                rec["kl"] += (kl_late.detach() + kl_early).mean().item() / n_acc
-                if eval_reward is not None:
-                    with torch.no_grad():
-                        rec["eval_reward"] += eval_reward(x0.detach()[..., :-1]).mean().item() / n_acc
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-            if math.isfinite(norm):
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            rec.update({"grad_norm": norm, "skipped": not math.isfinite(norm), "step_s": time.time() - t0,
-                        "elapsed_s": time.time() - t_start})
-            if eval_reward is None:
-                rec.pop("eval_reward")
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
-            epoch += 1
-            bar.update(1)
-            bar.set_postfix(reward=f"{rec['reward']:.3f}", kl=f"{rec['kl']:.2f}")
-            if epoch % cfg.checkpoint_every == 0:
-                checkpoint(epoch)
-            if stop_after_epochs is not None and epoch >= stop_after_epochs:
-                stopped_by = "stop_after_epochs"
-                break
-    bar.close()
-    checkpoint(epoch)
-    save_model(model, out / "model", {"fine_tuned_from": cfg.pretrained, "method": "drakes", "alpha": cfg.alpha, "steps": epoch})
-    if stopped_by in ("interrupt", "time budget"):
-        print(f"drakes: stopped ({stopped_by}) at step {epoch}; `--resume` continues from {ckpt}")
-    return {"epoch": epoch, "stopped_by": stopped_by, "elapsed": time.time() - t_start, "output_dir": str(out)}
+    """Run a DRAKES config; ``model/`` holds the weights reached (also when stopped early: ``--resume``
+    continues from the checkpoint)."""
+    trainer = DrakesTrainer(cfg, resume=resume, stop_after_epochs=stop_after_epochs, progress=progress)
+    res = trainer.run()
+    trainer.save_model()
+    return {**res, "elapsed": trainer.seconds}

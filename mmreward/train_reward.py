@@ -36,7 +36,7 @@ import torch
 from .config_file import ConfigError, YamlConfig, need
 from .heads import INPUTS, REFERENCE_DROPOUT, REFERENCE_HIDDEN
 from .preference import PreferenceExample, pairwise_accuracy, preference_loss, read_preferences
-from .stop import StopFlag
+from .trainer import Trainer, setup_logging
 
 MODES = ("head", "finetune", "lora")
 
@@ -165,139 +165,124 @@ def build(cfg: RewardTrainConfig):
 
 
 # ----------------------------------------------------------------------------------------- the run
-def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
-    from accelerate import Accelerator
-    from tqdm import tqdm
+class RewardTrainer(Trainer):
+    """Preference training on the trainer layer: one unit is one optimiser step; a metrics row (and a
+    checkpoint) at the end of every epoch over the training examples."""
 
-    from .checkpoint import load_state, run_checkpoint_dir, save_state
+    def __init__(self, cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | None = None,
+                 progress: bool = True) -> None:
+        from accelerate import Accelerator
 
-    torch.manual_seed(cfg.seed)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main_proc = accelerator.is_main_process
-    out = Path(cfg.output_dir)
-    ckpt = run_checkpoint_dir(out, resume)
-    try:
-        train_ex = read_preferences(cfg.data)
-        val_ex = read_preferences(cfg.val_data) if cfg.val_data else []
-    except Exception as e:
-        raise ConfigError(str(e)) from e
-    model, backbone = build(cfg)
-    paths, idx, label, prompts = index_images(train_ex)
-    weight = prompt_weights(prompts) if cfg.per_prompt_weighting else None
-
-    # inputs of every image: head features (frozen backbone, computed once) or preprocessed pixels
-    t0 = time.time()
-    if cfg.mode == "head":
-        with torch.no_grad():
-            pixels = load_pixels(paths, backbone.preprocess)
-            img = torch.cat([backbone.encode_image(pixels[i : i + 256]) for i in range(0, len(pixels), 256)])
-        txt = backbone.encode_text(list(dict.fromkeys(prompts)))
-        tpos = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
-        ptxt = txt[torch.tensor([tpos[p] for p in prompts])]  # [E, D]
-        embed_s = time.time() - t0
-        model.head.train()
-    else:
-        pixels = load_pixels(paths, backbone.preprocess)
-        embed_s = 0.0
-        model.train()
-
-    def rewards_of(rows: torch.Tensor) -> torch.Tensor:
-        """Rewards ``[b,K]`` of the images of training examples ``rows``."""
-        k = idx.shape[1]
-        flat = idx[rows].flatten()
+        torch.manual_seed(cfg.seed)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        super().__init__(cfg.output_dir, 0, vars(cfg), resume=resume, checkpoint_every=cfg.checkpoint_every,
+                         max_minutes=cfg.max_minutes, stop_after=stop_after_steps, progress=progress,
+                         accelerator=accelerator, name=f"reward {cfg.mode}", unit="step")
+        self.cfg = cfg
+        try:
+            self.train_ex = read_preferences(cfg.data)
+            self.val_ex = read_preferences(cfg.val_data) if cfg.val_data else []
+        except Exception as e:
+            raise ConfigError(str(e)) from e
+        self.steps_per_epoch = math.ceil(len(self.train_ex) / cfg.batch_size)
+        self.total = cfg.epochs * self.steps_per_epoch
+        self.raw, self.backbone = build(cfg)
+        paths, self.idx, self.label, self.prompts = index_images(self.train_ex)
+        self.weight = prompt_weights(self.prompts) if cfg.per_prompt_weighting else None
+        # inputs of every image: head features (frozen backbone, computed once) or preprocessed pixels
+        t0 = time.time()
         if cfg.mode == "head":
+            with torch.no_grad():
+                pixels = load_pixels(paths, self.backbone.preprocess)
+                self.img = torch.cat([self.backbone.encode_image(pixels[i : i + 256]) for i in range(0, len(pixels), 256)])
+            txt = self.backbone.encode_text(list(dict.fromkeys(self.prompts)))
+            tpos = {p: i for i, p in enumerate(dict.fromkeys(self.prompts))}
+            self.ptxt = txt[torch.tensor([tpos[p] for p in self.prompts])]  # [E, D]
+            self.embed_s = time.time() - t0
+            self.raw.head.train()
+        else:
+            self.pixels = load_pixels(paths, self.backbone.preprocess)
+            self.embed_s = 0.0
+            self.raw.train()
+        # the trained module goes through accelerate's wrapper (gradients all-reduced across processes)
+        self.trainable = self.raw.head if cfg.mode == "head" else self.raw
+        self.params = [p for p in self.trainable.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        self.net, self.opt = accelerator.prepare(self.trainable, opt)
+        self.counters = {"pairs": 0, "train_s": 0.0}
+        self.losses: list[float] = []
+
+    def rewards_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rewards ``[b,K]`` of the images of training examples ``rows``."""
+        k = self.idx.shape[1]
+        flat = self.idx[rows].flatten()
+        if self.cfg.mode == "head":
             from .heads import head_features
 
-            x = head_features(img[flat], ptxt[rows].repeat_interleave(k, 0), cfg.inputs)
-            return net(x).view(len(rows), k)
-        return net(pixels[flat], [prompts[int(r)] for r in rows for _ in range(k)]).view(len(rows), k)
+            x = head_features(self.img[flat], self.ptxt[rows].repeat_interleave(k, 0), self.cfg.inputs)
+            return self.net(x).view(len(rows), k)
+        return self.net(self.pixels[flat], [self.prompts[int(r)] for r in rows for _ in range(k)]).view(len(rows), k)
 
-    # the trained module goes through accelerate's wrapper (gradients all-reduced across processes)
-    raw = model
-    trainable = model.head if cfg.mode == "head" else model
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    net, opt = accelerator.prepare(trainable, opt)
-    steps_per_epoch = math.ceil(len(train_ex) / cfg.batch_size)
-    step, counters = 0, {"elapsed": 0.0, "pairs": 0, "train_s": 0.0}
-    if resume:
-        step, extra = load_state(ckpt, trainable, opt)
-        counters = extra["counters"]
-    out.mkdir(parents=True, exist_ok=True)
-    metrics_path = out / "metrics.jsonl"
-    if main_proc:
-        old = [x for x in metrics_path.read_text().splitlines() if x.strip()] if resume and metrics_path.is_file() else []
-        metrics_path.write_text("".join(x + "\n" for x in old if json.loads(x)["step"] <= step))
-        (out / "config.json").write_text(json.dumps(vars(cfg), indent=2))
+    def state(self):
+        return self.trainable, self.opt
 
-    def checkpoint() -> None:
-        if main_proc:
-            counters["elapsed"] = time.time() - t_start
-            save_state(ckpt, trainable, opt, step, {"counters": counters, "mode": cfg.mode})
+    def state_extra(self) -> dict:
+        return {"counters": {**self.counters, "elapsed": self.seconds}, "mode": self.cfg.mode}
 
-    def log(rec: dict) -> None:
-        if main_proc:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
+    def load_state_extra(self, extra: dict) -> None:
+        self.counters = {k: extra["counters"][k] for k in ("pairs", "train_s")}
+        self.elapsed = float(extra.get("elapsed", extra["counters"]["elapsed"]))
 
-    total = cfg.epochs * steps_per_epoch
-    t_start = time.time() - counters["elapsed"]
-    bar = tqdm(total=total, initial=step, desc=f"reward {cfg.mode}", disable=not (progress and main_proc), dynamic_ncols=True)
-    stopped_by, losses = None, []
-    try:
-        with StopFlag("step") as flag:
-            while step < total:
-                epoch, within = divmod(step, steps_per_epoch)
-                order = torch.randperm(len(train_ex), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
-                rows = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
-                rows = rows[accelerator.process_index :: accelerator.num_processes]
-                t_step = time.time()
-                with accelerator.autocast():
-                    loss = preference_loss(rewards_of(rows), label[rows], None if weight is None else weight[rows])
-                if not torch.isfinite(loss):
-                    raise ValueError(f"step {step}: non-finite loss; stopping (the last checkpoint is kept; lower learning_rate)")
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                counters["pairs"] += len(rows) * accelerator.num_processes
-                counters["train_s"] += time.time() - t_step
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-                over = cfg.max_minutes is not None and time.time() - t_start > cfg.max_minutes * 60
-                if step % steps_per_epoch == 0 or step == total:
-                    rec = {"step": step, "epoch": step // steps_per_epoch, "loss": float(np.mean(losses)),
-                           "pairs_per_s": counters["pairs"] / max(counters["train_s"], 1e-9)}
-                    losses = []
-                    if val_ex:
-                        trainable.eval()
-                        rec.update({f"val_{k}": v for k, v in evaluate_examples(raw, cfg, backbone, val_ex).items()})
-                        trainable.train()
-                    log(rec)
-                if step % cfg.checkpoint_every == 0 or step % steps_per_epoch == 0 or over:
-                    checkpoint()
-                if stop_after_steps is not None and step >= stop_after_steps:
-                    checkpoint()
-                    stopped_by = "stop_after_steps"
-                    break
-                if over:
-                    stopped_by = "time budget"
-                    break
-                if flag.requested:  # Ctrl-C: stop at this step boundary, saved
-                    checkpoint()
-                    stopped_by = "interrupt"
-                    print(f"interrupted at step {step}; checkpoint saved in {ckpt} (--resume continues)", flush=True)
-                    break
-    finally:
-        bar.close()
-    result = {"step": step, "total_steps": total, "stopped_by": stopped_by, "embed_s": embed_s, **counters,
-              "output_dir": str(out)}
-    if step >= total and main_proc:
-        trainable.eval()
-        result["model"] = str(export(raw, cfg, backbone, rewards_of, len(train_ex)))
-    return result
+    def checkpoint_due(self, position: int) -> bool:
+        return position % self.checkpoint_every == 0 or position % self.steps_per_epoch == 0
+
+    def row_position(self, row: dict) -> int:
+        return int(row["step"]) - 1  # rows carry the step count after their step
+
+    def postfix(self, row: dict) -> dict:
+        return {"loss": f"{np.mean(self.losses[-20:]):.4f}"} if self.losses else {}
+
+    def train_step(self, step: int) -> dict | None:
+        cfg, acc, spe = self.cfg, self.accelerator, self.steps_per_epoch
+        epoch, within = divmod(step, spe)
+        order = torch.randperm(len(self.train_ex), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
+        rows = order[within * cfg.batch_size : (within + 1) * cfg.batch_size]
+        rows = rows[acc.process_index :: acc.num_processes]
+        t_step = time.time()
+        with acc.autocast():
+            loss = preference_loss(self.rewards_of(rows), self.label[rows], None if self.weight is None else self.weight[rows])
+        if not torch.isfinite(loss):
+            raise ValueError(f"step {step}: non-finite loss; stopping (the last checkpoint is kept; lower learning_rate)")
+        acc.backward(loss)
+        acc.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.losses.append(loss.item())
+        self.counters["pairs"] += len(rows) * acc.num_processes
+        self.counters["train_s"] += time.time() - t_step
+        done = step + 1
+        if done % spe and done != self.total:
+            return None
+        rec = {"step": done, "epoch": done // spe, "loss": float(np.mean(self.losses)),
+               "pairs_per_s": self.counters["pairs"] / max(self.counters["train_s"], 1e-9)}
+        self.losses = []
+        if self.val_ex:
+            self.trainable.eval()
+            rec.update({f"val_{k}": v for k, v in evaluate_examples(self.raw, cfg, self.backbone, self.val_ex).items()})
+            self.trainable.train()
+        return rec
+
+    def finish(self) -> dict:
+        self.trainable.eval()
+        return {"model": str(export(self.raw, self.cfg, self.backbone, self.rewards_of, len(self.train_ex)))}
+
+
+def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
+    """Run a reward-training config; returns the run's result (steps, counters, the exported model)."""
+    trainer = RewardTrainer(cfg, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
+    res = trainer.run()
+    return {**res, "total_steps": trainer.total, "embed_s": trainer.embed_s, **trainer.counters,
+            "elapsed": trainer.seconds}
 
 
 @torch.no_grad()
@@ -376,6 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stop-after-steps", type=int, default=None, help="checkpoint and stop after this step (simulates a kill)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    setup_logging()
     try:
         cfg = RewardTrainConfig.from_cli(args.config, args.set)
         res = train(cfg, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=not args.no_progress)

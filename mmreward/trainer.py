@@ -101,6 +101,10 @@ class Trainer:
         entries for the run's result."""
         return {}
 
+    def checkpoint_due(self, position: int) -> bool:
+        """Whether to checkpoint after ``position`` units (besides the end, the budget and Ctrl-C)."""
+        return position % self.checkpoint_every == 0
+
     def row_position(self, row: dict) -> int:
         """The 0-based unit a metrics row was written by (rows at or after the resumed position are redone)."""
         return int(row[self.unit])
@@ -195,7 +199,7 @@ class Trainer:
                     if row is not None and (post := self.postfix(row)):
                         bar.set_postfix(post)
                     stop = self.stop_after is not None and self.position >= self.stop_after
-                    if self.position % self.checkpoint_every == 0 or self.position == self.total or stop:
+                    if self.checkpoint_due(self.position) or self.position == self.total or stop:
                         self.checkpoint()
                     if stop:
                         self.stopped_by = f"stop_after_{self.unit}s"

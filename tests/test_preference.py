@@ -347,7 +347,7 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resume_finishes_the_run(tmp_path, o
     code, output = interrupt_when([sys.executable, "-m", "mmreward.train_reward", "--set", "epochs=500", *common],
                                   lambda: metrics.is_file() and bool(metrics.read_text().strip()))
     assert code == 0, output
-    assert "stop requested" in output and "interrupted at step" in output
+    assert "stop requested" in output and "stopped (interrupt) at step" in output
     step, _ = read_state_info(out / "checkpoint")
     assert step >= 6  # at least the first epoch (6 steps of 16 pairs), saved at the step it stopped
     epochs = step // 6 + 1

@@ -58,21 +58,23 @@ class Trainer:
         accelerator: the run's ``accelerate.Accelerator`` (one is made when not given).
         name: the run's name in the bar, the logs and the trackers.
         unit: ``"epoch"`` or ``"step"``: the key of each metrics row and the word in messages.
+        where: the setting that named ``output_dir``, for messages (``--out`` on a command line).
+        checkpoint_name: the checkpoint's subfolder of ``output_dir``.
     """
 
     def __init__(self, output_dir: str | os.PathLike, total: int, config: dict | None = None, *, resume: bool = False,
                  checkpoint_every: int = 1, max_minutes: float | None = None, stop_after: int | None = None,
                  progress: bool = True, accelerator=None, name: str = "train", unit: str = "step",
-                 where: str = "output_dir") -> None:
+                 where: str = "output_dir", checkpoint_name: str = "checkpoint") -> None:
         from accelerate import Accelerator
         from accelerate.logging import get_logger
 
         self.accelerator = accelerator if accelerator is not None else Accelerator(cpu=not torch.cuda.is_available())
         self.logger = get_logger(f"mmalign.{name}")
-        self.out, self.total, self.config = Path(output_dir), int(total), config
+        self.out, self.total, self.run_config = Path(output_dir), int(total), config
         self.resume, self.checkpoint_every, self.max_minutes = resume, int(checkpoint_every), max_minutes
         self.stop_after, self.progress, self.name, self.unit = stop_after, progress, name, unit
-        self.ckpt = run_checkpoint_dir(self.out, resume, where=where)
+        self.ckpt = run_checkpoint_dir(self.out, resume, name=checkpoint_name, where=where)
         self.position = 0  # units done
         self.elapsed = 0.0  # seconds of training before this process started (resumed runs)
         self.stopped_by: str | None = None
@@ -144,8 +146,8 @@ class Trainer:
         if not self.is_main:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
-        if self.config is not None:
-            (self.out / "config.json").write_text(json.dumps(self.config, indent=2))
+        if self.run_config is not None:
+            (self.out / "config.json").write_text(json.dumps(self.run_config, indent=2))
         old = [x for x in path.read_text().splitlines() if x.strip()] if self.resume and path.is_file() else []
         path.write_text("".join(x + "\n" for x in old if self.row_position(json.loads(x)) < self.position))
         return path.open("a")

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffusion_align.dna.folders import load_folder, save_folder
+from mmreward.trainer import Trainer, setup_logging
 
 
 @dataclass
@@ -147,85 +148,99 @@ def world_library(world, n: int, seed: int, noise: float, enriched: float = 8.0,
     return x, y.float()
 
 
+class OracleTrainer(Trainer):
+    """Oracle fitting on the trainer layer: one unit is one optimiser step; at each epoch's end the
+    validation MSE and Pearson r (a metrics row) and, when best so far, the weights saved to ``out``."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None, epochs: int,
+                 batch: int, lr: float, seed: int, val_frac: float, progress: bool, resume: bool,
+                 checkpoint_every: int, stop_after: int | None, extra: dict | None, vocab: int) -> None:
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} sequences but {len(y)} labels")
+        if not torch.isfinite(y).all():
+            raise ValueError("labels contain NaN/inf")
+        super().__init__(out, 0, None, resume=resume, checkpoint_every=checkpoint_every, stop_after=stop_after,
+                         progress=progress, name="oracle", unit="step", where="--out", checkpoint_name="training")
+        self.x, self.y, self.batch, self.seed, self.extra = x, y, batch, seed, extra
+        torch.manual_seed(seed)
+        self.config = config or OracleConfig(length=x.shape[1], vocab=vocab)
+        self.model = SeqCNN(self.config)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr, weight_decay=1e-4)
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+        self.n_val = max(1, int(len(x) * val_frac))
+        self.val, self.tr = perm[: self.n_val], perm[self.n_val :]
+        self.per_epoch = (len(self.tr) + batch - 1) // batch
+        self.total = epochs * self.per_epoch
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(self.opt, lr, total_steps=self.total)
+        self.history: list[dict] = []
+        self.best = float("inf")
+        self.order_ep, self.order = -1, self.tr
+
+    def onehot(self, t: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(t, self.config.vocab).float()
+
+    def state(self):
+        return self.model, self.opt
+
+    def state_extra(self) -> dict:
+        return {"sched": self.sched.state_dict(), "history": self.history, "best": self.best}
+
+    def load_state_extra(self, extra: dict) -> None:
+        self.sched.load_state_dict(extra["sched"])
+        self.history, self.best = extra["history"], extra["best"]
+
+    def checkpoint_due(self, position: int) -> bool:
+        return position % self.per_epoch == 0 or position % self.checkpoint_every == 0
+
+    def row_position(self, row: dict) -> int:
+        return int(row["step"]) - 1
+
+    def train_step(self, step: int) -> dict | None:
+        ep, k = divmod(step, self.per_epoch)
+        if ep != self.order_ep:  # drawn once per epoch, a function of (seed, epoch): resumable mid-epoch
+            gen = torch.Generator().manual_seed(self.seed * 7919 + ep)
+            self.order_ep, self.order = ep, self.tr[torch.randperm(len(self.tr), generator=gen)]
+        self.model.train()
+        idx = self.order[k * self.batch : (k + 1) * self.batch]
+        loss = F.mse_loss(self.model(self.onehot(self.x[idx]))[:, 0], self.y[idx])
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        if (step + 1) % self.per_epoch:
+            return None
+        self.model.eval()  # the epoch's validation, and the best weights so far
+        x, y, val = self.x, self.y, self.val
+        with torch.no_grad():
+            pred = torch.cat([self.model(self.onehot(x[val[i : i + 1024]]))[:, 0] for i in range(0, self.n_val, 1024)])
+        mse = float(F.mse_loss(pred, y[val]))
+        r = float(torch.corrcoef(torch.stack([pred, y[val]]))[0, 1])
+        self.history.append({"epoch": ep, "val_mse": mse, "val_pearson": r, "step": step + 1})
+        self.logger.info(json.dumps(self.history[-1]))
+        if mse < self.best:
+            self.best = mse
+            save_oracle(self.model, self.out, {"trained_on": len(self.tr), "val_mse": mse, "val_pearson": r,
+                                               **(self.extra or {})})
+        return dict(self.history[-1])
+
+
 def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None = None,
                  epochs: int = 10, batch: int = 256, lr: float = 1e-3, seed: int = 0, val_frac: float = 0.05,
                  progress: bool = True, resume: bool = False, checkpoint_every: int = 50,
                  stop_after: int | None = None, extra: dict | None = None, vocab: int = 4) -> dict:
     """Fit :class:`SeqCNN` by MSE on tokens ``x`` ``[N, L]`` and labels ``y`` ``[N]``; the weights of the
     best validation epoch are saved to ``out`` (with ``extra`` in its JSON). Returns the metrics (val MSE and
-    Pearson r per epoch) and the number of optimiser steps done.
+    Pearson r per epoch, also in ``out/metrics.json`` and ``metrics.jsonl``) and the optimiser steps done.
 
     The training state (model, optimizer, schedule, step) goes to ``out/training`` every
     ``checkpoint_every`` steps, at each epoch's end and on Ctrl-C; ``resume`` continues from it (each
     epoch's batch order is a function of ``(seed, epoch)``, so a resumed run gives the weights of an
     uninterrupted one). ``stop_after``: stop, checkpointed, after that many optimiser steps."""
-    from tqdm import tqdm
-
-    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
-    from mmreward.stop import StopFlag
-
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} sequences but {len(y)} labels")
-    if not torch.isfinite(y).all():
-        raise ValueError("labels contain NaN/inf")
-    work = run_checkpoint_dir(out, resume, name="training", where="--out")  # a ConfigError (ValueError)
-    torch.manual_seed(seed)
-    config = config or OracleConfig(length=x.shape[1], vocab=vocab)
-    model = SeqCNN(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    n_val = max(1, int(len(x) * val_frac))
-    val, tr = perm[:n_val], perm[n_val:]
-    per_epoch = (len(tr) + batch - 1) // batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * per_epoch)
-    onehot = lambda t: F.one_hot(t, config.vocab).float()  # noqa: E731
-    step, history, best = 0, [], float("inf")
-    if resume:
-        step, state = load_state(work, model, opt)
-        sched.load_state_dict(state["sched"])
-        history, best = state["history"], state["best"]
-
-    def checkpoint() -> None:
-        save_state(work, model, opt, step, {"sched": sched.state_dict(), "history": history, "best": best})
-
-    def epoch_order(ep: int) -> torch.Tensor:  # a function of (seed, epoch): resumable mid-epoch
-        return tr[torch.randperm(len(tr), generator=torch.Generator().manual_seed(seed * 7919 + ep))]
-
-    bar = tqdm(total=epochs * per_epoch, initial=step, desc="oracle", disable=not progress, dynamic_ncols=True)
-    order_ep, order = -1, tr
-    with StopFlag("step") as flag:
-        while step < epochs * per_epoch and not flag.requested and (stop_after is None or step < stop_after):
-            ep, k = divmod(step, per_epoch)
-            if ep != order_ep:  # drawn once per epoch
-                order_ep, order = ep, epoch_order(ep)
-            model.train()
-            idx = order[k * batch : (k + 1) * batch]
-            loss = F.mse_loss(model(onehot(x[idx]))[:, 0], y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            if step % per_epoch == 0:  # the epoch's validation, and the best weights so far
-                model.eval()
-                with torch.no_grad():
-                    pred = torch.cat([model(onehot(x[val[i : i + 1024]]))[:, 0] for i in range(0, n_val, 1024)])
-                mse = float(F.mse_loss(pred, y[val]))
-                r = float(torch.corrcoef(torch.stack([pred, y[val]]))[0, 1])
-                history.append({"epoch": ep, "val_mse": mse, "val_pearson": r, "step": step})
-                bar.write(json.dumps(history[-1]))
-                if mse < best:
-                    best = mse
-                    save_oracle(model, out, {"trained_on": len(tr), "val_mse": mse, "val_pearson": r, **(extra or {})})
-            if step % per_epoch == 0 or step % checkpoint_every == 0:
-                checkpoint()
-    bar.close()
-    checkpoint()
-    (Path(out) / "metrics.json").write_text(json.dumps(history, indent=1))
-    if flag.requested:
-        print(f"stopped at step {step}; --resume continues from {work}")
-    return {"history": history, "best_val_mse": best, "steps": step}
+    trainer = OracleTrainer(x, y, out, config, epochs, batch, lr, seed, val_frac, progress, resume, checkpoint_every,
+                            stop_after, extra, vocab)
+    res = trainer.run()
+    (Path(out) / "metrics.json").write_text(json.dumps(trainer.history, indent=1))
+    return {"history": trainer.history, "best_val_mse": trainer.best, "steps": res["step"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -245,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue from OUT/training")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed, resumable) after this many steps")
     args = p.parse_args(argv)
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.data:

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from diffusion_align.dna.mdlm import Denoiser, DenoiserConfig, diffusion_loss, save_model
 from diffusion_align.dna.world import ALPHABET, DNAWorld, data_alphabet, encode, read_sequences
+from mmreward.schedules import warmup_cosine
+from mmreward.trainer import Trainer, setup_logging
+
+WARMUP = 200  #: learning-rate warm-up steps
 
 
 @torch.no_grad()
@@ -31,12 +33,87 @@ def validation_elbo(model, x: torch.Tensor, repeats: int = 4, seed: int = 0) -> 
     return float(np.mean(vals))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from tqdm import tqdm
+class PretrainTrainer(Trainer):
+    """Masked-diffusion pretraining on the trainer layer: one unit is one optimiser step; a metrics row
+    (train loss, validation ELBO) every ``eval_every`` steps; ``OUT/training`` holds the checkpoint."""
 
-    from mmreward.checkpoint import load_state, run_checkpoint_dir, save_state
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args.out, args.steps, None, resume=args.resume, checkpoint_every=args.checkpoint_every,
+                         stop_after=args.stop_after, name="mdlm pretrain", unit="step", where="--out",
+                         checkpoint_name="training")
+        self.args = args
+        self.world = DNAWorld()
+        self.data = None
+        self.alphabet = ALPHABET
+        if args.data:
+            seqs = read_sequences(args.data)
+            self.alphabet = data_alphabet(seqs) if args.alphabet == "auto" else args.alphabet
+            data = encode(seqs, self.alphabet)
+            g = torch.Generator().manual_seed(args.seed)
+            data = data[torch.randperm(len(data), generator=g)]
+            self.val, self.data = data[: min(1000, len(data) // 10)], data[min(1000, len(data) // 10) :]
+            length = self.data.shape[1]
+        else:
+            self.val = self.world.sample(1000, np.random.default_rng(10**6))
+            length = self.world.length
+        torch.manual_seed(args.seed)
+        self.model = Denoiser(DenoiserConfig(vocab=len(self.alphabet), length=length, channels=args.channels))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: warmup_cosine(s, args.steps, 1.0, WARMUP))
+        self.losses: list[float] = []
+        self.t0 = time.time()
+
+    def batch_at(self, s: int) -> torch.Tensor:
+        """The batch of step ``s``: a function of (seed, step), so runs resume exactly."""
+        rng = np.random.default_rng([self.args.seed, s])
+        if self.data is None:
+            return self.world.sample(self.args.batch, rng)
+        return self.data[torch.from_numpy(rng.integers(len(self.data), size=self.args.batch))]
+
+    def state(self):
+        return self.model, self.opt
+
+    def state_extra(self) -> dict:
+        return {"sched": self.sched.state_dict()}
+
+    def load_state_extra(self, extra: dict) -> None:
+        self.sched.load_state_dict(extra["sched"])
+
+    def row_position(self, row: dict) -> int:
+        return int(row["step"]) - 1
+
+    def train_step(self, step: int) -> dict | None:
+        g = torch.Generator().manual_seed(self.args.seed * 7919 + step)
+        self.model.train()
+        loss = diffusion_loss(self.model, self.batch_at(step), g)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.losses.append(loss.item())
+        done = step + 1
+        if done % self.args.eval_every and done != self.args.steps:
+            return None
+        self.model.eval()
+        rec = {"step": done, "train_loss": float(np.mean(self.losses[-50:])), "val_elbo": validation_elbo(self.model, self.val),
+               "elapsed_s": time.time() - self.t0}
+        self.logger.info(json.dumps(rec))
+        return rec
+
+    def postfix(self, row: dict) -> dict:
+        return {"loss": f"{np.mean(self.losses[-50:]):.4f}"}
+
+    def save_model(self) -> dict:
+        self.model.eval()
+        info = {"steps": self.position, "val_elbo_nats_per_base": validation_elbo(self.model, self.val),
+                "data": self.args.data or "DNAWorld(seed=0)", "alphabet": self.alphabet}
+        save_model(self.model, self.args.out, info)
+        return info
+
+
+def main(argv: list[str] | None = None) -> dict:
     from mmreward.config_file import ConfigError
-    from mmreward.stop import StopFlag
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -53,87 +130,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed, resumable) after this many steps")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
     try:
-        work = run_checkpoint_dir(out, args.resume, name="training", where="--out")
+        trainer = PretrainTrainer(args)
     except ConfigError as e:
         raise SystemExit(str(e)) from e
-
-    world = DNAWorld()
-    data = None
-    alphabet = ALPHABET
-    if args.data:
-        seqs = read_sequences(args.data)
-        alphabet = data_alphabet(seqs) if args.alphabet == "auto" else args.alphabet
-        data = encode(seqs, alphabet)
-        g = torch.Generator().manual_seed(args.seed)
-        data = data[torch.randperm(len(data), generator=g)]
-        val, data = data[: min(1000, len(data) // 10)], data[min(1000, len(data) // 10) :]
-        length = data.shape[1]
-    else:
-        val = world.sample(1000, np.random.default_rng(10**6))
-        length = world.length
-    torch.manual_seed(args.seed)
-    model = Denoiser(DenoiserConfig(vocab=len(alphabet), length=length, channels=args.channels))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0, betas=(0.9, 0.98))
-    warmup = 200
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
-    step = 0
-    if args.resume:
-        step, extra = load_state(work, model, opt)
-        sched.load_state_dict(extra["sched"])
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = out / "metrics.jsonl"
-    if not args.resume:
-        metrics.write_text("")
-
-    def batch_at(s: int) -> torch.Tensor:  # a function of (seed, step): resumable
-        rng = np.random.default_rng([args.seed, s])
-        if data is None:
-            return world.sample(args.batch, rng)
-        return data[torch.from_numpy(rng.integers(len(data), size=args.batch))]
-
-    def checkpoint() -> None:
-        save_state(work, model, opt, step, {"sched": sched.state_dict()})
-
-    bar = tqdm(total=args.steps, initial=step, desc="mdlm pretrain", dynamic_ncols=True)
-    t0, losses = time.time(), []
-    with StopFlag("step") as flag, metrics.open("a") as log:
-        while step < args.steps and not flag.requested and (args.stop_after is None or step < args.stop_after):
-            g = torch.Generator().manual_seed(args.seed * 7919 + step)
-            model.train()
-            loss = diffusion_loss(model, batch_at(step), g)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            losses.append(loss.item())
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-            rec = None
-            if step % args.eval_every == 0 or step == args.steps:
-                model.eval()
-                rec = {"step": step, "train_loss": float(np.mean(losses[-50:])), "val_elbo": validation_elbo(model, val),
-                       "elapsed_s": time.time() - t0}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                tqdm.write(json.dumps(rec))
-            if step % args.checkpoint_every == 0:
-                checkpoint()
-    bar.close()
-    checkpoint()
-    model.eval()
-    info = {"steps": step, "val_elbo_nats_per_base": validation_elbo(model, val), "data": args.data or "DNAWorld(seed=0)",
-            "alphabet": alphabet}
-    save_model(model, out, info)
-    if flag.requested:
-        print(f"stopped at step {step}; --resume continues from {work}")
-    return info
+    trainer.run()
+    return trainer.save_model()  # the weights reached, also when stopped early (--resume continues)
 
 
 if __name__ == "__main__":

@@ -59,13 +59,14 @@ class Trainer:
         name: the run's name in the bar, the logs and the trackers.
         unit: ``"epoch"`` or ``"step"``: the key of each metrics row and the word in messages.
         where: the setting that named ``output_dir``, for messages (``--out`` on a command line).
-        checkpoint_name: the checkpoint's subfolder of ``output_dir``.
+        checkpoint_name: the checkpoint's subfolder of ``output_dir`` (``""``: the folder itself).
+        metrics_file: the name of the metrics log in ``output_dir``.
     """
 
     def __init__(self, output_dir: str | os.PathLike, total: int, config: dict | None = None, *, resume: bool = False,
                  checkpoint_every: int = 1, max_minutes: float | None = None, stop_after: int | None = None,
                  progress: bool = True, accelerator=None, name: str = "train", unit: str = "step",
-                 where: str = "output_dir", checkpoint_name: str = "checkpoint") -> None:
+                 where: str = "output_dir", checkpoint_name: str = "checkpoint", metrics_file: str = "metrics.jsonl") -> None:
         from accelerate import Accelerator
         from accelerate.logging import get_logger
 
@@ -75,6 +76,8 @@ class Trainer:
         self.resume, self.checkpoint_every, self.max_minutes = resume, int(checkpoint_every), max_minutes
         self.stop_after, self.progress, self.name, self.unit = stop_after, progress, name, unit
         self.ckpt = run_checkpoint_dir(self.out, resume, name=checkpoint_name, where=where)
+        self.metrics_file = metrics_file
+        self.np_rng = None  # a numpy Generator whose state checkpoints carry (set by subclasses that draw from one)
         self.position = 0  # units done
         self.elapsed = 0.0  # seconds of training before this process started (resumed runs)
         self.stopped_by: str | None = None
@@ -131,18 +134,18 @@ class Trainer:
         if self.is_main:
             module, opt = self.state()
             extra = {**self.state_extra(), "elapsed": self.seconds}
-            save_state(self.ckpt, module, opt, self.position, extra)
+            save_state(self.ckpt, module, opt, self.position, extra, self.np_rng)
             self.on_checkpoint(self.ckpt)
         self._saved = self.position
 
     def _restore(self) -> None:
         module, opt = self.state()
-        self.position, extra = load_state(self.ckpt, module, opt)
+        self.position, extra = load_state(self.ckpt, module, opt, self.np_rng)
         self.elapsed = float(extra.get("elapsed", 0.0))
         self.load_state_extra(extra)
 
     def _open_metrics(self):
-        path = self.out / "metrics.jsonl"
+        path = self.out / self.metrics_file
         if not self.is_main:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
@@ -220,3 +223,41 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return {self.unit: self.position, "stopped_by": self.stopped_by, "output_dir": str(self.out), **result}
+
+
+class StepTrainer(Trainer):
+    """A trainer from functions, for the scripts that train the embedded models: ``step(i) -> row | None``
+    is one optimiser step, ``modules`` / ``opt`` (and ``np_rng``) are what checkpoints hold, ``extra_state``
+    / ``load_extra`` any JSON-able state besides. Their layout: the work folder holds the checkpoint and
+    ``log.jsonl`` (rows keyed by the step count after the step), and a rerun of the command resumes."""
+
+    def __init__(self, work: str | os.PathLike, total: int, modules: torch.nn.Module, opt: torch.optim.Optimizer, step,
+                 *, np_rng=None, extra_state=None, load_extra=None, checkpoint_every: int = 200,
+                 stop_after: int | None = None, name: str = "train", progress: bool = True) -> None:
+        from .checkpoint import has_state
+
+        super().__init__(work, total, None, resume=has_state(work), checkpoint_every=checkpoint_every,
+                         stop_after=stop_after, progress=progress, name=name, unit="step", where="--work",
+                         checkpoint_name="", metrics_file="log.jsonl")
+        self.modules, self.opt, self._step, self.np_rng = modules, opt, step, np_rng
+        self._extra_state, self._load_extra = extra_state, load_extra
+
+    def state(self):
+        return self.modules, self.opt
+
+    def state_extra(self) -> dict:
+        return self._extra_state() if self._extra_state else {}
+
+    def load_state_extra(self, extra: dict) -> None:
+        if self._load_extra:
+            self._load_extra(extra)
+
+    def row_position(self, row: dict) -> int:
+        return int(row["step"]) - 1
+
+    def train_step(self, i: int) -> dict | None:
+        row = self._step(i)
+        if row is not None:
+            row["time"] = self.seconds
+        return row
+

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from mmreward.checkpoint import has_state, load_state, save_state
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.data import sample_batch
+from mmreward.trainer import StepTrainer, setup_logging
 
 from .shapes_t2i import SCHEDULER_CONFIG, TEXT_MAX_LENGTH, build_components, save_pipeline
 
@@ -43,41 +43,31 @@ def encode_prompts(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 
 def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, seed_offset: int) -> Path:
-    """Shared resumable training loop: ``step_fn(rng) -> (loss, logs)`` is called ``args.steps`` times."""
+    """One stage's resumable training (:class:`mmreward.trainer.StepTrainer` in ``--work/<stage>``):
+    ``step_fn(rng) -> (loss, logs)`` is called ``args.steps`` times, under a warm-up + cosine schedule."""
     work = Path(args.work) / stage
     work.mkdir(parents=True, exist_ok=True)
     params = [p for p in modules.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     rng = np.random.default_rng(args.seed + seed_offset)
     torch.manual_seed(args.seed + seed_offset)
-    step, extra = 0, {"elapsed": 0.0}
-    if has_state(work):
-        step, extra = load_state(work, modules, opt, rng)
-        print(f"{stage}: resumed from step {step}")
-    t0 = time.time() - extra["elapsed"]
-    log = (work / "log.jsonl").open("a")
-    bar = tqdm(total=args.steps, initial=step, desc=stage, dynamic_ncols=True)
-    while step < args.steps:
+
+    def step(i: int) -> dict:
         for g in opt.param_groups:
-            g["lr"] = warmup_cosine(step, args.steps, lr, warmup=100)
+            g["lr"] = warmup_cosine(i, args.steps, lr, warmup=100)
         loss, logs = step_fn(rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        log.write(json.dumps({"step": step, "loss": loss.item(), **logs, "time": time.time() - t0}) + "\n")
-        log.flush()
-        if step % args.ckpt_every == 0 or step == args.steps or step == args.stop_after:
-            save_state(work, modules, opt, step, {"elapsed": time.time() - t0}, rng)
-        if args.stop_after is not None and step >= args.stop_after:
-            break
-    bar.close()
-    if step >= args.steps:
-        timing = {"steps": step, "batch": args.batch, "wall_time_s": round(time.time() - t0, 1), "threads": args.threads,
-                  "device": args.device}
+        return {"step": i + 1, "loss": loss.item(), **logs}
+
+    trainer = StepTrainer(work, args.steps, modules, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
+                          stop_after=args.stop_after, name=stage)
+    trainer.run()
+    if trainer.position >= args.steps:
+        timing = {"steps": trainer.position, "batch": args.batch, "wall_time_s": round(trainer.seconds, 1),
+                  "threads": args.threads, "device": args.device}
         (work / "timing.json").write_text(json.dumps(timing))
     return work
 
@@ -282,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage == "distill" and args.out is None:
         args.out = "assets/shapesworld-t2i"
     torch.set_num_threads(args.threads)
+    setup_logging()
     {"vae": stage_vae, "teacher": stage_teacher, "distill": stage_distill}[args.stage](args)
 
 

@@ -17,19 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from mmreward.backbones import save_open_clip
-from mmreward.checkpoint import has_state, load_state, save_state
 from mmreward.clip_training import add_training_args, model_config, optimizer_step, round_to_fp16
 from mmreward.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmreward.schedules import warmup_cosine
+from mmreward.trainer import StepTrainer, setup_logging
 
 from .scene_data import load_dataset, render_dataset, save_dataset
 from .tasks import TASKS
@@ -131,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     import open_clip
 
     torch.set_num_threads(args.threads)
+    setup_logging()
     torch.manual_seed(args.seed)
     cfg = model_config(CLIP_CFG, args.tiny, image_size=32)
     size = cfg["vision_cfg"]["image_size"]
@@ -161,11 +160,6 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.98), eps=1e-6)
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    step, extra = 0, {"elapsed": 0.0}
-    if has_state(work):
-        step, extra = load_state(work, model, opt, rng)
-        gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8))
-        print(f"resumed from step {step}")
     ctx = cfg["text_cfg"]["context_length"]
     tokens = open_clip.tokenize(vocab, context_length=ctx)
     held = torch.tensor(held_idx)
@@ -173,13 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     held_env = [env_of[i] for i in held_idx]
     envs, weights = list(ENV_WEIGHTS), np.array(list(ENV_WEIGHTS.values()))
 
-    def state_extra() -> dict:
-        return {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist(), "vocab": vocab}
-
-    log = (work / "log.jsonl").open("a")
-    t0 = time.time() - extra["elapsed"]
-    bar = tqdm(total=args.steps, initial=step, desc="vlm-rl-clip", dynamic_ncols=True)
-    while step < args.steps:
+    def step(i: int) -> dict:
         model.train()
         counts = rng.multinomial(args.batch, weights / weights.sum())
         idx = torch.cat([train_idx[e][torch.from_numpy(rng.integers(len(train_idx[e]), size=m))] for e, m in zip(envs, counts)])
@@ -188,27 +176,25 @@ def main(argv: list[str] | None = None) -> dict:
         txt = F.normalize(model.encode_text(tokens), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T + model.logit_bias  # [B, V]
         loss = F.binary_cross_entropy_with_logits(logits, labels[idx])
-        optimizer_step(opt, loss, model.parameters(), warmup_cosine(step, args.steps, args.lr, args.warmup))
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}", scale=f"{model.logit_scale.exp().item():.1f}")
-        rec = {"step": step, "loss": loss.item(), "time": time.time() - t0}
-        if step % args.eval_every == 0 or step == args.steps:
+        optimizer_step(opt, loss, model.parameters(), warmup_cosine(i, args.steps, args.lr, args.warmup))
+        rec = {"step": i + 1, "loss": loss.item()}
+        if (i + 1) % args.eval_every == 0 or i + 1 == args.steps:
             rec["eval"] = evaluate(model, held_pixels, labels[held], vocab, held_env, cap_env, ctx)
-            tqdm.write(f"step {step}: mean AUC {rec['eval']['mean_auc']:.3f}, reward~success "
-                       f"{json.dumps({k: round(v, 3) for k, v in rec['eval']['task_reward_success_pearson'].items()})}")
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        if step % args.ckpt_every == 0 or step == args.steps or (args.stop_after is not None and step >= args.stop_after):
-            save_state(work, model, opt, step, state_extra(), rng)
-        if args.stop_after is not None and step >= args.stop_after:
-            bar.close()
-            return {"steps": step, "stopped": True}
-    bar.close()
+            trainer.logger.info(f"step {i + 1}: mean AUC {rec['eval']['mean_auc']:.3f}, reward~success "
+                                f"{json.dumps({k: round(v, 3) for k, v in rec['eval']['task_reward_success_pearson'].items()})}")
+        return rec
+
+    trainer = StepTrainer(
+        work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every, stop_after=args.stop_after,
+        name="vlm-rl-clip", extra_state=lambda: {"gen_state": gen.get_state().tolist(), "vocab": vocab},
+        load_extra=lambda extra: gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8)))
+    trainer.run()
+    if trainer.position < args.steps:
+        return {"steps": trainer.position, "stopped": True}
     round_to_fp16(model)
     final = evaluate(model, held_pixels, labels[held], vocab, held_env, cap_env, ctx)
     save_open_clip(model.half(), cfg, args.out, {"resize_mode": "squash", "interpolation": "bicubic"})
-    summary = {"steps": step, "wall_time_s": time.time() - t0, "held_out": final, "vocab": vocab,
+    summary = {"steps": trainer.position, "wall_time_s": trainer.seconds, "held_out": final, "vocab": vocab,
                "frames": {e: int(max(20, n * args.frames_scale)) for e, n in ENV_FRAMES.items()},
                "config": cfg, "args": vars(args)}
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2))

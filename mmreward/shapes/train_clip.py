@@ -19,18 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
-from ..checkpoint import has_state, load_state, save_state
 from ..clip_training import add_training_args, model_config, optimizer_step, round_to_fp16
 from ..schedules import warmup_cosine
+from ..trainer import StepTrainer, setup_logging
 from .clip_eval import hard_negative_accuracy, hard_negative_items
 from .data import sample_batch, to_tensor
 from .evaluator import judge, scene_detections
@@ -180,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     import open_clip
 
     torch.set_num_threads(args.threads)
+    setup_logging()
     torch.manual_seed(args.seed)
     cfg = model_config(CLIP_CFG, args.tiny)
     model = open_clip.CLIP(**cfg).to(args.device)
@@ -196,21 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     rng = np.random.default_rng(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    step, extra = 0, {"elapsed": 0.0}
-    if has_state(work):
-        step, extra = load_state(work, modules, opt, rng)
-        gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8))
-        print(f"resumed from step {step}")
     pre = _preprocess_from_open_clip(model).to(args.device)
     backbone = OpenClipBackbone(model, lambda t: tokenizer(t, context_length=ctx), pre)
     eval_metas = [{**m, "held_out": m.get("held_out", False)} for m in load_suite("eval")]
     eval_items = hard_negative_items(eval_metas[:: 2 if args.tiny else 1], seed=12345)
-    log = (work / "log.jsonl").open("a")
-    t0 = time.time() - extra["elapsed"]
-    bar = tqdm(total=args.steps, initial=step, desc="shapesworld-clip", dynamic_ncols=True)
-    while step < args.steps:
+
+    def step(i: int) -> dict:
         model.train()
         images, metas, negs, scenes = make_batch(rng, args.batch, args.negatives, args.paired)
         pixels = pre(augment(images, gen).to(args.device))
@@ -228,32 +218,30 @@ def main(argv: list[str] | None = None) -> dict:
         loss = contrastive_loss(logits, target, n_pos, true, args.targets)
         aux = layout_loss(modules["layout"], img, scenes) if args.aux_weight > 0 else torch.zeros(())
         loss = loss + args.aux_weight * aux
-        optimizer_step(opt, loss, modules.parameters(), lr_at(step))
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", layout=f"{aux.item():.3f}", scale=f"{scale.item():.1f}")
-        rec = {"step": step, "loss": loss.item(), "layout_loss": aux.item(), "lr": lr_at(step - 1), "time": time.time() - t0}
-        if step % args.eval_every == 0 or step == args.steps:
+        optimizer_step(opt, loss, modules.parameters(), lr_at(i))
+        rec = {"step": i + 1, "loss": loss.item(), "layout_loss": aux.item(), "lr": lr_at(i)}
+        if (i + 1) % args.eval_every == 0 or i + 1 == args.steps:
             model.eval()
             backbone.clear_cache()
             rec["eval"] = hard_negative_accuracy(backbone, eval_items)
-            tqdm.write(f"step {step}: hard-negative accuracy {json.dumps(rec['eval'])}")
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        if step % args.ckpt_every == 0 or step == args.steps:
-            save_state(work, modules, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
-        if args.stop_after is not None and step >= args.stop_after:
-            save_state(work, modules, opt, step, {"elapsed": time.time() - t0, "gen_state": gen.get_state().tolist()}, rng)
-            bar.close()
-            return {"steps": step, "stopped": True}
-    bar.close()
+            trainer.logger.info(f"step {i + 1}: hard-negative accuracy {json.dumps(rec['eval'])}")
+        return rec
+
+    trainer = StepTrainer(
+        args.work, args.steps, modules, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
+        stop_after=args.stop_after, name="shapesworld-clip",
+        extra_state=lambda: {"gen_state": gen.get_state().tolist()},
+        load_extra=lambda extra: gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8)))
+    trainer.run()
+    if trainer.position < args.steps:
+        return {"steps": trainer.position, "stopped": True}
     model.eval()
     backbone.to("cpu")
     round_to_fp16(model)
     backbone.clear_cache()
     final = hard_negative_accuracy(backbone, eval_items)
     save_open_clip(model.half(), cfg, args.out)
-    summary = {"steps": step, "wall_time_s": time.time() - t0, "hard_negative_accuracy": final, "config": cfg,
+    summary = {"steps": trainer.position, "wall_time_s": trainer.seconds, "hard_negative_accuracy": final, "config": cfg,
                "args": vars(args)}
     (Path(args.out) / "training.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(final, indent=2))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
-from tqdm import tqdm
 
-from ..checkpoint import has_state, load_state, save_state
+from ..schedules import warmup_cosine
+from ..trainer import StepTrainer, setup_logging
 from .shape_net import CLASSES, ShapeNet, crop_square, save_shape_net
 
 SS = 4  #: supersampling of the 64-px canvas
@@ -250,15 +249,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after this step (simulates a kill)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    setup_logging()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = ShapeNet(args.width)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    work = Path(args.work)
-    step, extra = 0, {"elapsed": 0.0}
-    if has_state(work):
-        step, extra = load_state(work, model, opt, rng)
-        print(f"resumed from step {step}")
     # a fixed pool of drawn masks (the same for a resumed run), sampled with a random left-right flip
     xp, yp = make_batch(np.random.default_rng(20_000 + args.seed), args.pool)
     xv, yv = make_batch(np.random.default_rng(10_000 + args.seed), 2000)
@@ -266,11 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
         fold = tuple(int(v) for v in args.real_fold.split("/")) if args.real_fold else None
         xr, yr = labelled_objects(args.real, args.real_split, fold)
         print(f"{len(yr)} people-named objects from {args.real} ({args.real_split})")
-    t0 = time.time() - extra["elapsed"]
-    work.mkdir(parents=True, exist_ok=True)
-    log = (work / "log.jsonl").open("a")
-    bar = tqdm(total=args.steps, initial=step, desc="shape-net", dynamic_ncols=True)
-    while step < args.steps:
+
+    def step(i: int) -> dict:
         model.train()
         idx = torch.from_numpy(rng.integers(0, args.pool, size=args.batch))
         x, y = xp[idx], yp[idx]
@@ -279,33 +271,29 @@ def main(argv: list[str] | None = None) -> dict:
             x, y = torch.cat([x, xr[idx]]), torch.cat([y, yr[idx]])
         flip = torch.from_numpy(rng.random(len(y)) < 0.5)
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        for g in opt.param_groups:  # cosine decay
-            g["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+        for g in opt.param_groups:  # cosine decay (no warm-up)
+            g["lr"] = warmup_cosine(i, args.steps, args.lr, warmup=1)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-        rec = {"step": step, "loss": loss.item(), "time": time.time() - t0}
-        if step % args.ckpt_every == 0 or step == args.steps:
+        rec = {"step": i + 1, "loss": loss.item()}
+        if (i + 1) % args.ckpt_every == 0 or i + 1 == args.steps:
             model.eval()
             with torch.no_grad():
                 rec["val_accuracy"] = (model(xv).argmax(-1) == yv).float().mean().item()
-            tqdm.write(f"step {step}: loss {loss.item():.3f}, synthetic val accuracy {rec['val_accuracy']:.3f}")
-            save_state(work, model, opt, step, {"elapsed": time.time() - t0}, rng)
-        log.write(json.dumps(rec) + "\n")
-        log.flush()
-        if args.stop_after is not None and step >= args.stop_after:
-            save_state(work, model, opt, step, {"elapsed": time.time() - t0}, rng)
-            bar.close()
-            return {"steps": step, "stopped": True}
-    bar.close()
+            trainer.logger.info(f"step {i + 1}: loss {loss.item():.3f}, synthetic val accuracy {rec['val_accuracy']:.3f}")
+        return rec
+
+    trainer = StepTrainer(args.work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
+                          stop_after=args.stop_after, name="shape-net")
+    trainer.run()
+    if trainer.position < args.steps:
+        return {"steps": trainer.position, "stopped": True}
     model.eval()
     with torch.no_grad():
         val = (model(xv).argmax(-1) == yv).float().mean().item()
-    summary = {"steps": step, "wall_time_s": time.time() - t0, "synthetic_val_accuracy": val,
+    summary = {"steps": trainer.position, "wall_time_s": trainer.seconds, "synthetic_val_accuracy": val,
                "training": {k: v for k, v in vars(args).items() if k not in ("out", "work", "threads", "stop_after")}}
     save_shape_net(model, args.out, summary)
     print(json.dumps(summary, indent=2))

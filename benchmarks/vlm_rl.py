@@ -219,7 +219,8 @@ def train_and_curve(cfg: RLConfig, eval_over: dict, episodes: int) -> list[dict]
 
     cfg.keep_snapshots = True
     ckpt = Path(cfg.output_dir) / "checkpoint"
-    if train(cfg, resume=True)["stopped_by"] == "interrupt":
+    resume = (Path(cfg.output_dir) / "checkpoint" / "model.zip").is_file()  # a later chunk continues the run
+    if train(cfg, resume=resume)["stopped_by"] == "interrupt":
         raise SystemExit(f"interrupted; checkpoint kept in {ckpt} (rerun the same command to continue)")
     curve_file = Path(cfg.output_dir) / "bench_curve.json"
     curve = json.loads(curve_file.read_text()) if curve_file.is_file() else []

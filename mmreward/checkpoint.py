@@ -77,19 +77,21 @@ def has_state(folder: str | os.PathLike) -> bool:
 
 
 def run_checkpoint_dir(output_dir: str | os.PathLike, resume: bool, name: str = "checkpoint",
-                       where: str = "output_dir") -> Path:
+                       where: str = "output_dir", marker: str = STATE_FILE) -> Path:
     """``output_dir/name`` of a training run, checked against ``resume``: ``--resume`` needs a checkpoint
     there, and a fresh run refuses to overwrite one (:class:`ConfigError` either way). ``where`` names the
-    setting that chose ``output_dir`` in the message (``output_dir`` in a config, ``--out`` on a command line)."""
+    setting that chose ``output_dir`` in the message (``output_dir`` in a config, ``--out`` on a command line);
+    ``marker`` is the file whose presence means a checkpoint (another library's, e.g. SB3's ``model.zip``)."""
     from .config_file import ConfigError
 
     out = Path(output_dir)
     ckpt = out / name
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{where} {out} is a file, expected a directory")
-    if resume and not has_state(ckpt):
+    held = (ckpt / marker).is_file()
+    if resume and not held:
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
-    if not resume and has_state(ckpt):
+    if not resume and held:
         raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another {where}")
     return ckpt
 

@@ -25,8 +25,19 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_state, run_checkpoint_dir, save_state
+from .checkpoint import has_state, load_state, run_checkpoint_dir, save_state
 from .stop import StopFlag
+
+
+def trim_metrics(path: Path, keep) -> None:
+    """Rewrite the JSONL log ``path`` with only the rows ``keep(row)`` accepts (a resumed run drops the rows
+    a killed run wrote after its last checkpoint); written to a temp file and renamed."""
+    if not path.is_file():
+        return
+    rows = [x for x in path.read_text().splitlines() if x.strip()]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(x + "\n" for x in rows if keep(json.loads(x))))
+    os.replace(tmp, path)
 
 
 def setup_logging(level: int = 20) -> None:
@@ -151,8 +162,10 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.run_config is not None:
             (self.out / "config.json").write_text(json.dumps(self.run_config, indent=2))
-        old = [x for x in path.read_text().splitlines() if x.strip()] if self.resume and path.is_file() else []
-        path.write_text("".join(x + "\n" for x in old if self.row_position(json.loads(x)) < self.position))
+        if self.resume:
+            trim_metrics(path, lambda row: self.row_position(row) < self.position)
+        else:
+            path.write_text("")
         return path.open("a")
 
     def log(self, row: dict) -> None:
@@ -209,7 +222,7 @@ class Trainer:
                     if stop:
                         self.stopped_by = f"stop_after_{self.unit}s"
                         break
-                if self._saved != self.position:
+                if self._saved != self.position or not has_state(self.ckpt):  # (stopped before a first unit)
                     self.checkpoint()
                 if self.is_main and self.position >= self.total:
                     result = self.finish()

@@ -55,6 +55,26 @@ def test_train_logs_vlm_and_ground_truth_and_resumes(tmp_path, open_clip_dir):
     assert any(not (moved[k] == first[k]).all() for k in first)  # the resumed run trained further
 
 
+def test_a_finished_run_is_never_overwritten_and_resume_drops_rows_after_the_checkpoint(tmp_path, open_clip_dir):
+    """A fresh run into a folder holding a checkpoint is refused (it used to replace the checkpoint and empty
+    metrics.jsonl); --resume without one is refused; a resumed run drops the episodes a killed run logged
+    after its checkpoint."""
+    cfg = cartpole_cfg(tmp_path, open_clip_dir, total_steps=64)
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoint"
+    before = (ckpt / "policy.safetensors").read_bytes(), (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(ConfigError, match="already holds a checkpoint: pass --resume"):
+        train(cfg)
+    assert ((ckpt / "policy.safetensors").read_bytes(), (tmp_path / "run" / "metrics.jsonl").read_text()) == before
+    with pytest.raises(ConfigError, match="--resume: no checkpoint"):
+        train(cartpole_cfg(tmp_path / "other", open_clip_dir), resume=True)
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:  # a killed run's episode past the checkpoint
+        f.write(json.dumps({"step": 96, "vlm_return": 0.0, "gt_return": 0.0, "success_fraction": 0.0}) + "\n")
+    train(cartpole_cfg(tmp_path, open_clip_dir, total_steps=128), resume=True)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and steps.count(96) == 0 and steps[-1] == 128
+
+
 def test_evaluate_reports_success_and_writes_a_video(tmp_path, open_clip_dir):
     cfg = cartpole_cfg(tmp_path, open_clip_dir, total_steps=64)
     train(cfg)

@@ -23,6 +23,9 @@ from safetensors.torch import save_file
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
+from mmreward.checkpoint import run_checkpoint_dir
+from mmreward.trainer import trim_metrics
+
 from .builders import build_vec_env, make_agent
 from .config import ConfigError, RLConfig
 
@@ -93,19 +96,19 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     from stable_baselines3 import DQN, PPO, SAC
 
     out = Path(cfg.output_dir)
+    # a fresh run never replaces a checkpoint, --resume needs one (SB3's model.zip)
+    ckpt = run_checkpoint_dir(out, resume, marker="model.zip")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(vars(cfg), sort_keys=False))
     env = build_vec_env(cfg, cfg.seed)
-    ckpt = out / "checkpoint"
-    if resume and (ckpt / "model.zip").is_file():
+    if resume:
         algo = {"sac": SAC, "ppo": PPO, "dqn": DQN}[cfg.algo]
         model = algo.load(ckpt / "model.zip", env=env)
         if (ckpt / "replay_buffer.pkl").is_file():
             model.load_replay_buffer(ckpt / "replay_buffer.pkl")
         start = int(model.num_timesteps)
+        trim_metrics(out / "metrics.jsonl", lambda row: row["step"] <= start)  # episodes after the checkpoint are redone
     else:
-        if resume:
-            tqdm.write(f"no checkpoint in {ckpt}: starting from scratch")
         (out / "metrics.jsonl").unlink(missing_ok=True)
         model, start = make_agent(cfg, env), 0
     stopped_by = "budget"
@@ -127,9 +130,9 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     try:
         cfg = RLConfig.from_cli(args.config, args.set)
+        info = train(cfg, resume=args.resume)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
-    info = train(cfg, resume=args.resume)
     if info["stopped_by"] == "interrupt":
         raise SystemExit(f"interrupted at step {info['num_timesteps']}; checkpoint kept (--resume continues)")
     from .evaluate import evaluate

@@ -1,0 +1,122 @@
+"""The trainer layer on a toy method: resume after a kill gives the uninterrupted weights and metrics
+(rows the killed run wrote after its checkpoint are dropped), a fresh run never overwrites a checkpoint,
+``--resume`` needs one, the time budget and ``stop_after`` stop at a unit boundary with a checkpoint, and
+the final export happens only when the run is complete."""
+
+import json
+
+import pytest
+import torch
+
+from mmreward.checkpoint import read_state_info
+from mmreward.config_file import ConfigError
+from mmreward.trainer import StepTrainer, Trainer
+
+
+class Toy(Trainer):
+    """Least squares on a fresh batch per step (a function of the step), SGD with momentum."""
+
+    def __init__(self, out, total=6, **kw):
+        super().__init__(out, total, {"toy": True}, checkpoint_every=2, progress=False, name="toy", **kw)
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(3, 1)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9)
+        self.seen = 0
+        self.finished = False
+
+    def state(self):
+        return self.model, self.opt
+
+    def state_extra(self):
+        return {"seen": self.seen}
+
+    def load_state_extra(self, extra):
+        self.seen = extra["seen"]
+
+    def train_step(self, i):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randn(8, 3, generator=g)
+        loss = ((self.model(x)[:, 0] - x.sum(1)) ** 2).mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        self.seen += 8
+        return {"loss": loss.item(), "seen": self.seen}
+
+    def finish(self):
+        self.finished = True
+        return {"exported": True}
+
+
+def rows(folder):
+    return [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
+    full = Toy(tmp_path / "full")
+    res = full.run()
+    assert res == {"step": 6, "stopped_by": None, "output_dir": str(tmp_path / "full"), "exported": True}
+    assert [r["step"] for r in rows(tmp_path / "full")] == list(range(6))
+    assert json.loads((tmp_path / "full" / "config.json").read_text()) == {"toy": True}
+
+    part = Toy(tmp_path / "part", stop_after=3)
+    res = part.run()
+    assert res["step"] == 3 and res["stopped_by"] == "stop_after_steps" and not part.finished
+    assert read_state_info(tmp_path / "part" / "checkpoint")[0] == 3
+    # the killed run went on past its checkpoint and logged two more steps
+    with (tmp_path / "part" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 3, "loss": -1.0, "seen": -1}) + "\n" + json.dumps({"step": 4, "loss": -1.0}) + "\n")
+    with pytest.raises(ConfigError, match="already holds a checkpoint: pass --resume"):
+        Toy(tmp_path / "part")  # a fresh run would overwrite it
+    resumed = Toy(tmp_path / "part", resume=True)
+    assert resumed.run()["step"] == 6 and resumed.finished and resumed.seen == 48
+    assert rows(tmp_path / "part") == rows(tmp_path / "full")  # every step once, the killed run's extras gone
+    for a, b in zip(resumed.model.parameters(), full.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_resume_needs_a_checkpoint_and_the_budget_stops_with_one(tmp_path):
+    with pytest.raises(ConfigError, match="--resume: no checkpoint in"):
+        Toy(tmp_path / "none", resume=True)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file, expected a directory"):
+        Toy(tmp_path / "file")
+    toy = Toy(tmp_path / "budget", total=1000, max_minutes=1e-9)  # over budget before the first step
+    res = toy.run()
+    assert res["stopped_by"] == "time budget" and res["step"] == 0 and not toy.finished
+    assert read_state_info(tmp_path / "budget" / "checkpoint")[0] == 0
+
+
+def test_step_trainer_keeps_the_work_folder_layout_and_resumes_on_rerun(tmp_path):
+    def make(stop_after=None):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+
+        def step(i):
+            x = torch.randn(4, 2, generator=torch.Generator().manual_seed(i))
+            loss = (model(x) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            return {"step": i + 1, "loss": loss.item()}
+
+        return model, StepTrainer(tmp_path / "work", 5, model, opt, step, checkpoint_every=2, stop_after=stop_after,
+                                  progress=False)
+
+    model, trainer = make(stop_after=3)
+    trainer.run()
+    assert (tmp_path / "work" / "state.safetensors").is_file() and trainer.position == 3
+    model, trainer = make()  # the rerun resumes (no flag needed)
+    trainer.run()
+    log = [json.loads(x) for x in (tmp_path / "work" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5] and all(r["time"] >= 0 for r in log)
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(2, 1)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for i in range(5):
+        x = torch.randn(4, 2, generator=torch.Generator().manual_seed(i))
+        ref_opt.zero_grad()
+        (ref(x) ** 2).mean().backward()
+        ref_opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))

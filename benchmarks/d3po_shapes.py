@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from charts import line_chart  # benchmarks/charts.py
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ from diffusion_align.config import SAMPLER_KEYS, TrainConfig
 from diffusion_align.rollout import initial_noise, sample_rollouts
 from diffusion_align.sampling import load_pipeline
 from diffusion_align.train import train
-from mmreward.images import image_grid, line_chart, text_tile, to_uint8, verdict_tile
+from mmreward.images import image_grid, text_tile, to_uint8, verdict_tile
 from mmreward.shapes import load_suite
 from mmreward.shapes.evaluator import category_table, suite_scores
 from mmreward.shapes.generate import repeat_counts
@@ -237,7 +238,8 @@ def main(argv=None) -> dict:
         return result
     write_markdown(result, args.name)
     series = {m: [(c["samples"], c["overall"]) for c in r["curve"]] for m, r in result["methods"].items()}
-    line_chart(series, f"samples drawn (D3PO: {result['minutes']:.0f} min on 2 CPU cores)", "evaluator overall (held-out suite)").save(RESULTS / f"{args.name}_curve.png")
+    line_chart(series, f"samples drawn (D3PO: {result['minutes']:.0f} min on 2 CPU cores)", "evaluator overall (held-out suite)",
+               RESULTS / f"{args.name}_curve.png")
     images = {"base": base_images} | {m: load_file(work / m / "eval_images.safetensors")["images"] for m in result["methods"]}
     sample_grid(suite, images).save(RESULTS / f"{args.name}_samples.png")
     return result

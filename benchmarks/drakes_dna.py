@@ -31,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from charts import line_chart  # noqa: E402  (benchmarks/charts.py)
 
 from diffusion_align.dna.mdlm import load_model, sample
 from diffusion_align.dna.oracle import load_oracle
 from diffusion_align.dna.world import DNAWorld, diversity, kmer_correlation
 from diffusion_align.drakes import DrakesConfig, relaxed_trajectory, train
-from mmreward.images import line_chart
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -229,8 +229,8 @@ def write_markdown(result: dict) -> None:
               for k in names if k in result["methods"]
               for tag, col in (("reward", "reward"), ("eval", "eval_reward"))}
     if series:
-        line_chart(series, "fine-tuning minutes (2 CPU cores)", "mean predicted activity of the batch").save(
-            RESULTS / "drakes_dna_curve.png")
+        line_chart(series, "fine-tuning minutes (2 CPU cores)", "mean predicted activity of the batch",
+                   RESULTS / "drakes_dna_curve.png")
         lines += ["", "![reward curves](drakes_dna_curve.png)"]
     (RESULTS / "drakes_dna.md").write_text("\n".join(lines) + "\n")
 

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from charts import line_chart  # noqa: E402  (benchmarks/charts.py)
 from tqdm import tqdm
 
 from mmreward import load_reward
 from mmreward.bench import evaluate, load_benchmark, score_candidates
-from mmreward.images import line_chart
 from mmreward.preference import read_preferences
 from mmreward.shapes.preferences import KINDS, SCALE_RANGE, faithful, generate, utility
 from mmreward.shapes.prompts import CATEGORIES, hard_negatives, sample_meta, sample_scene
@@ -181,7 +181,7 @@ def main(argv=None) -> dict:
     chart = {k: [(float(n), v) for n, v in b.items()] for k, b in bon.items()
              if k in ("zero-shot CLIPScore", "fine-tuned CLIP", "head (mean of seeds)", "ensemble uwo", "ensemble wco",
                       "oracle (true utility)")}
-    line_chart(chart, "N (candidates per prompt)", "mean true utility of the pick").save(RESULTS / "reward_accuracy_best_of_n.png")
+    line_chart(chart, "N (candidates per prompt)", "mean true utility of the pick", RESULTS / "reward_accuracy_best_of_n.png")
     return result
 
 

@@ -84,6 +84,9 @@ class TrainConfig(YamlConfig):
     checkpoint_every: int = 5  # epochs
     grid_every: int = 1  # epochs (0: never)
     check_weight_sync: bool = False  # all-gather a LoRA checksum after every update (multi-process test)
+    #: experiment trackers of accelerate (``tensorboard``, ``wandb``, ``all``...; installed separately, e.g. the
+    #: ``tensorboard`` extra), fed every metrics row; null: metrics.jsonl only
+    log_with: str | None = None
 
     def validate(self) -> None:
         need(self.method in METHODS, f"method must be one of {METHODS} (or drakes, with its own keys), got {self.method!r}")

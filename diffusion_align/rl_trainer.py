@@ -98,7 +98,13 @@ class DiffusionRLTrainer(Trainer):
         if cfg.mixed_precision != "no" and not torch.cuda.is_available():
             raise ConfigError(f"mixed_precision: {cfg.mixed_precision} needs a GPU; use 'no' on the CPU")
         # no GPU: processes talk over gloo (launched by torchrun, e.g. `accelerate launch --multi_gpu`)
-        accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        tracker = {"log_with": cfg.log_with, "project_dir": cfg.output_dir} if cfg.log_with else {}
+        try:
+            accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(), **tracker)
+        except (ValueError, ImportError) as e:  # an unknown tracker
+            raise ConfigError(f"log_with: {e}") from e
+        if cfg.log_with and not accelerator.log_with:  # accelerate only warns when the tracker is not installed
+            raise ConfigError(f"log_with: {cfg.log_with!r} is not installed (e.g. pip install 'mmalign[tensorboard]')")
         super().__init__(cfg.output_dir, cfg.num_epochs, vars(cfg), resume=resume, checkpoint_every=cfg.checkpoint_every,
                          max_minutes=cfg.max_minutes, stop_after=stop_after_epochs, progress=progress,
                          accelerator=accelerator, name=cfg.method, unit="epoch")

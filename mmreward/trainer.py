@@ -199,6 +199,9 @@ class Trainer:
         self._saved = self.position
         self._t_start = time.time() - self.elapsed
         self._metrics = self._open_metrics()
+        if self.accelerator.log_with:  # trackers (Accelerator(log_with=...)): the config's scalars as hyperparameters
+            hparams = {k: v for k, v in (self.run_config or {}).items() if isinstance(v, (int, float, str, bool))}
+            self.accelerator.init_trackers(self.name.replace(" ", "_"), config=hparams)
         # a time budget usually ends the run before `total`: then the bar just counts
         bar = tqdm(total=None if self.max_minutes else self.total, initial=self.position, desc=self.name,
                    disable=not (self.progress and self.is_main), dynamic_ncols=True)

@@ -2,6 +2,7 @@
 macro accuracy, calibration, and the readers of each benchmark format."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,19 +93,32 @@ def test_cli_scores_a_preference_file_against_its_noise_free_truth(tmp_path, ope
         main(["--reward", f"clip:{open_clip_dir}", "--data", str(tmp_path / "none.json")])
 
 
-def test_line_chart_keeps_the_legend_beside_the_plot():
-    """The benchmarks' charts: every series is drawn in its colour inside the plot, and the legend column
-    right of it holds nothing but the legend (a long name widens the image instead of covering a line)."""
-    from mmreward.images import line_chart
+def test_line_chart_keeps_the_legend_beside_the_plot(tmp_path):
+    """The benchmarks' charts (matplotlib): every series is drawn in its colour inside the axes, and the
+    legend sits right of the axes, so a long name widens the image instead of covering a line."""
+    import sys
+
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from charts import line_chart
 
     series = {"a rather long series name": [(0.0, 0.0), (1.0, 1.0)], "b": [(0.0, 1.0), (1.0, 0.0)]}
-    img = np.asarray(line_chart(series, "x", "y", size=(300, 200)))
-    assert img.shape[:2] == (200, 300 + 28 + 6 * len("a rather long series name"))
-    plot, legend = img[:, :300], img[:, 300:]
-    blue, red = (31, 119, 180), (214, 39, 40)
-    for c in (blue, red):
-        assert (plot == c).all(-1).sum() > 50  # the line itself
-        assert (legend == c).all(-1).sum() > 0  # its legend entry
-    assert (legend[80:] == 255).all()  # below the two entries: blank
+    fig = line_chart(series, "x", "y", tmp_path / "c.png")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == list(series)
+    assert [line.get_xydata().tolist() for line in ax.get_lines()] == [[[0, 0], [1, 1]], [[0, 1], [1, 0]]]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legend, axes = ax.get_legend().get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert legend.x0 > axes.x1  # beside the plot, not on it
+    img = np.asarray(Image.open(tmp_path / "c.png").convert("RGB"))
+    assert img.shape[1] > img.shape[0]
+    blue, orange = (31, 119, 180), (255, 127, 14)  # matplotlib's first two colours
+    for c in (blue, orange):
+        assert (np.abs(img.astype(int) - c).sum(-1) < 30).sum() > 50
     with pytest.raises(ValueError, match="no points"):
-        line_chart({"a": []}, "x", "y")
+        line_chart({"a": []}, "x", "y", tmp_path / "d.png")
+
+

@@ -120,3 +120,44 @@ def test_step_trainer_keeps_the_work_folder_layout_and_resumes_on_rerun(tmp_path
         (ref(x) ** 2).mean().backward()
         ref_opt.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), ref.parameters()))
+
+
+def test_metrics_rows_reach_the_accelerate_trackers(tmp_path):
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker
+
+    class Recorder(GeneralTracker):
+        name, requires_logging_directory, main_process_only = "recorder", False, True
+
+        def __init__(self):
+            super().__init__()
+            self.rows, self.config = [], None
+
+        @property
+        def tracker(self):
+            return self
+
+        def store_init_configuration(self, values):
+            self.config = values
+
+        def log(self, values, step=None, **kwargs):
+            self.rows.append((step, values))
+
+    rec = Recorder()
+    toy = Toy(tmp_path / "run", total=3, accelerator=Accelerator(cpu=True, log_with=[rec]))
+    toy.run()
+    assert rec.config == {"toy": True}
+    assert [s for s, _ in rec.rows] == [0, 1, 2] and set(rec.rows[0][1]) == {"toy/loss", "toy/seen"}
+    assert [v["toy/loss"] for _, v in rec.rows] == [r["loss"] for r in rows(tmp_path / "run")]
+
+
+def test_an_uninstalled_tracker_is_a_config_error(tmp_path):
+    import importlib.util
+
+    from diffusion_align.config import TrainConfig
+    from diffusion_align.d3po import D3POTrainer
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(ConfigError, match="log_with: 'tensorboard' is not installed"):
+        D3POTrainer(TrainConfig(output_dir=str(tmp_path / "run"), log_with="tensorboard"))

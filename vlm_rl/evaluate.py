@@ -37,11 +37,11 @@ def load_policy(cfg: RLConfig, checkpoint: Path, weights: str = "policy.safetens
 
 
 def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
-    from PIL import Image
+    """Write frames ``[H,W,3]`` uint8 as a looping GIF (imageio)."""
+    import imageio.v3 as iio
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    iio.imwrite(path, np.stack(frames), extension=".gif", duration=int(1000 / fps), loop=0)
 
 
 def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, reward=None,

@@ -22,24 +22,23 @@ from diffusion_align.rollout import Rollout, transition_log_prob
 from diffusion_align.sampling import group_pairs
 
 
-def pair_components(pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def noise_groups(rollout: Rollout) -> torch.Tensor:
+    """``[B]`` the group of each trajectory: those sharing ``x_T`` (one prompt's ``samples_per_prompt``
+    draws, as sampled), numbered by first appearance."""
+    _, inv = torch.unique(rollout.latents[:, 0].flatten(1), dim=0, return_inverse=True)
+    first = torch.full((int(inv.max()) + 1,), len(inv), dtype=torch.long).scatter_reduce(
+        0, inv, torch.arange(len(inv)), "amin")
+    return torch.argsort(torch.argsort(first))[inv]
+
+
+def pair_components(pairs: torch.Tensor, group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(images [U], pos [P,2], comp [U])``: the distinct images of pairs ``[P,2]``, each pair as positions
-    into ``images``, and each image's connected component of the pair graph (images of one group: one
-    prompt and ``x_T``). Images are scored once per step however many pairs they are in, and a component
-    shares its step order, so both images of every pair are trained at the same step."""
+    into ``images``, and each image's group among them (``group``: ``[B]`` per trajectory, see
+    :func:`noise_groups`), numbered 0.. in group order. Images are scored once per step however many pairs
+    they are in, and a group shares its step order, so both images of every pair train at the same step."""
     images, inverse = torch.unique(pairs.reshape(-1), return_inverse=True)
-    parent = list(range(len(images)))
-
-    def root(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for a, b in inverse.view(-1, 2).tolist():
-        parent[root(a)] = root(b)
-    roots = torch.tensor([root(a) for a in range(len(images))])
-    return images, inverse.view(-1, 2), torch.unique(roots, return_inverse=True)[1]
+    comp = torch.unique(group.to(images.device)[images], return_inverse=True)[1]
+    return images, inverse.view(-1, 2), comp
 
 
 def d3po_update(u: PolicyUpdate, rollout: Rollout, pairs: torch.Tensor, pref: torch.Tensor, rng: torch.Generator,
@@ -53,7 +52,7 @@ def d3po_update(u: PolicyUpdate, rollout: Rollout, pairs: torch.Tensor, pref: to
     cfg, accelerator, sched, unet = u.cfg, u.accelerator, u.sched, u.unet
     module = accelerator.unwrap_model(unet)  # the same weights, without the DDP wrapper
     T = rollout.latents.shape[1] - 1
-    images, pos, comp = pair_components(pairs)
+    images, pos, comp = pair_components(pairs, noise_groups(rollout))
     steps = train_steps(cfg, T, rng, int(comp.max()) + 1)[comp]  # [U, T_train]: one order per component
     sub = rollout.select(images)
     pref = pref.to(sub.latents.device)
@@ -79,13 +78,13 @@ def d3po_update(u: PolicyUpdate, rollout: Rollout, pairs: torch.Tensor, pref: to
     return {"loss": float(np.mean(losses)), "kl": float(np.mean(kls)), "images": len(images), **u.step()}
 
 
-def pair_minibatches(pairs: torch.Tensor, size: int, g: torch.Generator) -> list[torch.Tensor]:
-    """Pair indices per optimiser step: the groups of the pair graph (:func:`pair_components`: one prompt
-    and ``x_T`` each, however many images it had) in random order, each group's pairs kept in one
-    minibatch (so its images are run once), a minibatch closed once it holds ``size`` pairs."""
+def pair_minibatches(pairs: torch.Tensor, group: torch.Tensor, size: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Pair indices per optimiser step: the groups of the pairs' images (``group``: ``[B]`` per trajectory)
+    in random order, each group's pairs kept in one minibatch (so its images are run once), a minibatch
+    closed once it holds ``size`` pairs."""
     if len(pairs) == 0:
         return []
-    _, pos, comp = pair_components(pairs)
+    _, pos, comp = pair_components(pairs, group)
     group = comp[pos[:, 0]]
     batches, current = [], []
     for gid in torch.randperm(int(group.max()) + 1, generator=g).tolist():
@@ -107,9 +106,9 @@ def train_d3po_epoch(u: PolicyUpdate, rollout: Rollout, pairs: torch.Tensor, pre
     accelerator, cfg = u.accelerator, u.cfg
     N, rank = accelerator.num_processes, accelerator.process_index
     n = accelerator.gather(torch.tensor([len(pairs)], device=accelerator.device)).cpu().tolist()
-    updates = []
+    updates, group = [], noise_groups(rollout)
     for _ in range(cfg.num_inner_epochs):
-        batches = pair_minibatches(pairs, cfg.train_batch_size, g)
+        batches = pair_minibatches(pairs, group, cfg.train_batch_size, g)
         n_steps = int(accelerator.gather(torch.tensor([len(batches)], device=accelerator.device)).max())
         mine = torch.zeros(n_steps, dtype=torch.long)
         mine[: len(batches)] = torch.tensor([len(b) for b in batches], dtype=torch.long)

@@ -321,18 +321,31 @@ def test_pair_components_and_minibatches_keep_groups_together():
     from diffusion_align.d3po import pair_components, pair_minibatches
 
     pairs = torch.tensor([[4, 5], [0, 2], [1, 2], [4, 7], [9, 8]])
-    images, pos, comp = pair_components(pairs)
+    group = torch.arange(10) // 4  # trajectories 0-3, 4-7, 8-9 share an x_T
+    images, pos, comp = pair_components(pairs, group)
     assert images.tolist() == [0, 1, 2, 4, 5, 7, 8, 9]
     assert torch.equal(images[pos], pairs)
     groups = {tuple(images[comp == c].tolist()) for c in comp.unique()}
     assert groups == {(0, 1, 2), (4, 5, 7), (8, 9)}
-    batches = pair_minibatches(pairs, size=2, g=torch.Generator().manual_seed(0))
+    batches = pair_minibatches(pairs, group, size=2, g=torch.Generator().manual_seed(0))
     assert sorted(torch.cat(batches).tolist()) == list(range(5))  # every pair once
     for b in batches:  # a group's pairs never straddle two minibatches
         assert len(b) >= 2 or b is batches[-1]
         for other in batches:
             if other is not b:
                 assert not set((pairs[b, 0] // 4).tolist()) & set((pairs[other, 0] // 4).tolist())
+
+
+def test_noise_groups_are_the_trajectories_sharing_x_T_in_order_of_appearance():
+    from types import SimpleNamespace
+
+    from diffusion_align.d3po import noise_groups
+
+    x_T = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    order = [2, 2, 0, 0, 0, 1, 2]  # x_T of each trajectory: a group need not be sorted by value or contiguous
+    latents = torch.stack([x_T[i] for i in order])[:, None].repeat(1, 3, 1, 1, 1)
+    latents[:, 1:] += torch.randn(latents[:, 1:].shape)  # later steps differ within a group
+    assert noise_groups(SimpleNamespace(latents=latents)).tolist() == [0, 0, 1, 1, 1, 2, 0]
 
 
 @pytest.mark.parametrize("reference,kl_coef", [("base", 0.0), ("sampler", 0.0), ("base", 3.0)])
@@ -637,3 +650,15 @@ def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir,
     res = main(["--config", str(cfg), "--resume", "--set", f"num_epochs={epoch + 1}", "--no-progress"])
     assert res["epoch"] == epoch + 1
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(epoch + 1))
+
+
+@pytest.mark.parametrize("how", ["module", "script"])
+def test_the_entry_point_runs_as_a_module_and_as_a_script(tmp_path, how):
+    """`python -m diffusion_align.train` (so `accelerate launch -m`) and `python diffusion_align/train.py`
+    (the script's folder first on sys.path, with no sys.path edit) both reach the config check."""
+    cmd = [sys.executable, "-m", "diffusion_align.train"] if how == "module" else [
+        sys.executable, str(ROOT / "diffusion_align" / "train.py")]
+    res = subprocess.run([*cmd, "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path)
+    assert res.returncode == 1 and "config error: config file not found" in res.stderr, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr

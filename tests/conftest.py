@@ -181,3 +181,33 @@ def make_tiny_pixart(folder, scheduler=None) -> str:
                                scheduler=scheduler or DDPMScheduler())
     pipe.save_pretrained(folder / "pipe")
     return str(folder / "pipe")
+
+
+def d3po_margins(pipe, unet, params, cfg, prompts: list[str], updates: int = 5, reference: bool = False):
+    """Sample two groups of two trajectories (prompts[0] and prompts[1], each sharing an x_T), prefer the
+    first of group 0 and the second of group 1, take ``updates`` D3PO steps and return ``(margin before,
+    margin after, rollout)``: the preferred-minus-rejected log-probability summed over the steps."""
+    from accelerate import Accelerator
+
+    from diffusion_align.d3po import d3po_update
+    from diffusion_align.rl_trainer import PolicyUpdate
+    from diffusion_align.rollout import ddim_scheduler, initial_noise, sample_rollouts, transition_log_prob
+
+    T, g = cfg.sample_steps, cfg.guidance_scale
+    ro = sample_rollouts(pipe, unet, [prompts[0]] * 2 + [prompts[1]] * 2, initial_noise(pipe, [1, 1, 2, 2]), [5, 6, 7, 8],
+                         steps=T, guidance=g, reference=reference)
+    pairs, pref = torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+    sched = ddim_scheduler(pipe, T)
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
+
+    def margin() -> float:
+        with torch.no_grad():
+            lp = torch.stack([transition_log_prob(sched, unet, ro, torch.full((4,), j), g, cfg.sample_eta)
+                              for j in range(T)], 1).sum(1)
+        return (lp[0] - lp[1] + lp[3] - lp[2]).item()
+
+    before = margin()
+    for _ in range(updates):
+        d3po_update(PolicyUpdate(cfg, Accelerator(cpu=True), sched, unet, opt, params), ro, pairs, pref,
+                    torch.Generator().manual_seed(0))
+    return before, margin(), ro

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_when
+from conftest import d3po_margins, interrupt_when
 
 from diffusion_align.config import ConfigError, TrainConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
@@ -292,29 +292,10 @@ def test_mixed_sampler_is_stochastic_for_the_first_steps_only(tiny_pipe_dir):
 
 
 def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
-    from accelerate import Accelerator
-
-    from diffusion_align.d3po import d3po_update
-
     pipe, params = _lora_pipe(tiny_pipe_dir)
     cfg = TrainConfig(sample_steps=3, learning_rate=3e-3, guidance_scale=1.0)
-    noise = initial_noise(pipe, [1, 1, 2, 2])
-    ro = sample_rollouts(pipe, pipe.unet, [PROMPTS[0]] * 2 + [PROMPTS[1]] * 2, noise, [5, 6, 7, 8], steps=3,
-                         guidance=1.0, reference=True)
-    pairs, pref = torch.tensor([[0, 1], [2, 3]]), torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
-    sched = ddim_scheduler(pipe, 3)
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
-
-    def margin():  # preferred minus rejected log-prob, summed over steps
-        with torch.no_grad():
-            lp = torch.stack([transition_log_prob(sched, pipe.unet, ro, torch.full((4,), j), 1.0, 1.0) for j in range(3)], 1).sum(1)
-        return (lp[0] - lp[1] + lp[3] - lp[2]).item()
-
-    before = margin()
-    for _ in range(5):
-        d3po_update(PolicyUpdate(cfg, Accelerator(cpu=True), sched, pipe.unet, opt, params), ro, pairs, pref,
-                    torch.Generator().manual_seed(0))
-    assert margin() > before + 1e-4
+    before, after, _ = d3po_margins(pipe, pipe.unet, params, cfg, PROMPTS, reference=True)
+    assert after > before + 1e-4
 
 
 def test_pair_components_and_minibatches_keep_groups_together():

@@ -397,8 +397,10 @@ def run_diffs(a: dict, b: dict) -> Iterator[str]:
         yield f"image {f}: {what}"
 
 
-def compare(path_a: Path, path_b: Path) -> int:
+def compare(path_a: Path, path_b: Path, markdown: Path | None = None) -> int:
+    """Print the differences run by run; with ``markdown``, also write them as a table there."""
     a, b = (json.loads(p.read_text()) for p in (path_a, path_b))
+    table: list[tuple[str, str]] = []
     for side, path, rec in (("A", path_a, a), ("B", path_b, b)):
         print(f"{side}: {path} (commit {(rec['git']['commit'] or 'unknown')[:10]})")
     for d in value_diffs(a["versions"], b["versions"]):
@@ -408,9 +410,11 @@ def compare(path_a: Path, path_b: Path) -> int:
     for name in [*runs_a, *(n for n in runs_b if n not in runs_a)]:
         if name not in runs_a or name not in runs_b:
             print(f"{name}: missing in {'B' if name in runs_a else 'A'}")
+            table.append((name, f"missing in {'B' if name in runs_a else 'A'}"))
             bad += 1
             continue
         diffs = list(run_diffs(runs_a[name], runs_b[name]))
+        table.append((name, "identical" if not diffs else "; ".join(d.splitlines()[0] for d in diffs[:3])))
         if not diffs:
             print(f"{name}: identical")
             continue
@@ -421,7 +425,14 @@ def compare(path_a: Path, path_b: Path) -> int:
         if len(diffs) > MAX_LINES:
             print(f"    ... and {len(diffs) - MAX_LINES} more")
     total = len(set(runs_a) | set(runs_b))
-    print(f"{total - bad} of {total} runs identical" if bad else f"all {total} runs identical")
+    verdict = f"{total - bad} of {total} runs identical" if bad else f"all {total} runs identical"
+    print(verdict)
+    if markdown is not None:
+        commits = [(r["git"]["commit"] or "unknown")[:10] for r in (a, b)]
+        rows = "".join(f"| `{n}` | {what.replace('|', '/')} |\n" for n, what in table)
+        markdown.write_text(f"# Regression fingerprints: `{commits[0]}` against `{commits[1]}`\n\n"
+                            f"`python benchmarks/regression_fingerprint.py compare {path_a} {path_b}`: {verdict}.\n\n"
+                            f"| run | metrics, weights and images |\n|---|---|\n{rows}")
     return 1 if bad else 0
 
 
@@ -437,11 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("compare", help="compare two records; exit status 1 when anything differs")
     c.add_argument("a", type=Path)
     c.add_argument("b", type=Path)
+    c.add_argument("--markdown", type=Path, default=None, help="also write the result as a Markdown table")
     args = p.parse_args(argv)
     if args.cmd == "record":
         only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
         return record(args.out, args.work, only, args.timeout)
-    return compare(args.a, args.b)
+    return compare(args.a, args.b, args.markdown)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import has_state, load_state, run_checkpoint_dir, save_state
+from .checkpoint import load_state, run_checkpoint_dir, save_state
 from .stop import StopFlag
 
 
@@ -147,7 +147,7 @@ class Trainer:
             extra = {**self.state_extra(), "elapsed": self.seconds}
             save_state(self.ckpt, module, opt, self.position, extra, self.np_rng)
             self.on_checkpoint(self.ckpt)
-        self._saved = self.position
+        self._saved, self._has_checkpoint = self.position, True
 
     def _restore(self) -> None:
         module, opt = self.state()
@@ -196,7 +196,7 @@ class Trainer:
         if self.resume:
             self._restore()
             self.logger.info(f"resumed from {self.ckpt} at {self.unit} {self.position}", main_process_only=True)
-        self._saved = self.position
+        self._saved, self._has_checkpoint = self.position, self.resume  # known on every process (no file check)
         self._t_start = time.time() - self.elapsed
         self._metrics = self._open_metrics()
         if self.accelerator.log_with:  # trackers (Accelerator(log_with=...)): the config's scalars as hyperparameters
@@ -225,7 +225,7 @@ class Trainer:
                     if stop:
                         self.stopped_by = f"stop_after_{self.unit}s"
                         break
-                if self._saved != self.position or not has_state(self.ckpt):  # (stopped before a first unit)
+                if self._saved != self.position or not self._has_checkpoint:  # (also: stopped before a first unit)
                     self.checkpoint()
                 if self.is_main and self.position >= self.total:
                     result = self.finish()

@@ -26,7 +26,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from d3po_shapes import RESULTS, ROOT  # noqa: E402
 
-from diffusion_align.config import TrainConfig  # noqa: E402
+from diffusion_align.config import DiffusionRLConfig  # noqa: E402
 from diffusion_align.feedback import make_scorer  # noqa: E402
 from diffusion_align.grad_snr import group_snr, per_step_gradients  # noqa: E402
 from diffusion_align.rl_trainer import add_lora  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     G, K = args.groups, args.per_group
-    cfg = TrainConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
+    cfg = DiffusionRLConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
     torch.manual_seed(cfg.seed)
     pipe = load_pipeline(cfg.pretrained, "cpu")
     sched = ddim_scheduler(pipe, cfg.sample_steps)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from d3po_shapes import RESULTS, ROOT, sample_suite, with_lora  # noqa: E402
 
-from diffusion_align.config import SAMPLER_KEYS, TrainConfig  # noqa: E402
+from diffusion_align.config import SAMPLER_KEYS, DiffusionRLConfig  # noqa: E402
 from mmreward.images import to_uint8  # noqa: E402
 from mmreward.shapes import load_suite  # noqa: E402
 from mmreward.shapes.evaluator import suite_scores  # noqa: E402
@@ -62,7 +62,7 @@ def main(argv=None) -> dict:
     if args.n < 1:
         raise SystemExit(f"--n must be >= 1, got {args.n}")
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
+    cfg = DiffusionRLConfig.from_yaml(ROOT / "configs" / "d3po_shapes.yaml")
     suite = load_suite("eval")
     pipe = with_lora(cfg, None)
     t0 = time.time()

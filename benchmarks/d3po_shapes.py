@@ -31,7 +31,7 @@ from charts import line_chart  # benchmarks/charts.py
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from diffusion_align.config import SAMPLER_KEYS, TrainConfig
+from diffusion_align.config import SAMPLER_KEYS, DiffusionRLConfig
 from diffusion_align.rollout import initial_noise, sample_rollouts
 from diffusion_align.sampling import load_pipeline
 from diffusion_align.train import train
@@ -46,7 +46,7 @@ RESULTS = Path(__file__).parent / "results"
 
 
 @torch.no_grad()
-def sample_suite(pipe, cfg: TrainConfig, prompts: list[str], seeds: list[int], batch: int = 48) -> torch.Tensor:
+def sample_suite(pipe, cfg: DiffusionRLConfig, prompts: list[str], seeds: list[int], batch: int = 48) -> torch.Tensor:
     """Images ``[N,3,H,W]`` of the policy's sampler (x_T and step noise both from each row's seed)."""
     out = []
     for k in range(0, len(prompts), batch):
@@ -94,7 +94,7 @@ def evaluate_policy(pipe, cfg, suite, div_rows, seeds: int = 1) -> tuple[dict, t
     return res, images
 
 
-def with_lora(cfg: TrainConfig, folder: Path | None):
+def with_lora(cfg: DiffusionRLConfig, folder: Path | None):
     pipe = load_pipeline(cfg.pretrained, "cpu")
     if folder is not None:
         pipe.load_lora_weights(str(folder))
@@ -102,7 +102,7 @@ def with_lora(cfg: TrainConfig, folder: Path | None):
 
 
 @torch.no_grad()
-def plain_inference_rate(cfg: TrainConfig, n: int = 32) -> float:
+def plain_inference_rate(cfg: DiffusionRLConfig, n: int = 32) -> float:
     """Samples per second of the pipeline's own ``__call__`` (DDIM, same steps and guidance), batch ``n``."""
     from diffusers import DDIMScheduler
 
@@ -128,7 +128,7 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
     counts, i.e. the same number of samples on the same prompts, instead of for ``--minutes``. ``plain``:
     plain inference samples/s measured in this invocation, kept with the method's throughput (a method
     finished in an earlier session, maybe on another machine, keeps its own)."""
-    cfg = TrainConfig.from_cli(str(ROOT / "configs" / f"{method}_shapes.yaml"), args.set)
+    cfg = DiffusionRLConfig.from_cli(str(ROOT / "configs" / f"{method}_shapes.yaml"), args.set)
     out = Path(args.work) / method
     if out.exists() and not args.resume:
         shutil.rmtree(out)
@@ -146,7 +146,7 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
             return None
         budget = {"max_minutes": None, "num_epochs": target} if target else {
             "max_minutes": args.minutes * k / len(targets), "num_epochs": 100000}
-        run = TrainConfig.from_dict({**vars(cfg), "output_dir": str(out), **budget, "checkpoint_every": 1000, "grid_every": 10})
+        run = DiffusionRLConfig.from_dict({**vars(cfg), "output_dir": str(out), **budget, "checkpoint_every": 1000, "grid_every": 10})
         resume = (out / "checkpoint" / "state.safetensors").is_file()
         info = train(run, resume=resume, progress=True)
         if info["stopped_by"] == "interrupt":
@@ -176,7 +176,7 @@ def run_method(method: str, args, suite, div_rows, base: dict, plain: float, mat
     return r
 
 
-def cached_base(work: Path, cfg0: TrainConfig, suite, div_rows, seeds: int = 1) -> tuple[dict, torch.Tensor]:
+def cached_base(work: Path, cfg0: DiffusionRLConfig, suite, div_rows, seeds: int = 1) -> tuple[dict, torch.Tensor]:
     """The base model's evaluation, reused from ``work`` when the sampler and seeds are the same (it is
     deterministic)."""
     key = {k: v for k in SAMPLER_KEYS if (v := getattr(cfg0, k)) is not None}  # unset keys left out: older caches match
@@ -213,7 +213,7 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     suite = load_suite("eval")
     div_rows = [m for tag in CATEGORIES for m in [x for x in suite if x["tag"] == tag][:4]]
-    cfg0 = TrainConfig.from_cli(str(ROOT / "configs" / "d3po_shapes.yaml"), args.set)  # the sampler as the runs have it
+    cfg0 = DiffusionRLConfig.from_cli(str(ROOT / "configs" / "d3po_shapes.yaml"), args.set)  # the sampler as the runs have it
     base, base_images = cached_base(work, cfg0, suite, div_rows, args.eval_seeds)
     plain = plain_inference_rate(cfg0)
     result = {"suite": {"prompts": len(suite), "seeds": args.eval_seeds}, "base": base, "plain_inference_samples_per_s": plain,

@@ -102,10 +102,10 @@ def reno_images(model: str, reward_spec: str, prompts: list[str], seeds: list[in
 def d3po_images(lora: str, prompts: list[str], seeds: list[int]) -> list[np.ndarray]:
     from d3po_shapes import sample_suite, with_lora
 
-    from diffusion_align.config import TrainConfig
+    from diffusion_align.config import DiffusionRLConfig
     from mmreward.images import to_uint8
 
-    cfg = TrainConfig.from_cli(str(ROOT / "configs/d3po_shapes.yaml"), [])
+    cfg = DiffusionRLConfig.from_cli(str(ROOT / "configs/d3po_shapes.yaml"), [])
     pipe = with_lora(cfg, Path(lora))
     return list(to_uint8(sample_suite(pipe, cfg, prompts, seeds)))
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion_align.config import SAMPLER_KEYS, ConfigError, TrainConfig
+from diffusion_align.config import SAMPLER_KEYS, ConfigError, DiffusionRLConfig
 
 
-def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, lora: str | None = None) -> int:
+def sample_pairs(cfg: DiffusionRLConfig, out: Path, n_prompts: int, per_prompt: int, lora: str | None = None) -> int:
     """Sample and write the groups and their pairs; returns the number of pairs."""
     from mmreward.images import image_grid, text_tile, to_pil
 
@@ -47,7 +47,7 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
         except ValueError as e:
             raise ConfigError(f"--lora: {e}") from e
     prompts = read_prompts(cfg.prompts)
-    run = TrainConfig.from_dict({**vars(cfg), "samples_per_prompt": per_prompt, "sample_batch_size": n_prompts,
+    run = DiffusionRLConfig.from_dict({**vars(cfg), "samples_per_prompt": per_prompt, "sample_batch_size": n_prompts,
                                  "num_batches_per_epoch": 1})
     rollout: Rollout = sample_epoch(run, pipe, pipe.denoiser, prompts, epoch=0, process=0)
     rollout.save(out / "rollouts.safetensors", sampler_info(cfg, lora))
@@ -61,7 +61,7 @@ def sample_pairs(cfg: TrainConfig, out: Path, n_prompts: int, per_prompt: int, l
     return len(pairs)
 
 
-def sampler_info(cfg: TrainConfig, lora: str | None = None) -> dict:
+def sampler_info(cfg: DiffusionRLConfig, lora: str | None = None) -> dict:
     """What training must share with the sampled trajectories to re-score them correctly."""
     return {**{k: getattr(cfg, k) for k in SAMPLER_KEYS}, "lora": lora}
 
@@ -112,7 +112,7 @@ def annotate(folder: Path, annotator: str | None = None, auto: str | None = None
     return n
 
 
-def load_labelled(folder: str | Path, device="cpu", cfg: TrainConfig | None = None):
+def load_labelled(folder: str | Path, device="cpu", cfg: DiffusionRLConfig | None = None):
     """``(rollout, pairs [P,2], preferences [P,2])`` from a labelled folder: every ``labels*.jsonl`` votes,
     the majority wins, ties (and pairs nobody labelled) are left out. With ``cfg``, its sampler (model,
     steps, eta, guidance) must be the one the trajectories were drawn with."""
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.cmd == "sample":
-            n = sample_pairs(TrainConfig.from_yaml(args.config), Path(args.out), args.prompts, args.per_prompt, args.lora)
+            n = sample_pairs(DiffusionRLConfig.from_yaml(args.config), Path(args.out), args.prompts, args.per_prompt, args.lora)
             print(f"wrote {n} pairs to {args.out}; next: python -m diffusion_align.label annotate --dir {args.out}")
         else:
             n = annotate(Path(args.dir), args.annotator, args.auto)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from diffusion_align import lora
-from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.config import ConfigError, DiffusionRLConfig
 from diffusion_align.lora import LoraState, save_lora
 from diffusion_align.pipelines import make_adapter
 from diffusion_align.rollout import Rollout, ddim_scheduler
@@ -28,7 +28,7 @@ from diffusion_align.sampling import load_pipeline, read_prompts, sample_epoch, 
 from mmreward.trainer import Trainer
 
 
-def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+def add_lora(model: torch.nn.Module, cfg: DiffusionRLConfig) -> list[torch.nn.Parameter]:
     """LoRA adapters of the config's rank, alpha and targets on ``model``; the trainable parameters."""
     try:
         return lora.add_lora(model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
@@ -36,7 +36,7 @@ def add_lora(model: torch.nn.Module, cfg: TrainConfig) -> list[torch.nn.Paramete
         raise ConfigError(str(e)) from e
 
 
-def train_steps(cfg: TrainConfig, T: int, rng: torch.Generator, n: int) -> torch.Tensor:
+def train_steps(cfg: DiffusionRLConfig, T: int, rng: torch.Generator, n: int) -> torch.Tensor:
     """``[n, T_train]`` step indices (0 = the first, noisiest step): a random order of the trainable steps
     per pair/sample (all ``T``, or the first ``train_first_steps``), of which the first
     ``int(pool * timestep_fraction)`` (at least 1) are trained, as in the references."""
@@ -76,7 +76,7 @@ class PolicyUpdate:
     """What one optimiser step of D3PO or DDPO works with: the config, the accelerator, the DDIM scheduler
     of the rollouts, the (accelerate-wrapped) denoiser, the optimiser and the trainable parameters."""
 
-    cfg: TrainConfig
+    cfg: DiffusionRLConfig
     accelerator: object
     sched: object
     unet: torch.nn.Module
@@ -91,7 +91,7 @@ class PolicyUpdate:
 class DiffusionRLTrainer(Trainer):
     """Sampling, feedback, LoRA, checkpoints and exports; subclasses implement :meth:`update`."""
 
-    def __init__(self, cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None = None,
+    def __init__(self, cfg: DiffusionRLConfig, resume: bool = False, stop_after_epochs: int | None = None,
                  progress: bool = True) -> None:
         from accelerate import Accelerator
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from diffusion_align import inputs
-from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.config import ConfigError, DiffusionRLConfig
 from diffusion_align.pipelines import make_adapter
 from diffusion_align.rollout import Rollout, initial_noise, sample_rollouts
 
@@ -32,13 +32,13 @@ def load_pipeline(name: str, device):
     return pipe
 
 
-def seeds_for(cfg: TrainConfig, epoch: int, batch: int, process: int) -> np.random.Generator:
+def seeds_for(cfg: DiffusionRLConfig, epoch: int, batch: int, process: int) -> np.random.Generator:
     """The RNG of one sampling batch: a function of (seed, epoch, batch, process) only, so runs are
     reproducible, resumable at any epoch and different on every process."""
     return np.random.default_rng(np.random.SeedSequence([cfg.seed, epoch, batch, process]))
 
 
-def sample_epoch(cfg: TrainConfig, pipe, unet, prompts: list[str], epoch: int, process: int) -> Rollout:
+def sample_epoch(cfg: DiffusionRLConfig, pipe, unet, prompts: list[str], epoch: int, process: int) -> Rollout:
     """This process's trajectories for one epoch: ``samples_per_prompt`` per drawn prompt, adjacent and
     sharing ``x_T``; different step noise per trajectory."""
     k = cfg.samples_per_prompt

@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.config import ConfigError, DiffusionRLConfig
 from mmreward.trainer import setup_logging
 
 __all__ = ["config_method", "main", "train"]
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+def train(cfg: DiffusionRLConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
     """Run a D3PO or DDPO config (``cfg.method``); returns the run's result (epoch, counters, stop reason)."""
     from diffusion_align.d3po import D3POTrainer
     from diffusion_align.ddpo import DDPOTrainer
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
             from diffusion_align.drakes import train as run
             cfg = DrakesConfig.from_cli(args.config, args.set)
         else:
-            cfg, run = TrainConfig.from_cli(args.config, args.set), train
+            cfg, run = DiffusionRLConfig.from_cli(args.config, args.set), train
         return run(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from e

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import d3po_margins, interrupt_when
 
-from diffusion_align.config import ConfigError, TrainConfig
+from diffusion_align.config import ConfigError, D3POConfig, DDPOConfig, DiffusionRLConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
 from diffusion_align.losses import PerPromptStatTracker, d3po_loss, ddpo_loss, pair_preferences
 from diffusion_align.rl_trainer import PolicyUpdate, train_steps
@@ -228,7 +228,7 @@ def _lora_pipe(tiny_pipe_dir):
     from diffusion_align.sampling import load_pipeline
 
     pipe = load_pipeline(tiny_pipe_dir, "cpu")
-    params = add_lora(pipe.unet, TrainConfig())
+    params = add_lora(pipe.unet, D3POConfig())
     return pipe, params
 
 
@@ -293,7 +293,7 @@ def test_mixed_sampler_is_stochastic_for_the_first_steps_only(tiny_pipe_dir):
 
 def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
     pipe, params = _lora_pipe(tiny_pipe_dir)
-    cfg = TrainConfig(sample_steps=3, learning_rate=3e-3, guidance_scale=1.0)
+    cfg = D3POConfig(sample_steps=3, learning_rate=3e-3, guidance_scale=1.0)
     before, after, _ = d3po_margins(pipe, pipe.unet, params, cfg, PROMPTS, reference=True)
     assert after > before + 1e-4
 
@@ -345,7 +345,7 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
         g = torch.Generator().manual_seed(3)
         for p in params:
             p.add_(0.05 * torch.randn(p.shape, generator=g))
-    cfg = TrainConfig(sample_steps=3, guidance_scale=2.0, beta=5.0, eps=0.5, max_grad_norm=1e9, samples_per_prompt=3,
+    cfg = D3POConfig(sample_steps=3, guidance_scale=2.0, beta=5.0, eps=0.5, max_grad_norm=1e9, samples_per_prompt=3,
                       reference=reference, kl_coef=kl_coef)
     prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] * 3
     ro = sample_rollouts(pipe, pipe.unet, prompts, initial_noise(pipe, [1, 1, 1, 2, 2, 2]), [5, 6, 7, 8, 9, 10],
@@ -397,19 +397,21 @@ def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pip
 
 def test_train_steps_draw_from_the_first_steps_only():
     g = torch.Generator().manual_seed(0)
-    every = train_steps(TrainConfig(sample_steps=10), 10, g, 64)
+    every = train_steps(D3POConfig(sample_steps=10), 10, g, 64)
     assert every.shape == (64, 10) and all(sorted(r.tolist()) == list(range(10)) for r in every)
-    early = train_steps(TrainConfig(sample_steps=10, train_first_steps=4), 10, g, 64)
+    early = train_steps(D3POConfig(sample_steps=10, train_first_steps=4), 10, g, 64)
     assert early.shape == (64, 4) and all(sorted(r.tolist()) == [0, 1, 2, 3] for r in early)
     assert len({tuple(r.tolist()) for r in early}) > 1  # a random order per row
-    half = train_steps(TrainConfig(sample_steps=10, train_first_steps=4, timestep_fraction=0.5), 10, g, 256)
+    half = train_steps(D3POConfig(sample_steps=10, train_first_steps=4, timestep_fraction=0.5), 10, g, 256)
     assert half.shape == (256, 2) and half.max() <= 3 and (half[:, 0] != half[:, 1]).all()
     assert set(half.flatten().tolist()) == {0, 1, 2, 3}
 
 
 # -------------------------------------------------------------------------------------------- config
 def test_config_validation(tmp_path):
-    assert TrainConfig.from_dict({"learning_rate": "3e-4", "num_epochs": 2}).learning_rate == 3e-4
+    assert DiffusionRLConfig.from_dict({"learning_rate": "3e-4", "num_epochs": 2}).learning_rate == 3e-4
+    assert type(DiffusionRLConfig.from_dict({})) is D3POConfig  # the method's own config class
+    assert type(DiffusionRLConfig.from_dict({"method": "ddpo"})) is DDPOConfig
     bad = [
         ({"lerning_rate": 1e-4}, "unknown config key"),
         ({"num_epochs": "ten"}, "num_epochs must be int"),
@@ -427,24 +429,26 @@ def test_config_validation(tmp_path):
         ({"sde_steps": 3}, "set train_first_steps <= sde_steps"),
         ({"sde_steps": 3, "train_first_steps": 4}, "set train_first_steps <= sde_steps"),
         ({"sample_eta": 1.5}, "sample_eta must be in"),
-        ({"stat_min_count": 32}, "must not exceed stat_buffer_size"),
+        ({"method": "ddpo", "stat_min_count": 32}, "must not exceed stat_buffer_size"),
+        ({"clip_range": 0.1}, "unknown config key"),  # a DDPO key in a D3PO config
+        ({"method": "ddpo", "beta": 0.1}, "unknown config key"),
         ({"reference": "frozen"}, "reference must be base or sampler"),
     ]
     for data, msg in bad:
         with pytest.raises(ConfigError, match=msg):
-            TrainConfig.from_dict(data)
+            DiffusionRLConfig.from_dict(data)
     with pytest.raises(ConfigError, match="not found"):
-        TrainConfig.from_yaml(tmp_path / "missing.yaml")
+        DiffusionRLConfig.from_yaml(tmp_path / "missing.yaml")
     (tmp_path / "broken.yaml").write_text("method: [d3po\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        TrainConfig.from_yaml(tmp_path / "broken.yaml")
+        DiffusionRLConfig.from_yaml(tmp_path / "broken.yaml")
     shipped = [f for f in sorted((ROOT / "configs").glob("*.yaml")) if "method:" in f.read_text()]
     assert {f.stem for f in shipped} >= {"d3po_shapes", "ddpo_shapes", "drakes_dna"}
     from diffusion_align.drakes import DrakesConfig
     from diffusion_align.train import config_method
 
     for f in shipped:  # every shipped trainer config is valid (the vlm_rl ones: tests/test_vlm_rl_train.py)
-        (DrakesConfig if config_method(str(f), []) == "drakes" else TrainConfig).from_yaml(f)
+        (DrakesConfig if config_method(str(f), []) == "drakes" else DiffusionRLConfig).from_yaml(f)
 
 
 def _write_cfg(tmp_path, pipe_dir, clip_dir, **over) -> Path:
@@ -514,7 +518,7 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_
     from mmreward.checkpoint import load_state
 
     pipe3 = DiffusionPipeline.from_pretrained(tiny_pipe_dir)
-    add_lora(pipe3.unet, TrainConfig(lora_alpha=8.0))
+    add_lora(pipe3.unet, D3POConfig(lora_alpha=8.0))
     load_state(tmp_path / "run" / "checkpoint", LoraState(pipe3.unet))
     direct = pipe3(PROMPTS[0], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt").images
     torch.testing.assert_close(direct, tuned, rtol=1e-4, atol=1e-4)

@@ -4,7 +4,7 @@ coefficients against the pair loss, and per-step gradients against one backward 
 import pytest
 import torch
 
-from diffusion_align.config import TrainConfig
+from diffusion_align.config import D3POConfig
 from diffusion_align.grad_snr import gradient_snr, group_snr, per_step_gradients, rank_advantages
 from diffusion_align.losses import d3po_loss, pair_preferences
 from diffusion_align.rollout import ddim_scheduler, initial_noise, sample_rollouts, transition_log_prob
@@ -63,7 +63,7 @@ def test_per_step_gradients_sum_to_one_backward_pass_and_group_snr_splits_groups
 
     save_pipeline(build_components(seed=0, tiny=True), tmp_path)
     pipe = load_pipeline(str(tmp_path), "cpu")
-    params = add_lora(pipe.unet, TrainConfig())
+    params = add_lora(pipe.unet, D3POConfig())
     with torch.no_grad():  # off the zero start, so every LoRA matrix gets a gradient
         for p in params:
             p.add_(0.05 * torch.randn_like(p))

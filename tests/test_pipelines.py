@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import d3po_margins, make_tiny_pixart, make_tiny_sdxl
 
-from diffusion_align.config import TrainConfig
+from diffusion_align.config import D3POConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic
 from diffusion_align.lora import PEFT_FILE, LoraState, load_lora
 from diffusion_align.pipelines import PixArtAdapter, SDAdapter, SDXLAdapter, make_adapter
@@ -82,9 +82,9 @@ def test_other_pipelines_are_refused_with_the_supported_layouts_named():
 @pytest.mark.parametrize("layout", ["sdxl", "pixart"])
 def test_d3po_update_raises_the_preferred_log_prob_on_every_layout(pipe_dirs, layout):
     adapter = make_adapter(load_pipeline(pipe_dirs[layout], "cpu"))
-    params = add_lora(adapter.denoiser, TrainConfig())
+    params = add_lora(adapter.denoiser, D3POConfig())
     # (the tiny random SDXL UNet overshoots at the SD test's 3e-3: its last, low-noise step is very sensitive)
-    cfg = TrainConfig(sample_steps=3, learning_rate=3e-4, guidance_scale=2.0)
+    cfg = D3POConfig(sample_steps=3, learning_rate=3e-4, guidance_scale=2.0)
     before, after, ro = d3po_margins(adapter, adapter.denoiser, params, cfg, PROMPTS)
     assert ro.layout == layout and set(ro.cond) == set(ro.uncond)
     assert torch.equal(ro.latents[0, 0], ro.latents[1, 0]) and not torch.equal(ro.latents[0, -1], ro.latents[1, -1])
@@ -129,7 +129,7 @@ def test_training_and_lora_export_on_other_layouts(tmp_path, pipe_dirs, open_cli
 
     base = _denoiser_output(make_adapter(DiffusionPipeline.from_pretrained(pipe_dirs[layout])))
     trained = make_adapter(DiffusionPipeline.from_pretrained(pipe_dirs[layout]))
-    add_lora(trained.denoiser, TrainConfig(lora_alpha=8.0))
+    add_lora(trained.denoiser, D3POConfig(lora_alpha=8.0))
     load_state(run / "checkpoint", LoraState(trained.denoiser))
     want = _denoiser_output(trained)
     assert (want - base).abs().max() > 1e-5  # training moved the adapters

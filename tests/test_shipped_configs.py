@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diffusion_align.config import SAMPLER_KEYS, ConfigError, TrainConfig
+from diffusion_align.config import SAMPLER_KEYS, ConfigError, DiffusionRLConfig
 from diffusion_align.drakes import DrakesConfig
 from diffusion_align.train import config_method
 from mmreward.train_reward import RewardTrainConfig
@@ -26,7 +26,7 @@ def config_class(path: Path):
     if "vlm_rl.train" in text:
         return RLConfig
     if "diffusion_align/train.py" in text:
-        return DrakesConfig if config_method(str(path), []) == "drakes" else TrainConfig
+        return DrakesConfig if config_method(str(path), []) == "drakes" else DiffusionRLConfig
     raise AssertionError(f"{path.name}: its header names no known command")
 
 
@@ -41,7 +41,7 @@ def test_config_directory_is_not_empty():
 
 
 def test_d3po_and_ddpo_configs_match_where_the_comparison_needs_it():
-    d3po, ddpo = (vars(TrainConfig.from_yaml(CONFIGS / f"{m}_shapes.yaml")) for m in ("d3po", "ddpo"))
+    d3po, ddpo = (vars(DiffusionRLConfig.from_yaml(CONFIGS / f"{m}_shapes.yaml")) for m in ("d3po", "ddpo"))
     assert (d3po["method"], ddpo["method"]) == ("d3po", "ddpo")
     same = [*SAMPLER_KEYS, "prompts", "feedback", "samples_per_prompt", "sample_batch_size", "seed",
             "train_first_steps", "lora_rank", "lora_alpha", "learning_rate"]
@@ -53,4 +53,4 @@ def test_a_misspelt_key_in_a_shipped_config_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text((CONFIGS / "d3po_shapes.yaml").read_text().replace("learning_rate:", "learnig_rate:"))
     with pytest.raises(ConfigError, match="learnig_rate"):
-        TrainConfig.from_yaml(bad)
+        DiffusionRLConfig.from_yaml(bad)

@@ -154,10 +154,10 @@ def test_metrics_rows_reach_the_accelerate_trackers(tmp_path):
 def test_an_uninstalled_tracker_is_a_config_error(tmp_path):
     import importlib.util
 
-    from diffusion_align.config import TrainConfig
+    from diffusion_align.config import D3POConfig
     from diffusion_align.d3po import D3POTrainer
 
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
         pytest.skip("tensorboard is installed here")
     with pytest.raises(ConfigError, match="log_with: 'tensorboard' is not installed"):
-        D3POTrainer(TrainConfig(output_dir=str(tmp_path / "run"), log_with="tensorboard"))
+        D3POTrainer(D3POConfig(output_dir=str(tmp_path / "run"), log_with="tensorboard"))

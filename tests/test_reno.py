@@ -214,6 +214,30 @@ def test_cli_writes_images_index_grid_and_log(tmp_path, pipe_dir, open_clip_dir)
         assert json.loads((tmp_path / "r.json").read_text())["n"] == 4
 
 
+def test_cli_never_overwrites_a_run_unless_told_and_the_console_script_exits_0(tmp_path, pipe_dir, open_clip_dir):
+    """A second run into the same --out is refused (naming --overwrite) and leaves the first run as it was;
+    with --overwrite the earlier run's files go, so no stale image stays beside the new index."""
+    import json
+
+    from diffusion_align.reno.cli import cli, main
+
+    out = tmp_path / "reno"
+    args = ["--model", pipe_dir, "--rewards", f"clip:{open_clip_dir}", "--iters", "1", "--out", str(out), "--no-progress"]
+    assert cli([*args, "--prompt", PROMPTS[0], "--prompt", PROMPTS[1]]) == 0
+    first = sorted(p.name for p in out.rglob("*.png"))
+    assert first == ["0000_0.png", "0000_0.png", "0001_0.png", "0001_0.png", "grid.png"]
+    summary = (out / "summary.json").read_text()
+    with pytest.raises(SystemExit, match="already holds a reno run .*pass --overwrite"):
+        main([*args, "--prompt", PROMPTS[0]])
+    assert sorted(p.name for p in out.rglob("*.png")) == first and (out / "summary.json").read_text() == summary
+    main([*args, "--prompt", PROMPTS[1], "--overwrite"])
+    assert sorted(p.name for p in out.rglob("*.png")) == ["0000_0.png", "0000_0.png", "grid.png"]
+    assert [json.loads(x)["prompt"] for x in (out / "prompts.jsonl").read_text().splitlines()] == [PROMPTS[1]]
+    (out / "notes.txt").write_text("mine")  # files the run did not write are left alone
+    main([*args, "--prompt", PROMPTS[0], "--overwrite"])
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 def test_cli_bad_input(tmp_path, pipe_dir, open_clip_dir):
     from diffusion_align.reno.cli import main
 

@@ -4,7 +4,7 @@ evaluator's format.
     reno --prompt "a photo of a red circle left of a blue square" --n-seeds 2 --out outputs/reno
     python -m diffusion_align.reno --prompts eval --iters 50 --out outputs/reno_eval
 
-Writes to ``--out``: ``NNNN.png`` (optimised) with ``prompts.jsonl``, ``initial/NNNN.png`` with
+Writes to ``--out``: ``NNNN_S.png`` (prompt NNNN, seed S; optimised) with ``prompts.jsonl``, ``initial/NNNN_S.png`` with
 ``initial/prompts.jsonl``, ``grid.png`` (initial | optimised, a row per image) and ``log.jsonl`` (one line
 per prompt, seed and iteration: total and per-term reward, regulariser, noise norm, seconds). Images are
 written as each batch finishes, so Ctrl-C keeps everything finished so far.
@@ -32,6 +32,24 @@ HUB_REWARD = "0.01*hfclip:laion/CLIP-ViT-H-14-laion2B-s32B-b79K?mode=logit"
 GRID_ROWS = 64  #: images shown in grid.png (initial | optimised, one row each)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+#: what a run writes besides its images (``NNNN_S.png`` in ``--out`` and ``--out/initial``)
+RUN_FILES = ("summary.json", "log.jsonl", "prompts.jsonl", "grid.png", "initial")
+
+
+def remove_run(out: Path) -> None:
+    """Delete the files a reno run wrote to ``out`` (and nothing else)."""
+    import shutil
+
+    for image in [*out.glob("[0-9][0-9][0-9][0-9]_*.png"), *(out / "initial").glob("[0-9][0-9][0-9][0-9]_*.png")]:
+        image.unlink()
+    for name in RUN_FILES:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def read_prompts(args) -> list[str]:
@@ -69,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=8, help="images optimised together (results do not depend on it)")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (its images, logs, grid)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--no-progress", action="store_true")
@@ -77,6 +96,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise SystemExit(f"--out {out} is a file, expected a directory")
+    previous = [f for f in RUN_FILES if (out / f).exists()]
+    if previous and not args.overwrite:
+        raise SystemExit(f"--out {out} already holds a reno run ({', '.join(previous)}); pass --overwrite to replace it "
+                         "or choose another --out")
     if args.iters < 1 or args.n_seeds < 1 or args.batch < 1:
         raise SystemExit("--iters, --n-seeds and --batch must be at least 1")
     prompts = read_prompts(args)
@@ -100,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict:
     reward = load_reward(spec, device=args.device, dtype=dtype)
     cfg = RenoConfig(iters=args.iters, lr=args.lr, reg_weight=args.reg_weight, grad_clip=args.grad_clip, seed=args.seed)
 
+    if previous:  # --overwrite: the earlier run goes entirely, so no stale image stays beside the new index
+        remove_run(out)
     (out / "initial").mkdir(parents=True, exist_ok=True)
     jobs = [(i, s) for i in range(len(prompts)) for s in range(args.seed, args.seed + args.n_seeds)]
     index, initial_index, grid_rows = [], [], []
@@ -155,6 +180,12 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"reno: {n} images in {out}; mean reward {sum(summary['initial_reward']) / n:.4f} -> "
               f"{sum(summary['best_reward']) / n:.4f}" + (" (interrupted)" if summary["interrupted"] else ""))
     return summary
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """The ``reno`` console script: exit status 0 after a run (the summary line goes to stdout)."""
+    main(argv)
+    return 0
 
 
 if __name__ == "__main__":

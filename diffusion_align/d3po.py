@@ -42,17 +42,17 @@ def pair_components(pairs: torch.Tensor, group: torch.Tensor) -> tuple[torch.Ten
 
 
 def d3po_update(u: PolicyUpdate, rollout: Rollout, pairs: torch.Tensor, pref: torch.Tensor, rng: torch.Generator,
-                scale: float = 1.0) -> dict:
+                scale: float = 1.0, group: torch.Tensor | None = None) -> dict:
     """One optimiser step on a minibatch of pairs ``[P,2]`` (indices into ``rollout``) with preferences ``[P,2]``.
 
     ``scale`` multiplies this process's mean loss (so that, averaged over processes, every pair of the step
     weighs the same). With ``reference: base`` the reference log-probabilities (adapters off) are computed
     here, only for the images trained on, unless the rollout already carries them; ``reference: sampler``
-    takes the sampling-time ones."""
+    takes the sampling-time ones. ``group``: :func:`noise_groups` of ``rollout`` (computed when not given)."""
     cfg, accelerator, sched, unet = u.cfg, u.accelerator, u.sched, u.unet
     module = accelerator.unwrap_model(unet)  # the same weights, without the DDP wrapper
     T = rollout.latents.shape[1] - 1
-    images, pos, comp = pair_components(pairs, noise_groups(rollout))
+    images, pos, comp = pair_components(pairs, noise_groups(rollout) if group is None else group)
     steps = train_steps(cfg, T, rng, int(comp.max()) + 1)[comp]  # [U, T_train]: one order per component
     sub = rollout.select(images)
     pref = pref.to(sub.latents.device)
@@ -119,7 +119,7 @@ def train_d3po_epoch(u: PolicyUpdate, rollout: Rollout, pairs: torch.Tensor, pre
             else:  # a dummy pair with zero preference: constant loss, zero gradient, collectives in step
                 mb_pairs, mb_pref = group_pairs(1, 2), torch.zeros(1, 2)
             scale = N * counts[rank, s].item() / counts[:, s].sum().item()
-            updates.append(d3po_update(u, rollout, mb_pairs, mb_pref, g, scale))
+            updates.append(d3po_update(u, rollout, mb_pairs, mb_pref, g, scale, group))
     return updates, sum(n)
 
 

@@ -26,15 +26,11 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float, targets: list[str]
     """Attach LoRA adapters (gaussian init: the adapted model starts equal to the base) to ``model`` and
     return the trainable parameters (fp32). Diffusers models with peft integration use ``add_adapter``;
     others (PixArt's transformer) get the adapters injected by peft directly."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoraConfig
 
     config = LoraConfig(r=rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=targets)
     try:
-        if hasattr(model, "add_adapter"):
-            model.add_adapter(config)
-        else:
-            inject_adapter_in_model(config, model)
-            model.peft_config = {"default": config}
+        _attach(model, config)
     except ValueError as e:  # peft: "Target modules ... not found in the base model"
         raise ValueError(f"lora_targets {targets} matched no module of the {type(model).__name__}: {e}") from e
     params = [p for p in model.parameters() if p.requires_grad]
@@ -43,6 +39,18 @@ def add_lora(model: torch.nn.Module, rank: int, alpha: float, targets: list[str]
     for p in params:
         p.data = p.data.float()
     return params
+
+
+def _attach(model: torch.nn.Module, config) -> None:
+    """Add the adapters of ``config`` to ``model``: ``add_adapter`` for diffusers models with peft
+    integration, peft's injection (and the ``peft_config`` the state-dict helpers read) for others."""
+    if hasattr(model, "add_adapter"):
+        model.add_adapter(config)
+    else:
+        from peft import inject_adapter_in_model
+
+        inject_adapter_in_model(config, model)
+        model.peft_config = {"default": config}
 
 
 def _tuner_layers(model: torch.nn.Module):
@@ -127,15 +135,12 @@ def load_lora(adapter: PipelineAdapter, folder: str | os.PathLike) -> None:
     if (folder / LORA_FILE).is_file() and hasattr(adapter.pipe, "load_lora_weights"):
         adapter.pipe.load_lora_weights(str(folder))
     elif (folder / PEFT_FILE).is_file():
-        from peft import LoraConfig, inject_adapter_in_model
+        from peft import LoraConfig
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        config = LoraConfig.from_pretrained(str(folder))
         state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(folder / PEFT_FILE)).items()}
-        model = adapter.denoiser
-        inject_adapter_in_model(config, model)
-        model.peft_config = {"default": config}
-        set_peft_model_state_dict(model, state)
+        _attach(adapter.denoiser, LoraConfig.from_pretrained(str(folder)))
+        set_peft_model_state_dict(adapter.denoiser, state)
     else:
         raise ValueError(f"{folder}: no LoRA adapters ({LORA_FILE} or {PEFT_FILE}) for a {type(adapter.pipe).__name__}")

@@ -131,7 +131,6 @@ class DiffusionRLTrainer(Trainer):
 
             self.scorer = make_scorer(cfg.feedback, accelerator.device)
         self.counters = {"samples": 0, "pairs": 0, "updates": 0}
-        self._last_good = 0
 
     # ------------------------------------------------------------------------------ the method's part
     def load_offline(self) -> tuple[Rollout, torch.Tensor, torch.Tensor] | None:
@@ -157,11 +156,9 @@ class DiffusionRLTrainer(Trainer):
             raise ConfigError(f"--resume: {self.ckpt} is a {extra.get('method')} run, the config says {self.cfg.method}")
         self.counters = {k: extra["counters"][k] for k in ("samples", "pairs", "updates")}
         self.elapsed = float(extra.get("elapsed", extra["counters"].get("elapsed", 0.0)))
-        self._last_good = self.position
 
     def on_checkpoint(self, folder: Path) -> None:
         save_lora(self.pipe, folder)
-        self._last_good = self.position
 
     def finish(self) -> dict:
         save_lora(self.pipe, self.out / "lora")
@@ -188,13 +185,13 @@ class DiffusionRLTrainer(Trainer):
             rec["samples_per_s"] = len(rollout) / rec["sample_s"]
             if not torch.isfinite(rollout.latents).all():
                 raise ValueError(f"epoch {epoch}: the policy sampled NaN/inf latents; stopping (the checkpoint "
-                                 f"of epoch {self._last_good} is kept; lower learning_rate or max_grad_norm)")
+                                 f"of epoch {self.saved_position} is kept; lower learning_rate or max_grad_norm)")
             # 2. feedback
             scores = self.scorer(rollout.images, rollout.prompts)
             all_scores = acc.gather(scores.to(acc.device)).cpu()
             if not torch.isfinite(all_scores).all():
                 raise ValueError(f"feedback {cfg.feedback!r} returned NaN/inf scores at epoch {epoch}; "
-                                 f"stopping (the checkpoint of epoch {self._last_good} is kept)")
+                                 f"stopping (the checkpoint of epoch {self.saved_position} is kept)")
             rec["score_mean"] = all_scores.mean().item()
             rec["score_std"] = all_scores.std().item() if len(all_scores) > 1 else 0.0
             if cfg.check_weight_sync:

@@ -90,6 +90,7 @@ class Trainer:
         self.metrics_file = metrics_file
         self.np_rng = None  # a numpy Generator whose state checkpoints carry (set by subclasses that draw from one)
         self.position = 0  # units done
+        self.saved_position = 0  # units done at the last checkpoint
         self.elapsed = 0.0  # seconds of training before this process started (resumed runs)
         self.stopped_by: str | None = None
 
@@ -147,7 +148,7 @@ class Trainer:
             extra = {**self.state_extra(), "elapsed": self.seconds}
             save_state(self.ckpt, module, opt, self.position, extra, self.np_rng)
             self.on_checkpoint(self.ckpt)
-        self._saved, self._has_checkpoint = self.position, True
+        self.saved_position, self._has_checkpoint = self.position, True
 
     def _restore(self) -> None:
         module, opt = self.state()
@@ -196,7 +197,8 @@ class Trainer:
         if self.resume:
             self._restore()
             self.logger.info(f"resumed from {self.ckpt} at {self.unit} {self.position}", main_process_only=True)
-        self._saved, self._has_checkpoint = self.position, self.resume  # known on every process (no file check)
+        # the position of the last checkpoint, and whether there is one: known on every process (no file check)
+        self.saved_position, self._has_checkpoint = self.position, self.resume
         self._t_start = time.time() - self.elapsed
         self._metrics = self._open_metrics()
         if self.accelerator.log_with:  # trackers (Accelerator(log_with=...)): the config's scalars as hyperparameters
@@ -225,7 +227,7 @@ class Trainer:
                     if stop:
                         self.stopped_by = f"stop_after_{self.unit}s"
                         break
-                if self._saved != self.position or not self._has_checkpoint:  # (also: stopped before a first unit)
+                if self.saved_position != self.position or not self._has_checkpoint:  # (also: stopped before a first unit)
                     self.checkpoint()
                 if self.is_main and self.position >= self.total:
                     result = self.finish()

@@ -35,21 +35,15 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 
 
 #: what a run writes besides its images (``NNNN_S.png`` in ``--out`` and ``--out/initial``)
-RUN_FILES = ("summary.json", "log.jsonl", "prompts.jsonl", "grid.png", "initial")
+RUN_FILES = ("summary.json", "log.jsonl", "prompts.jsonl", "grid.png", "initial/prompts.jsonl")
 
 
 def remove_run(out: Path) -> None:
     """Delete the files a reno run wrote to ``out`` (and nothing else)."""
-    import shutil
-
     for image in [*out.glob("[0-9][0-9][0-9][0-9]_*.png"), *(out / "initial").glob("[0-9][0-9][0-9][0-9]_*.png")]:
         image.unlink()
     for name in RUN_FILES:
-        path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        (out / name).unlink(missing_ok=True)
 
 
 def read_prompts(args) -> list[str]:

@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/python -m ruff check .
 
 demo: $(STAMP)
-	$(BIN)/python -m mmreward.demo --out outputs/demo
+	$(BIN)/mmalign demo --out outputs/demo --overwrite
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

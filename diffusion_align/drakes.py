@@ -165,12 +165,15 @@ def relaxed_trajectory(model, ref, n: int, steps: int, truncate: int, temp: floa
 class DrakesTrainer(Trainer):
     """DRAKES on the trainer layer: one unit is one optimiser step (``num_accum_steps`` batches)."""
 
+    run_files = ("model",)
+
     def __init__(self, cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, overwrite: bool = False) -> None:
         from diffusion_align.dna.mdlm import load_model
         from diffusion_align.dna.oracle import load_oracle
 
-        super().__init__(cfg.output_dir, cfg.num_epochs, vars(cfg), resume=resume, checkpoint_every=cfg.checkpoint_every,
+        super().__init__(cfg.output_dir, cfg.num_epochs, vars(cfg), resume=resume, overwrite=overwrite,
+                         checkpoint_every=cfg.checkpoint_every,
                          max_minutes=cfg.max_minutes, stop_after=stop_after_epochs, progress=progress, name="drakes",
                          unit="epoch")
         self.cfg = cfg
@@ -239,10 +242,12 @@ class DrakesTrainer(Trainer):
                                                     "alpha": self.cfg.alpha, "steps": self.position})
 
 
-def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+def train(cfg: DrakesConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True,
+          overwrite: bool = False) -> dict:
     """Run a DRAKES config; ``model/`` holds the weights reached (also when stopped early: ``--resume``
     continues from the checkpoint)."""
-    trainer = DrakesTrainer(cfg, resume=resume, stop_after_epochs=stop_after_epochs, progress=progress)
+    trainer = DrakesTrainer(cfg, resume=resume, stop_after_epochs=stop_after_epochs, progress=progress,
+                            overwrite=overwrite)
     res = trainer.run()
     trainer.save_model()
     return {**res, "elapsed": trainer.seconds}

@@ -4,10 +4,12 @@ own (a config error, a CLI exit)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+
+from mmreward.errors import InputFileError
+from mmreward.files import read_jsonl, read_text
 
 SUITES = ("train", "eval")
 
@@ -23,23 +25,19 @@ def read_prompts(spec: str) -> list[str]:
         prompts = [m["prompt"] for m in load_suite(name)]
     else:
         if spec.startswith("shapes:"):
-            raise ValueError(f"prompts {spec!r}: unknown ShapesWorld suite (known: {', '.join('shapes:' + s for s in SUITES)})")
+            raise InputFileError(f"prompts {spec!r}: unknown ShapesWorld suite (known: {', '.join('shapes:' + s for s in SUITES)})")
         path = Path(spec)
         if not path.is_file():
-            raise ValueError(f"prompts: no such file {spec!r} (or a suite: shapes:train, shapes:eval)")
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
+            raise InputFileError(f"prompts: no such file {spec!r} (or a suite: shapes:train, shapes:eval)")
         if path.suffix == ".jsonl":
-            try:
-                prompts = [json.loads(line)["prompt"] for line in lines]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"prompts {spec!r}: every line must be a JSON object with a 'prompt' field ({e})") from e
+            prompts = [row["prompt"] for row in read_jsonl(path, "prompts file", keys=("prompt",))]
         else:
-            prompts = [line.strip() for line in lines]
+            prompts = [line.strip() for line in read_text(path, "prompts file").splitlines() if line.strip()]
     if not prompts:
-        raise ValueError(f"prompts {spec!r} holds no prompts")
+        raise InputFileError(f"prompts {spec!r} holds no prompts")
     for i, p in enumerate(prompts):
         if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompts {spec!r}: prompt {i} is empty")
+            raise InputFileError(f"prompts {spec!r}: prompt {i} is empty")
     return prompts
 
 
@@ -47,10 +45,20 @@ def load_pipeline(name: str, device: str | torch.device = "cpu", dtype: torch.dt
     """``DiffusionPipeline.from_pretrained(name)`` (hub id or folder) on ``device``, progress bars off."""
     from diffusers import DiffusionPipeline
 
+    from mmreward.assets import missing_asset_hint, resolve_asset
+    from mmreward.errors import ModelLoadError
+    from mmreward.hub import require_hub
+
+    name = resolve_asset(name)
+    if not Path(name).exists():
+        if name.startswith(("/", ".", "~")) or name.count("/") > 1 or missing_asset_hint(name):
+            raise ModelLoadError(f"cannot load pipeline {name!r}: no such folder{missing_asset_hint(name)}")
+        require_hub(name, f"the pipeline {name!r}", "pass its local folder")
     try:
         pipe = DiffusionPipeline.from_pretrained(name, **({"dtype": dtype} if dtype is not None else {}))
     except (OSError, ValueError) as e:
-        hint = "" if Path(name).exists() else " (not a local folder; a hub id needs internet access)"
+        hint = missing_asset_hint(name) or ("" if Path(name).exists() else
+                                            " (not a local folder; a hub id needs internet access)")
         raise ValueError(f"cannot load pipeline {name!r}{hint}: {e}") from e
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

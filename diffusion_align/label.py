@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 
 from diffusion_align.config import SAMPLER_KEYS, ConfigError, DiffusionRLConfig
+from mmreward.command import run_command, with_examples
+from mmreward.files import numbered_jsonl, read_jsonl
 
 
 def sample_pairs(cfg: DiffusionRLConfig, out: Path, n_prompts: int, per_prompt: int, lora: str | None = None) -> int:
@@ -70,7 +72,7 @@ def read_pairs(folder: Path) -> list[dict]:
     path = folder / "pairs.jsonl"
     if not path.is_file():
         raise ConfigError(f"{folder}: no pairs.jsonl (run `python -m diffusion_align.label sample` first)")
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return read_jsonl(path, "pairs file")
 
 
 def annotate(folder: Path, annotator: str | None = None, auto: str | None = None, inp=None, out=None) -> int:
@@ -78,7 +80,7 @@ def annotate(folder: Path, annotator: str | None = None, auto: str | None = None
     inp, out = inp or sys.stdin, out or sys.stdout
     pairs = read_pairs(folder)
     path = folder / (f"labels_{annotator}.jsonl" if annotator else "labels.jsonl")
-    done = {json.loads(x)["pair"] for x in path.read_text().splitlines() if x.strip()} if path.is_file() else set()
+    done = {r["pair"] for r in read_jsonl(path, "labels file", keys=("pair",))} if path.is_file() else set()
     todo = [p for p in pairs if p["pair"] not in done]
     scores = None
     if auto:
@@ -125,13 +127,11 @@ def load_labelled(folder: str | Path, device="cpu", cfg: DiffusionRLConfig | Non
         raise ConfigError(f"labels_dir {folder}: no labels*.jsonl (run `python -m diffusion_align.label annotate`)")
     votes: dict[int, Counter] = {}
     for f in files:
-        for line in f.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                if r["pair"] not in pairs:
-                    raise ConfigError(f"{f}: pair {r['pair']} is not in pairs.jsonl")
-                if r["chosen"] is not None:
-                    votes.setdefault(r["pair"], Counter())[int(r["chosen"])] += 1
+        for n, r in numbered_jsonl(f, "labels file", keys=("pair", "chosen")):
+            if r["pair"] not in pairs:
+                raise ConfigError(f"{f}, line {n}: pair {r['pair']} is not in pairs.jsonl")
+            if r["chosen"] is not None:
+                votes.setdefault(r["pair"], Counter())[int(r["chosen"])] += 1
     idx, pref = [], []
     for pid, c in sorted(votes.items()):
         if c[0] != c[1]:
@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--dir", required=True)
     a.add_argument("--annotator", default=None)
     a.add_argument("--auto", default=None, help="label with a feedback source instead (evaluator, a reward spec)")
+    with_examples(s, "mmalign label sample --config d3po_shapes --out labels/ --prompts 20 --per-prompt 4")
+    with_examples(a, "mmalign label annotate --dir labels/ --annotator alice")
+    with_examples(p, "mmalign label sample --config d3po_shapes --out labels/", "mmalign label annotate --dir labels/")
     args = p.parse_args(argv)
     try:
         if args.cmd == "sample":
@@ -175,4 +178,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

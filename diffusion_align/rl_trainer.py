@@ -91,8 +91,10 @@ class PolicyUpdate:
 class DiffusionRLTrainer(Trainer):
     """Sampling, feedback, LoRA, checkpoints and exports; subclasses implement :meth:`update`."""
 
+    run_files = ("lora", "grids")
+
     def __init__(self, cfg: DiffusionRLConfig, resume: bool = False, stop_after_epochs: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, overwrite: bool = False) -> None:
         from accelerate import Accelerator
 
         if cfg.mixed_precision != "no" and not torch.cuda.is_available():
@@ -105,7 +107,8 @@ class DiffusionRLTrainer(Trainer):
             raise ConfigError(f"log_with: {e}") from e
         if cfg.log_with and not accelerator.log_with:  # accelerate only warns when the tracker is not installed
             raise ConfigError(f"log_with: {cfg.log_with!r} is not installed (e.g. pip install 'mmalign[tensorboard]')")
-        super().__init__(cfg.output_dir, cfg.num_epochs, vars(cfg), resume=resume, checkpoint_every=cfg.checkpoint_every,
+        super().__init__(cfg.output_dir, cfg.num_epochs, vars(cfg), resume=resume, overwrite=overwrite,
+                         checkpoint_every=cfg.checkpoint_every,
                          max_minutes=cfg.max_minutes, stop_after=stop_after_epochs, progress=progress,
                          accelerator=accelerator, name=cfg.method, unit="epoch")
         self.cfg = cfg

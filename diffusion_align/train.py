@@ -19,48 +19,54 @@ gives the weights of an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from diffusion_align.config import ConfigError, DiffusionRLConfig
+from mmreward.command import run_command, with_examples
 from mmreward.trainer import setup_logging
 
 __all__ = ["config_method", "main", "train"]
 
 
-def train(cfg: DiffusionRLConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True) -> dict:
+def train(cfg: DiffusionRLConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True,
+          overwrite: bool = False) -> dict:
     """Run a D3PO or DDPO config (``cfg.method``); returns the run's result (epoch, counters, stop reason)."""
     from diffusion_align.d3po import D3POTrainer
     from diffusion_align.ddpo import DDPOTrainer
 
     trainer = {"d3po": D3POTrainer, "ddpo": DDPOTrainer}[cfg.method]
-    return trainer(cfg, resume=resume, stop_after_epochs=stop_after_epochs, progress=progress).train()
+    return trainer(cfg, resume=resume, stop_after_epochs=stop_after_epochs, progress=progress, overwrite=overwrite).train()
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML run config (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
     p.add_argument("--stop-after-epochs", type=int, default=None, help="checkpoint and stop after this epoch (simulates a kill)")
     p.add_argument("--no-progress", action="store_true")
+    with_examples(p, "mmalign train --config d3po_shapes", "mmalign train --config d3po_shapes --resume --set max_minutes=120", "accelerate launch diffusion_align/train.py --config configs/ddpo_shapes.yaml")
     args = p.parse_args(argv)
     setup_logging()
-    try:
-        if config_method(args.config, args.set) == "drakes":  # discrete diffusion: its own config and loop
-            from diffusion_align.drakes import DrakesConfig
-            from diffusion_align.drakes import train as run
-            cfg = DrakesConfig.from_cli(args.config, args.set)
-        else:
-            cfg, run = DiffusionRLConfig.from_cli(args.config, args.set), train
-        return run(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from e
+    if config_method(args.config, args.set) == "drakes":  # discrete diffusion: its own config and loop
+        from diffusion_align.drakes import DrakesConfig
+        from diffusion_align.drakes import train as run
+        cfg = DrakesConfig.from_cli(args.config, args.set)
+    else:
+        cfg, run = DiffusionRLConfig.from_cli(args.config, args.set), train
+    return run(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress,
+               overwrite=args.overwrite)
 
 
 def config_method(path: str, overrides: list[str]) -> str | None:
     """The ``method`` a config file (and its ``--set`` overrides) names, read before the config is validated."""
     import yaml
 
+    from mmreward.assets import resolve_config
+
+    path = resolve_config(path)
     if not Path(path).is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -75,4 +81,4 @@ def config_method(path: str, overrides: list[str]) -> str | None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .assets import missing_asset_hint, resolve_asset
 from .errors import ModelLoadError
+from .hub import require_hub
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess
 
 OFFLINE_HINT = (
@@ -86,6 +89,13 @@ class ClipBackbone(nn.Module):
     def clear_cache(self) -> None:
         self._text_cache.clear()
 
+    def _warn_if_truncated(self, prompts: list[str], lengths: list[int], limit: int) -> None:
+        """Warn for each prompt of more tokens (start and end included) than the text tower reads."""
+        for p, n in zip(prompts, lengths, strict=True):
+            if n > limit:
+                short = p if len(p) <= 60 else p[:57] + "..."
+                warnings.warn(f"prompt of {n} tokens is cut to the text encoder's {limit}: {short!r}", stacklevel=4)
+
     def freeze(self) -> ClipBackbone:
         """Eval mode and no weight gradients (rewards are frozen by default)."""
         self.eval()
@@ -110,6 +120,9 @@ class OpenClipBackbone(ClipBackbone):
         return self.model.encode_image(pixels)
 
     def _text_features(self, prompts: list[str]) -> torch.Tensor:
+        encode, limit = getattr(self.tokenizer, "encode", None), getattr(self.tokenizer, "context_length", None)
+        if callable(encode) and limit:  # open_clip's SimpleTokenizer: ids without the start and end tokens
+            self._warn_if_truncated(prompts, [len(encode(p)) + 2 for p in prompts], int(limit))
         tokens = self.tokenizer(prompts).to(self.device)
         return self.model.encode_text(tokens)
 
@@ -152,20 +165,22 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
     import open_clip
 
     model_name, pretrained = arg, None
-    path = os.path.expanduser(arg.removeprefix("local-dir:"))
+    path = resolve_asset(arg.removeprefix("local-dir:"))
     if arg.startswith("local-dir:") or os.path.isdir(path):
         if not os.path.isdir(path):
-            raise ModelLoadError(f"open_clip folder not found: {path!r}")
+            raise ModelLoadError(f"open_clip folder not found: {path!r}{missing_asset_hint(path)}")
         if not os.path.isfile(os.path.join(path, "open_clip_config.json")):
             raise ModelLoadError(f"{path!r} is a folder but has no open_clip_config.json (not an open_clip model folder)")
         model_name = "local-dir:" + path
     elif arg.startswith("hf-hub:"):
         pass
+    elif missing_asset_hint(arg):
+        raise ModelLoadError(f"open_clip model folder not found: {arg!r}{missing_asset_hint(arg)}")
     else:
         model_name, _, pretrained = arg.partition("/")
         if model_name not in open_clip.list_models():
             if _looks_like_path(arg):
-                raise ModelLoadError(f"open_clip model folder not found: {arg!r}")
+                raise ModelLoadError(f"open_clip model folder not found: {arg!r}{missing_asset_hint(arg)}")
             raise ModelLoadError(f"unknown open_clip architecture {model_name!r} (see open_clip.list_models())")
         tags = open_clip.list_pretrained_tags_by_model(model_name)
         if not pretrained:
@@ -179,6 +194,10 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
             if _looks_like_path(pretrained):
                 raise ModelLoadError(f"checkpoint file not found: {pretrained!r}")
             raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {model_name}; known tags: {tags}")
+    if not model_name.startswith("local-dir:") and not (pretrained and os.path.isfile(pretrained)):
+        repo = model_name.removeprefix("hf-hub:") if model_name.startswith("hf-hub:") else None
+        require_hub(repo, f"open_clip weights for {arg!r}",
+                    "pass a local path: 'clip:MODEL//path/to/weights' or 'clip:/path/to/open_clip_folder'")
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         tokenizer = open_clip.get_tokenizer(model_name)
@@ -229,6 +248,8 @@ class HFClipBackbone(ClipBackbone):
         return self._features(self.model.get_image_features(pixel_values=pixels))
 
     def _text_features(self, prompts: list[str]) -> torch.Tensor:
+        self._warn_if_truncated(prompts, [len(ids) for ids in self.tokenizer(prompts, truncation=False)["input_ids"]],
+                                self.max_length)
         tok = self.tokenizer(
             prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
@@ -260,19 +281,24 @@ def _hf_preprocess(folder_or_id: str, model) -> ClipPreprocess:
 
 
 def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 processor: str | None = None) -> HFClipBackbone:
+                 processor: str | None = None, family: str = "hfclip") -> HFClipBackbone:
     """Load a transformers ``CLIPModel`` from a hub id (``openai/clip-vit-large-patch14``) or a local folder;
     ``processor`` (hub id or folder) supplies the tokenizer and preprocessing when the model's repo has none
-    (PickScore uses the LAION CLIP-H processor)."""
+    (PickScore uses the LAION CLIP-H processor); ``family`` is the spec family named in error hints."""
     from transformers import AutoTokenizer, CLIPModel
 
-    path = os.path.expanduser(arg)
+    path = resolve_asset(arg)
     if os.path.isdir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise ModelLoadError(f"{path!r} is a folder but has no config.json (not a transformers model folder)")
         arg = path
     elif _looks_like_path(arg) or arg.count("/") > 1:
-        raise ModelLoadError(f"transformers CLIP folder not found: {arg!r}")
+        raise ModelLoadError(f"transformers CLIP folder not found: {arg!r}{missing_asset_hint(arg)}")
+    hint = f"pass '{family}:/path/to/folder' (e.g. after `hf download {arg} --local-dir FOLDER`)"
+    if not os.path.isdir(arg):
+        require_hub(arg, repr(arg), hint)
+    if processor and not os.path.isdir(processor):
+        require_hub(processor, f"the processor {processor!r}", "pass '?processor=FOLDER'")
     try:
         model = CLIPModel.from_pretrained(arg)
         tokenizer = AutoTokenizer.from_pretrained(processor or arg)
@@ -280,8 +306,8 @@ def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtyp
         if os.path.isdir(arg):
             raise ModelLoadError(f"could not load transformers CLIP from {arg!r}: {e}") from e
         raise ModelLoadError(
-            f"could not fetch {arg!r} from the Hugging Face hub. {OFFLINE_HINT}: 'hfclip:/path/to/folder' "
-            f"(e.g. after `hf download {arg} --local-dir FOLDER`). Cause: {str(e)[:300]}"
+            f"could not fetch {arg!r} from the Hugging Face hub. {OFFLINE_HINT}: {hint.removeprefix('pass ')}. "
+            f"Cause: {str(e)[:300]}"
         ) from e
     backbone = HFClipBackbone(model, tokenizer, _hf_preprocess(processor or arg, model), name=arg)
     return backbone.freeze().to(device=device, dtype=dtype)

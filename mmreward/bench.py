@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .command import run_command, with_examples
 from .errors import RewardError
+from .files import read_jsonl, read_text
 
 FORMATS = ("auto", "jsonl", "imagereward", "vlrewardbench", "mmrewardbench")
 VLRB_GROUPS = {"vlfeedback": "general", "wildvision": "general", "povid": "hallucination", "rlaif-v": "hallucination",
@@ -56,10 +59,12 @@ class BenchItem:
 
 
 def _records(path: Path) -> list[dict]:
-    text = path.read_text()
     if path.suffix == ".jsonl":
-        return [json.loads(x) for x in text.splitlines() if x.strip()]
-    data = json.loads(text)
+        return read_jsonl(path, "benchmark file")
+    try:
+        data = json.loads(read_text(path, "benchmark file"))
+    except json.JSONDecodeError as e:
+        raise RewardError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from e
     if isinstance(data, dict):  # {"data": [...]} or {id: record}
         data = data.get("data", list(data.values()))
     return list(data)
@@ -220,13 +225,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="write the result JSON here (and a .md beside it)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
+    with_examples(p, "mmalign bench --reward clip:assets/shapesworld-clip --data prefs/preferences.jsonl --out out/bench.json")
     args = p.parse_args(argv)
-    try:
-        items = load_benchmark(args.data, args.format, args.images, args.labels)
-        reward = load_reward(args.reward, device=args.device)
-        res = evaluate(items, score_candidates(reward, items, args.batch, not args.no_progress), args.bins)
-    except RewardError as e:
-        raise SystemExit(f"error: {e}") from e
+    items = load_benchmark(args.data, args.format, args.images, args.labels)
+    reward = load_reward(args.reward, device=args.device)
+    res = evaluate(items, score_candidates(reward, items, args.batch, not args.no_progress), args.bins)
     res.update({"reward": args.reward, "data": args.data})
     if args.out:
         out = Path(args.out)
@@ -238,4 +241,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -77,11 +77,12 @@ def has_state(folder: str | os.PathLike) -> bool:
 
 
 def run_checkpoint_dir(output_dir: str | os.PathLike, resume: bool, name: str = "checkpoint",
-                       where: str = "output_dir", marker: str = STATE_FILE) -> Path:
+                       where: str = "output_dir", marker: str = STATE_FILE, overwrite: bool = False) -> Path:
     """``output_dir/name`` of a training run, checked against ``resume``: ``--resume`` needs a checkpoint
-    there, and a fresh run refuses to overwrite one (:class:`ConfigError` either way). ``where`` names the
-    setting that chose ``output_dir`` in the message (``output_dir`` in a config, ``--out`` on a command line);
-    ``marker`` is the file whose presence means a checkpoint (another library's, e.g. SB3's ``model.zip``)."""
+    there, and a fresh run refuses to overwrite one unless ``overwrite`` (:class:`ConfigError` either way; the
+    caller deletes the old run). ``where`` names the setting that chose ``output_dir`` in the message
+    (``output_dir`` in a config, ``--out`` on a command line); ``marker`` is the file whose presence means a
+    checkpoint (another library's, e.g. SB3's ``model.zip``)."""
     from .config_file import ConfigError
 
     out = Path(output_dir)
@@ -89,11 +90,45 @@ def run_checkpoint_dir(output_dir: str | os.PathLike, resume: bool, name: str = 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{where} {out} is a file, expected a directory")
     held = (ckpt / marker).is_file()
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if resume and not held:
         raise ConfigError(f"--resume: no checkpoint in {ckpt}")
-    if not resume and held:
-        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it or choose another {where}")
+    if not resume and held and not overwrite:
+        raise ConfigError(f"{ckpt} already holds a checkpoint: pass --resume to continue it, --overwrite to replace "
+                          f"it, or choose another {where}")
     return ckpt
+
+
+# Keys that may differ when a run is resumed: its budget, and how (not what) it runs.
+BUDGET_KEYS = ("max_minutes", "num_epochs", "epochs", "total_steps", "steps")
+RESUMABLE_KEYS = frozenset(BUDGET_KEYS + (
+    "resume", "overwrite", "stop_after", "stop_after_steps", "threads", "device", "progress", "no_progress",
+    "quiet", "debug", "log_with", "checkpoint_every", "ckpt_every", "keep_snapshots", "grid_every", "eval_every",
+    "eval_episodes", "video_episodes"))
+
+
+def check_resumed_config(saved_file: str | os.PathLike, config: dict, allowed=RESUMABLE_KEYS) -> None:
+    """Raise :class:`ConfigError` naming each key whose value differs from the run's saved config
+    (``saved_file``: ``config.json``, or a ``.yaml``), except the keys in ``allowed``; a run without one is not
+    checked."""
+    import yaml
+
+    from .config_file import ConfigError
+
+    path = Path(saved_file)
+    if not path.is_file():
+        return
+    try:
+        saved = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else json.loads(path.read_text())
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e}); cannot check the resumed config against it") from e
+    now = json.loads(json.dumps(config, default=str))  # the form config.json stores (tuples as lists...)
+    changed = [k for k in sorted(set(saved) | set(now)) if k not in allowed and saved.get(k) != now.get(k)]
+    if changed:
+        diffs = "; ".join(f"{k}: {saved.get(k)!r} in the run, {now.get(k)!r} now" for k in changed)
+        raise ConfigError(f"--resume with a changed config ({diffs}); only the budget ({', '.join(BUDGET_KEYS)}) "
+                          "may change on resume: start a new run (another output folder, or --overwrite) to change the rest")
 
 
 def read_state_info(folder: str | os.PathLike) -> tuple[int, dict]:

@@ -9,10 +9,12 @@ import json
 
 import torch
 
+from .trainer import add_run_args
+
 
 def add_training_args(p: argparse.ArgumentParser, *, out: str, work: str, steps: int, batch: int, warmup: int) -> None:
     p.add_argument("--out", default=out, help="output open_clip model folder")
-    p.add_argument("--work", default=work, help="checkpoints and logs (rerunning the command resumes from them)")
+    p.add_argument("--work", default=work, help="checkpoints and logs of the run")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -23,6 +25,7 @@ def add_training_args(p: argparse.ArgumentParser, *, out: str, work: str, steps:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tiny", action="store_true", help="a very small model (tests)")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and exit after this step (simulates a kill)")
+    add_run_args(p)
 
 
 def model_config(base: dict, tiny: bool, **tiny_vision) -> dict:

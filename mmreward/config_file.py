@@ -12,8 +12,10 @@ import types
 import typing
 from pathlib import Path
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A malformed config (names the key and what is wrong)."""
 
 
@@ -45,9 +47,12 @@ class YamlConfig:
     def from_yaml(cls, path: str | Path):
         import yaml
 
-        path = Path(path)
+        from .assets import resolve_config, shipped_configs
+
+        path = Path(resolve_config(path))
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path} (shipped configs, usable by name: "
+                              f"{', '.join(shipped_configs())})")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:

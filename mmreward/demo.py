@@ -14,14 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from . import load_reward
-from .images import image_grid
+from .assets import missing_asset_hint, resolve_asset
+from .command import run_command, with_examples
+from .errors import InputFileError, ModelLoadError
+from .files import read_jsonl
+from .images import GREEN, GREY, RED, labelled_grid
 from .shapes.clip_eval import hard_negative_items
 from .shapes.data import to_tensor
 from .shapes.prompts import CATEGORIES
@@ -38,13 +43,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--t2i", default="assets/shapesworld-t2i", help="text-to-image pipeline folder ('' to skip part 2)")
     p.add_argument("--seeds", type=int, default=2, help="samples per prompt in part 2")
+    p.add_argument("--overwrite", action="store_true", help="replace the demo already in --out")
+    with_examples(p, "mmalign demo --out outputs/demo", 'mmalign demo --reward "hfclip:openai/clip-vit-base-patch32" --t2i ""')
     args = p.parse_args(argv)
 
-    if args.reward == DEFAULT_REWARD and not os.path.isdir("assets/shapesworld-clip"):
-        raise SystemExit(
-            "embedded ShapesWorld-CLIP not found at assets/shapesworld-clip (run from the repository root, "
-            "or regenerate it with `python -m mmreward.shapes.train_clip`)"
-        )
+    out = Path(args.out)
+    prepare_out(out, args.overwrite)
     reward = load_reward(args.reward)
     suite = load_suite("eval")
     rng = np.random.default_rng(args.seed)
@@ -54,7 +58,6 @@ def main(argv: list[str] | None = None) -> dict:
         metas += [rows[i] for i in rng.choice(len(rows), size=args.per_category, replace=False)]
     items = hard_negative_items(metas, seed=args.seed, size=64)
 
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, tiles = [], []
     with torch.no_grad():
@@ -68,11 +71,18 @@ def main(argv: list[str] | None = None) -> dict:
                 "correct": scores[0] > max(scores[1:]),
             })
             Image.fromarray(img).save(out / rows[-1]["image"])
-            tiles.append(_tile(img, captions[0], scores[0], rows[-1]["correct"]))
+            ok = rows[-1]["correct"]
+            tiles.append((Image.fromarray(img), captions[0].removeprefix("a photo of "), [
+                (f"reward {scores[0]:.3f}", GREY),
+                ("ranked first" if ok else f"ranked below: {captions[best_neg].removeprefix('a photo of ')}",
+                 GREEN if ok else RED)]))
     (out / "prompts.jsonl").write_text("".join(json.dumps({"image": r["image"], "prompt": r["prompt"]}) + "\n" for r in rows))
     summary = {"reward": args.reward, "accuracy": float(np.mean([r["correct"] for r in rows])), "rows": rows}
     (out / "scores.json").write_text(json.dumps(summary, indent=2))
-    image_grid(tiles, cols=2 * args.per_category).save(out / "grid.png")
+    labelled_grid(tiles, cols=2 * args.per_category, legend=(
+        f"ShapesWorld renders with their prompt. reward: {args.reward} of the image and its prompt. "
+        "Green 'ranked first': the true prompt scores above every hard negative (the same prompt with a colour, "
+        "shape, count or relation swapped); red: the hard negative that scored higher.")).save(out / "grid.png")
 
     print(f"reward: {args.reward}\n")
     print(f"{'category':<14} {'prompt':<52} {'reward':>7}  {'hardest negative':<52} {'reward':>7}  ok")
@@ -86,6 +96,30 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+RUN_FILES = ("scores.json", "grid.png", "samples.json", "samples.png")
+
+
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` holding a demo unless ``overwrite``, which deletes that demo's files first."""
+    import shutil
+
+    if out.is_file():
+        raise InputFileError(f"--out {out} is a file, expected a folder")
+    held = [f for f in (*RUN_FILES, "prompts.jsonl") if (out / f).exists()]
+    if not held:
+        return
+    if not overwrite:
+        raise InputFileError(f"--out {out} already holds a demo ({', '.join(held)}): pass --overwrite to replace it, "
+                             "or choose another --out")
+    if (out / "prompts.jsonl").is_file():
+        for row in read_jsonl(out / "prompts.jsonl"):
+            if isinstance(row.get("image"), str):
+                (out / row["image"]).unlink(missing_ok=True)
+    for f in (*RUN_FILES, "prompts.jsonl"):
+        (out / f).unlink(missing_ok=True)
+    shutil.rmtree(out / "samples", ignore_errors=True)
+
+
 def sample_and_score(reward, model: str, metas: list[dict], seeds: int, out: Path) -> dict:
     """Part 2: one-step samples of ``model`` for ``metas``, scored by ``reward`` and by the evaluator."""
     from diffusers import DiffusionPipeline
@@ -94,10 +128,11 @@ def sample_and_score(reward, model: str, metas: list[dict], seeds: int, out: Pat
     from .shapes.evaluator import evaluate_image
     from .shapes.generate import sample_pipeline
 
-    if not os.path.isdir(model):
-        raise SystemExit(f"text-to-image pipeline not found at {model} (regenerate it with "
-                         "`python -m diffusion_align.embedded.train_shapes_t2i`, or pass --t2i '' to skip)")
-    pipe = DiffusionPipeline.from_pretrained(model)
+    folder = resolve_asset(model)
+    if not os.path.isdir(folder):
+        raise ModelLoadError(f"--t2i: text-to-image pipeline folder not found: {model}{missing_asset_hint(model)} "
+                             "(pass --t2i '' to skip part 2)")
+    pipe = DiffusionPipeline.from_pretrained(folder)
     (out / "samples").mkdir(exist_ok=True)
     rows, tiles = [], []
     prompts = [m["prompt"] for m in metas]
@@ -108,7 +143,10 @@ def sample_and_score(reward, model: str, metas: list[dict], seeds: int, out: Pat
             rows.append({"image": f"samples/{i:03d}_{s}.png", "tag": metas[i]["tag"], "prompt": prompts[i],
                          "reward": r, "correct": verdict["correct"], "reason": verdict["reason"]})
             im.save(out / rows[-1]["image"])
-            tiles.append(_tile(np.asarray(im), prompts[i], r, verdict["correct"]))
+            ok = verdict["correct"]
+            tiles.append((im, prompts[i].removeprefix("a photo of "), [
+                (f"reward {r:.3f}", GREY),
+                ("evaluator: correct" if ok else f"evaluator: wrong ({verdict['reason']})", GREEN if ok else RED)]))
     (out / "samples" / "prompts.jsonl").write_text(
         "".join(json.dumps({"image": r["image"].removeprefix("samples/"), "prompt": r["prompt"]}) + "\n" for r in rows))
     ok = [r["reward"] for r in rows if r["correct"]]
@@ -117,7 +155,10 @@ def sample_and_score(reward, model: str, metas: list[dict], seeds: int, out: Pat
               "mean_reward_correct": float(np.mean(ok)) if ok else None,
               "mean_reward_wrong": float(np.mean(bad)) if bad else None, "rows": rows}
     (out / "samples.json").write_text(json.dumps(result, indent=2))
-    image_grid(tiles, cols=2 * seeds).save(out / "samples.png")
+    labelled_grid(tiles, cols=2 * seeds, legend=(
+        f"One-step samples of {model}, {seeds} seeds per prompt. reward: the reward of the sample and its prompt. "
+        "evaluator: the ShapesWorld evaluator's verdict read from the pixels (green correct, red wrong, with the "
+        "reason).")).save(out / "samples.png")
     print(f"\none-step samples of {model}: {result['accuracy']:.0%} of {len(rows)} correct by the evaluator; "
           f"mean reward {_fmt(result['mean_reward_correct'])} (correct) vs {_fmt(result['mean_reward_wrong'])} (wrong)")
     print(f"wrote {out}/samples.json, {out}/samples.png and {len(rows)} samples in {out}/samples/")
@@ -128,16 +169,5 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _tile(img: np.ndarray, prompt: str, score: float, ok: bool, scale: int = 3) -> Image.Image:
-    im = Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST)
-    tile = Image.new("RGB", (im.width, im.height + 34), "white")
-    tile.paste(im, (0, 0))
-    d = ImageDraw.Draw(tile)
-    words = prompt.removeprefix("a photo of ")
-    d.text((2, im.height + 2), words[:32], fill="black")
-    d.text((2, im.height + 18), f"r={score:.3f} {'ok' if ok else 'WRONG'}", fill="green" if ok else "red")
-    return tile
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

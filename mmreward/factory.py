@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .assets import resolve_asset
 from .backbones import ClipBackbone, load_hf_clip, load_open_clip
 from .base import VisionReward
 from .combine import WeightedSum
@@ -130,7 +131,6 @@ register_family("imagereward", _build_image_reward, "ImageReward-v1.0",
 
 def _build_ensemble(arg: str | None, device="cpu", dtype=torch.float32, agg: str = "mean", lam: str = "0.5",
                     ddof: str = "0", **unknown) -> VisionReward:
-    import os
     from pathlib import Path
 
     from .combine import Ensemble
@@ -138,7 +138,7 @@ def _build_ensemble(arg: str | None, device="cpu", dtype=torch.float32, agg: str
 
     if unknown:
         raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; ensemble accepts agg, lam, ddof")
-    folder = Path(os.path.expanduser(arg or ""))
+    folder = Path(resolve_asset(arg or ""))
     members = sorted(d for d in folder.iterdir() if (d / HEAD_CONFIG).is_file()) if folder.is_dir() else []
     if not members:
         raise RewardSpecError(f"ensemble:{arg}: expected a folder whose subfolders are reward heads ({HEAD_CONFIG})")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .assets import resolve_asset
 from .base import VisionReward
 from .errors import ModelLoadError, RewardError
 
@@ -139,16 +140,24 @@ def read_head(arg: str | os.PathLike) -> tuple[dict, MLPHead]:
     """``(config, head)`` of a head folder (weights loaded; no backbone)."""
     from safetensors.torch import load_file
 
-    folder = Path(os.path.expanduser(str(arg)))
+    folder = Path(resolve_asset(arg))
     if not (folder / HEAD_CONFIG).is_file() or not (folder / HEAD_WEIGHTS).is_file():
         raise ModelLoadError(f"{str(arg)!r} is not a reward head folder (needs {HEAD_CONFIG} and {HEAD_WEIGHTS})")
-    cfg = json.loads((folder / HEAD_CONFIG).read_text())
-    head = MLPHead(cfg["in_dim"], tuple(cfg["hidden"]), tuple(cfg["dropout"]), cfg.get("activation", "none"))
     try:
-        head.load_state_dict(load_file(str(folder / HEAD_WEIGHTS)))
+        cfg = json.loads((folder / HEAD_CONFIG).read_text())
+        head = MLPHead(cfg["in_dim"], tuple(cfg["hidden"]), tuple(cfg["dropout"]), cfg.get("activation", "none"))
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ModelLoadError(f"{folder / HEAD_CONFIG}: not a valid reward head config ({type(e).__name__}: {e}); "
+                             "re-export the head with `mmalign train-reward`") from e
+    try:
+        state = load_file(str(folder / HEAD_WEIGHTS))
+    except Exception as e:  # safetensors raises SafetensorError (and OSError) on a damaged file
+        raise ModelLoadError(f"{folder / HEAD_WEIGHTS}: not a readable safetensors file ({e})") from e
+    try:
+        head.load_state_dict(state)
     except RuntimeError as e:
         raise ModelLoadError(f"{folder / HEAD_WEIGHTS} does not match {HEAD_CONFIG}: {e}") from e
-    cfg["backbone_resolved"] = _resolve_backbone(cfg["backbone"], folder)
+    cfg["backbone_resolved"] = _resolve_backbone(cfg.get("backbone") or "", folder)
     return cfg, head
 
 

@@ -106,7 +106,7 @@ def load_image_reward(arg: str | None = "ImageReward-v1.0", device="cpu", dtype=
         raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; imagereward accepts med_config, tokenizer, vision_heads")
     arg = arg or "ImageReward-v1.0"
     if arg == "ImageReward-v1.0":
-        ckpt, med_config = _hub_file(REPO, "ImageReward.pt"), med_config or _hub_file(REPO, "med_config.json")
+        ckpt, med_config = _hub_file(REPO, "ImageReward.pt", "imagereward"), med_config or _hub_file(REPO, "med_config.json", "imagereward")
     else:
         path = Path(os.path.expanduser(arg))
         ckpt = path / "ImageReward.pt" if path.is_dir() else path

@@ -14,14 +14,23 @@ from .errors import RewardError
 ImageLike = str | os.PathLike | Image.Image | np.ndarray | torch.Tensor
 
 
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """The RGB image of file ``path``; a missing file or one that is not an image raises :class:`RewardError`
+    naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise RewardError(f"image file not found: {path!r}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:  # PIL: UnidentifiedImageError (an OSError), truncated files...
+        raise RewardError(f"{path}: not a readable image ({e})") from e
+
+
 def to_tensor(image: ImageLike) -> torch.Tensor:
     """One image (path, PIL, HWC uint8 array, or CHW float tensor) -> float32 ``[3,H,W]`` in ``[0,1]``."""
     if isinstance(image, (str, os.PathLike)):
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise RewardError(f"image file not found: {path!r}")
-        with Image.open(path) as im:
-            image = im.convert("RGB")
+        image = open_image(image)
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     if isinstance(image, np.ndarray):
@@ -90,3 +99,64 @@ def verdict_tile(image: np.ndarray, correct: bool) -> Image.Image:
     tile = Image.new("RGB", TILE, (40, 160, 60) if correct else (200, 40, 40))
     tile.paste(Image.fromarray(image).resize((120, 120), Image.NEAREST), (36, 4))
     return tile
+
+
+GREEN, RED, GREY = (20, 120, 40), (190, 30, 30), (90, 90, 90)  #: colours of verdicts in labelled grids
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` pixels (long words get a line of their own)."""
+    lines, cur = [], ""
+    for word in text.split():
+        trial = f"{cur} {word}".strip()
+        if cur and font.getlength(trial) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = trial
+    return lines + ([cur] if cur else [])
+
+
+def labelled_grid(cells: Sequence[tuple[Image.Image, str, Sequence[tuple[str, tuple]]]], cols: int,
+                  legend: str = "", size: int = 192, font_size: int = 14) -> Image.Image:
+    """A grid a person can read: each cell is an image scaled to ``size`` px wide, its caption (word-wrapped,
+    never cut) and lines of ``(text, colour)`` notes (reward, verdict) below it; ``legend`` (wrapped to the
+    grid's width) above says what the notes mean. ``cells``: ``(image, caption, notes)``."""
+    from PIL import ImageDraw
+
+    if not cells:
+        raise ValueError("no cells to arrange")
+    font, pad = _font(font_size), 4
+    line_h = font_size + 4
+    wrapped = [_wrap(caption, font, size - 2 * pad) for _, caption, _ in cells]
+    n_lines = max(len(w) for w in wrapped) + max(len(notes) for *_, notes in cells)
+    tiles = []
+    for (image, _, notes), caption_lines in zip(cells, wrapped, strict=True):
+        h = round(image.height * size / image.width)
+        resample = Image.NEAREST if image.width * 2 <= size else Image.BICUBIC  # small renders stay crisp
+        tile = Image.new("RGB", (size, h + pad + n_lines * line_h + pad), "white")
+        tile.paste(image.convert("RGB").resize((size, h), resample), (0, 0))
+        draw, y = ImageDraw.Draw(tile), h + pad
+        for text, colour in [(line, (0, 0, 0)) for line in caption_lines] + list(notes):
+            draw.text((pad, y), text, fill=colour, font=font)
+            y += line_h
+        tiles.append(tile)
+    grid = image_grid(tiles, cols, gap=6, fill=(200, 200, 200))
+    if not legend:
+        return grid
+    lines = _wrap(legend, font, grid.width - 2 * pad)
+    out = Image.new("RGB", (grid.width, len(lines) * line_h + 2 * pad + grid.height), "white")
+    draw = ImageDraw.Draw(out)
+    for k, line in enumerate(lines):
+        draw.text((pad, pad + k * line_h), line, fill=(0, 0, 0), font=font)
+    out.paste(grid, (0, len(lines) * line_h + 2 * pad))
+    return out

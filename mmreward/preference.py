@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RewardError
+from .files import read_text
 
 TIE = None
 
@@ -83,7 +84,7 @@ def read_preferences(path: str | os.PathLike, check_images: bool = True) -> list
     if not path.is_file():
         raise RewardError(f"preference file {path} does not exist")
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(read_text(path, "preference file").splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}: "

@@ -26,6 +26,7 @@ import torch
 
 from .backbones import OFFLINE_HINT, OpenClipBackbone, _preprocess_from_open_clip, load_hf_clip
 from .errors import ModelLoadError, RewardSpecError
+from .hub import require_hub
 from .zero_shot import CLIPScore
 
 PICKSCORE = "yuvalkirstain/PickScore_v1"
@@ -59,13 +60,16 @@ def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def _hub_file(repo: str, filename: str) -> str:
+def _hub_file(repo: str, filename: str, family: str) -> str:
+    """``filename`` of hub ``repo`` (cached or downloaded); offline, a quick error names ``family:FILE``."""
+    require_hub(repo, f"{filename} from {repo}", f"pass '{family}:/path/to/{filename}'")
     try:
         from huggingface_hub import hf_hub_download
 
         return hf_hub_download(repo, filename)
     except Exception as e:
-        raise ModelLoadError(f"could not fetch {filename} from {repo}. {OFFLINE_HINT}. Cause: {str(e)[:300]}") from e
+        raise ModelLoadError(f"could not fetch {filename} from {repo}. {OFFLINE_HINT}: '{family}:/path/to/{filename}'. "
+                             f"Cause: {str(e)[:300]}") from e
 
 
 # ------------------------------------------------------------------------------------- PickScore
@@ -75,7 +79,7 @@ def load_pickscore(arg: str = PICKSCORE, device="cpu", dtype=torch.float32, proc
         raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; pickscore accepts 'processor'")
     has_tokenizer = os.path.isdir(arg) and any((Path(arg) / f).is_file() for f in ("tokenizer.json", "vocab.json"))
     proc = processor or (None if has_tokenizer else PICKSCORE_PROCESSOR)
-    return CLIPScore(load_hf_clip(arg, device=device, dtype=dtype, processor=proc), mode="logit")
+    return CLIPScore(load_hf_clip(arg, device=device, dtype=dtype, processor=proc, family="pickscore"), mode="logit")
 
 
 # ------------------------------------------------------------------------------------------ HPSv2
@@ -85,7 +89,7 @@ def load_hps(arg: str = "v2.1", device="cpu", dtype=torch.float32, arch: str = "
 
     if unknown:
         raise RewardSpecError(f"unknown option(s) {sorted(unknown)}; hps accepts 'arch'")
-    path = _hub_file(HPS_REPO, HPS_FILES[arg]) if arg in HPS_FILES else arg
+    path = _hub_file(HPS_REPO, HPS_FILES[arg], "hps") if arg in HPS_FILES else arg
     if arg not in HPS_FILES and not os.path.isfile(os.path.expanduser(arg)):
         raise ModelLoadError(f"hps: {arg!r} is neither a version ({sorted(HPS_FILES)}) nor a checkpoint file")
     state = read_weights(path)
@@ -116,6 +120,8 @@ def load_aesthetic(arg: str | None = None, device="cpu", dtype=torch.float32, ba
         try:
             cache = Path(torch.hub.get_dir()) / "checkpoints" / "sac+logos+ava1-l14-linearMSE.pth"
             if not cache.is_file():
+                require_hub(None, f"the aesthetic predictor ({AESTHETIC_URL})",
+                            "pass 'aesthetic:/path/to/sac+logos+ava1-l14-linearMSE.pth'")
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 torch.hub.download_url_to_file(AESTHETIC_URL, str(cache), progress=False)
             arg = str(cache)

@@ -103,6 +103,12 @@ def load_backbone(
     spec: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> ClipBackbone:
     """Load the CLIP backbone of a single-term spec such as ``clip:ViT-B-32/openai`` or ``hfclip:FOLDER``."""
+    term = backbone_term(spec)
+    return _FAMILIES[term.family].backbone(term.arg, device=device, dtype=dtype)
+
+
+def backbone_term(spec: str) -> Term:
+    """The one term of a CLIP backbone spec (checked, nothing loaded): :class:`RewardSpecError` otherwise."""
     terms = parse_spec(spec)
     if len(terms) != 1:
         raise RewardSpecError(f"expected one CLIP model, got {len(terms)} terms in {spec!r}")
@@ -110,4 +116,4 @@ def load_backbone(
     if fam.backbone is None:
         with_backbones = [n for n, f in _FAMILIES.items() if f.backbone is not None]
         raise RewardSpecError(f"family {fam.name!r} has no CLIP backbone; use one of {with_backbones}")
-    return fam.backbone(terms[0].arg, device=device, dtype=dtype)
+    return terms[0]

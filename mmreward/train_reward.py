@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .command import run_command, with_examples
 from .config_file import ConfigError, YamlConfig, need
 from .heads import INPUTS, REFERENCE_DROPOUT, REFERENCE_HIDDEN
 from .preference import PreferenceExample, pairwise_accuracy, preference_loss, read_preferences
@@ -169,13 +171,16 @@ class RewardTrainer(Trainer):
     """Preference training on the trainer layer: one unit is one optimiser step; a metrics row (and a
     checkpoint) at the end of every epoch over the training examples."""
 
+    run_files = ("model",)
+
     def __init__(self, cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, overwrite: bool = False) -> None:
         from accelerate import Accelerator
 
         torch.manual_seed(cfg.seed)
         accelerator = Accelerator(cpu=not torch.cuda.is_available())
-        super().__init__(cfg.output_dir, 0, vars(cfg), resume=resume, checkpoint_every=cfg.checkpoint_every,
+        super().__init__(cfg.output_dir, 0, vars(cfg), resume=resume, overwrite=overwrite,
+                         checkpoint_every=cfg.checkpoint_every,
                          max_minutes=cfg.max_minutes, stop_after=stop_after_steps, progress=progress,
                          accelerator=accelerator, name=f"reward {cfg.mode}", unit="step")
         self.cfg = cfg
@@ -277,9 +282,10 @@ class RewardTrainer(Trainer):
         return {"model": str(export(self.raw, self.cfg, self.backbone, self.rewards_of, len(self.train_ex)))}
 
 
-def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | None = None, progress: bool = True) -> dict:
+def train(cfg: RewardTrainConfig, resume: bool = False, stop_after_steps: int | None = None, progress: bool = True,
+          overwrite: bool = False) -> dict:
     """Run a reward-training config; returns the run's result (steps, counters, the exported model)."""
-    trainer = RewardTrainer(cfg, resume=resume, stop_after_steps=stop_after_steps, progress=progress)
+    trainer = RewardTrainer(cfg, resume=resume, stop_after_steps=stop_after_steps, progress=progress, overwrite=overwrite)
     res = trainer.run()
     return {**res, "total_steps": trainer.total, "embed_s": trainer.embed_s, **trainer.counters,
             "elapsed": trainer.seconds}
@@ -357,19 +363,19 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config (RewardTrainConfig keys)")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
     p.add_argument("--stop-after-steps", type=int, default=None, help="checkpoint and stop after this step (simulates a kill)")
     p.add_argument("--no-progress", action="store_true")
+    with_examples(p, "mmalign train-reward --config reward_head_shapes", "mmalign train-reward --config reward_head_shapes --resume")
     args = p.parse_args(argv)
     setup_logging()
-    try:
-        cfg = RewardTrainConfig.from_cli(args.config, args.set)
-        res = train(cfg, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=not args.no_progress)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from e
+    cfg = RewardTrainConfig.from_cli(args.config, args.set)
+    res = train(cfg, resume=args.resume, stop_after_steps=args.stop_after_steps, progress=not args.no_progress,
+                overwrite=args.overwrite)
     print(json.dumps(res))
     return res
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -5,19 +5,24 @@ A method subclasses it and writes what is its own — setting up its models, one
 holds besides the weights and what is exported at the end. The layer does the rest, the same way for
 every method:
 
-* the run folder: a fresh run refuses to overwrite a checkpoint, ``resume`` needs one; ``config.json``;
+* the run folder: a fresh run refuses to overwrite a checkpoint unless ``overwrite`` (which deletes the old
+  run's files first), ``resume`` needs one and refuses a config that changed in more than its budget
+  (``config.json`` holds the run's config);
 * ``metrics.jsonl``: one JSON row per unit (rows of units after the checkpoint, from a killed run, are
   dropped on resume), and the same rows to the trackers of ``Accelerator(log_with=...)``;
 * checkpoints: safetensors only (:mod:`mmreward.checkpoint`: weights, optimiser, counters, RNG), written
   every ``checkpoint_every`` units, at the end, when the time budget runs out and on Ctrl-C (which
   finishes the current unit first; a second Ctrl-C aborts, keeping the last checkpoint);
-* the time budget (``max_minutes``, counted across resumes), ``stop_after`` (checkpoint and stop there:
-  a simulated kill), a progress bar, and messages through accelerate's logger;
+* the final exports (:meth:`Trainer.finish`) whenever the run ends: last unit, time budget or Ctrl-C;
+* the time budget (``max_minutes`` of this invocation: a resumed run gets the budget again), ``stop_after``
+  (checkpoint and stop there, without exports: a simulated kill), a progress bar, and messages through
+  accelerate's logger;
 * several processes: they agree on stopping at a unit boundary, and only the main process writes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -25,7 +30,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_state, run_checkpoint_dir, save_state
+from .checkpoint import (
+    RESUMABLE_KEYS,
+    STATE_FILE,
+    check_resumed_config,
+    load_state,
+    run_checkpoint_dir,
+    save_state,
+)
 from .stop import StopFlag
 
 
@@ -63,7 +75,7 @@ class Trainer:
         config: what ``config.json`` records (a dataclass config's ``vars``).
         resume: continue from ``output_dir/checkpoint``.
         checkpoint_every: units between checkpoints.
-        max_minutes: wall-clock budget (``None``: none).
+        max_minutes: wall-clock budget of this invocation (``None``: none).
         stop_after: checkpoint and stop after this many units.
         progress: show a progress bar (main process only).
         accelerator: the run's ``accelerate.Accelerator`` (one is made when not given).
@@ -72,12 +84,14 @@ class Trainer:
         where: the setting that named ``output_dir``, for messages (``--out`` on a command line).
         checkpoint_name: the checkpoint's subfolder of ``output_dir`` (``""``: the folder itself).
         metrics_file: the name of the metrics log in ``output_dir``.
+        overwrite: replace a run already in ``output_dir`` (its files are deleted first).
     """
 
     def __init__(self, output_dir: str | os.PathLike, total: int, config: dict | None = None, *, resume: bool = False,
                  checkpoint_every: int = 1, max_minutes: float | None = None, stop_after: int | None = None,
                  progress: bool = True, accelerator=None, name: str = "train", unit: str = "step",
-                 where: str = "output_dir", checkpoint_name: str = "checkpoint", metrics_file: str = "metrics.jsonl") -> None:
+                 where: str = "output_dir", checkpoint_name: str = "checkpoint", metrics_file: str = "metrics.jsonl",
+                 overwrite: bool = False) -> None:
         from accelerate import Accelerator
         from accelerate.logging import get_logger
 
@@ -86,13 +100,20 @@ class Trainer:
         self.out, self.total, self.run_config = Path(output_dir), int(total), config
         self.resume, self.checkpoint_every, self.max_minutes = resume, int(checkpoint_every), max_minutes
         self.stop_after, self.progress, self.name, self.unit = stop_after, progress, name, unit
-        self.ckpt = run_checkpoint_dir(self.out, resume, name=checkpoint_name, where=where)
+        self.ckpt = run_checkpoint_dir(self.out, resume, name=checkpoint_name, where=where, overwrite=overwrite)
         self.metrics_file = metrics_file
+        if resume and config is not None:
+            check_resumed_config(self.out / "config.json", config, RESUMABLE_KEYS | set(self.resumable_keys))
+        if overwrite and not resume and self.is_main:
+            self._remove_run()
         self.np_rng = None  # a numpy Generator whose state checkpoints carry (set by subclasses that draw from one)
         self.position = 0  # units done
         self.saved_position = 0  # units done at the last checkpoint
         self.elapsed = 0.0  # seconds of training before this process started (resumed runs)
         self.stopped_by: str | None = None
+
+    resumable_keys: tuple[str, ...] = ()  # config keys besides the budget that may change on --resume
+    run_files: tuple[str, ...] = ()  # files and folders of a run (besides checkpoint, metrics, config.json)
 
     # ------------------------------------------------------------------------------------ hooks
     def state(self) -> tuple[torch.nn.Module, torch.optim.Optimizer | None]:
@@ -114,8 +135,8 @@ class Trainer:
         """Called on the main process after each checkpoint is written (exports beside it, e.g. LoRA files)."""
 
     def finish(self) -> dict:
-        """Called on the main process when the run is complete (``total`` units): final exports; returns
-        entries for the run's result."""
+        """Called on the main process when the run ends (``total`` units, time budget or Ctrl-C; not after
+        ``stop_after``, a simulated kill): final exports; returns entries for the run's result."""
         return {}
 
     def checkpoint_due(self, position: int) -> bool:
@@ -139,6 +160,18 @@ class Trainer:
     def seconds(self) -> float:
         """Training time so far, across resumes."""
         return time.time() - self._t_start
+
+    def _remove_run(self) -> None:
+        """``--overwrite``: delete the earlier run's checkpoint, metrics, config and :attr:`run_files`."""
+        import shutil
+
+        ckpt = STATE_FILE if self.ckpt == self.out else self.ckpt.name  # (a checkpoint in the run folder itself)
+        for name in (ckpt, self.metrics_file, "config.json", *self.run_files):
+            path = self.out / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
 
     def checkpoint(self) -> None:
         """Write the checkpoint of the current position (all processes call it; the main one writes)."""
@@ -179,7 +212,7 @@ class Trainer:
             self.accelerator.log({f"{self.name}/{k}": v for k, v in numbers.items()}, step=row.get(self.unit))
 
     def _stop_reason(self, flag: StopFlag) -> str | None:
-        over = self.max_minutes is not None and self.seconds > self.max_minutes * 60
+        over = self.max_minutes is not None and time.time() - self._t_invoked > self.max_minutes * 60
         votes = torch.tensor([[flag.requested, over]], device=self.accelerator.device)
         if self.accelerator.num_processes > 1:  # every process must agree, at a unit boundary
             votes = self.accelerator.gather(votes)
@@ -199,7 +232,8 @@ class Trainer:
             self.logger.info(f"resumed from {self.ckpt} at {self.unit} {self.position}", main_process_only=True)
         # the position of the last checkpoint, and whether there is one: known on every process (no file check)
         self.saved_position, self._has_checkpoint = self.position, self.resume
-        self._t_start = time.time() - self.elapsed
+        self._t_invoked = time.time()
+        self._t_start = self._t_invoked - self.elapsed
         self._metrics = self._open_metrics()
         if self.accelerator.log_with:  # trackers (Accelerator(log_with=...)): the config's scalars as hyperparameters
             hparams = {k: v for k, v in (self.run_config or {}).items() if isinstance(v, (int, float, str, bool))}
@@ -229,7 +263,8 @@ class Trainer:
                         break
                 if self.saved_position != self.position or not self._has_checkpoint:  # (also: stopped before a first unit)
                     self.checkpoint()
-                if self.is_main and self.position >= self.total:
+                ended = self.position >= self.total or self.stopped_by in ("interrupt", "time budget")
+                if self.is_main and ended:
                     result = self.finish()
         finally:
             bar.close()
@@ -247,14 +282,14 @@ class StepTrainer(Trainer):
     """A trainer from functions, for the scripts that train the embedded models: ``step(i) -> row | None``
     is one optimiser step, ``modules`` / ``opt`` (and ``np_rng``) are what checkpoints hold, ``extra_state``
     / ``load_extra`` any JSON-able state besides. Their layout: the work folder holds the checkpoint and
-    ``log.jsonl`` (rows keyed by the step count after the step), and a rerun of the command resumes."""
+    ``log.jsonl`` (rows keyed by the step count after the step); ``resume`` continues it, ``overwrite``
+    starts it again."""
 
     def __init__(self, work: str | os.PathLike, total: int, modules: torch.nn.Module, opt: torch.optim.Optimizer, step,
                  *, np_rng=None, extra_state=None, load_extra=None, checkpoint_every: int = 200,
-                 stop_after: int | None = None, name: str = "train", progress: bool = True) -> None:
-        from .checkpoint import has_state
-
-        super().__init__(work, total, None, resume=has_state(work), checkpoint_every=checkpoint_every,
+                 stop_after: int | None = None, name: str = "train", progress: bool = True, resume: bool = False,
+                 overwrite: bool = False) -> None:
+        super().__init__(work, total, None, resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every,
                          stop_after=stop_after, progress=progress, name=name, unit="step", where="--work",
                          checkpoint_name="", metrics_file="log.jsonl")
         self.modules, self.opt, self._step, self.np_rng = modules, opt, step, np_rng
@@ -278,4 +313,22 @@ class StepTrainer(Trainer):
         if row is not None:
             row["time"] = self.seconds
         return row
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """``--resume`` / ``--overwrite`` of the scripts that train an embedded model into ``--work`` / ``--out``."""
+    p.add_argument("--resume", action="store_true", help="continue the run in --work from its checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start again although --work holds a run, and replace the model in --out")
+
+
+def check_out(out, overwrite: bool) -> None:
+    """Refuse an ``--out`` that already holds files unless ``--overwrite``, before any training."""
+    from .config_file import ConfigError
+
+    out = Path(out)
+    if out.is_file():
+        raise ConfigError(f"--out {out} is a file, expected a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} already holds a model: pass --overwrite to replace it, or choose another --out")
 

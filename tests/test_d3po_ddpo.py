@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import d3po_margins, interrupt_when
+from helpers import d3po_margins, interrupt_when
 
 from diffusion_align.config import ConfigError, D3POConfig, DDPOConfig, DiffusionRLConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic, ddim_step_with_logprob
@@ -25,6 +25,7 @@ from diffusion_align.rollout import (
     sample_rollouts,
     transition_log_prob,
 )
+from mmreward.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a red circle", "a photo of a square left of a star"]
@@ -480,7 +481,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, tiny_pipe_dir, 
     cfg_b = _write_cfg(tmp_path / "b", tiny_pipe_dir, open_clip_dir, method=method)
     part = main(["--config", str(cfg_b), "--stop-after-epochs", "1", "--no-progress"])
     assert part["epoch"] == 1 and not (tmp_path / "b" / "run" / "lora").exists()
-    with pytest.raises(SystemExit, match="already holds a checkpoint"):
+    with pytest.raises(UserError, match="already holds a checkpoint"):
         main(["--config", str(cfg_b), "--no-progress"])  # never overwrites a run by accident
     rest = main(["--config", str(cfg_b), "--resume", "--no-progress"])
     assert rest["epoch"] == 3 and rest["samples"] == full["samples"]
@@ -527,15 +528,15 @@ def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_
 def test_bad_input_gives_clear_errors(tmp_path, tiny_pipe_dir, open_clip_dir):
     from diffusion_align.train import main
 
-    with pytest.raises(SystemExit, match="cannot load pipeline"):
+    with pytest.raises(UserError, match="cannot load pipeline"):
         main(["--config", str(_write_cfg(tmp_path, str(tmp_path / "nope"), open_clip_dir)), "--no-progress"])
     empty = tmp_path / "prompts.txt"
     empty.write_text("\n\n")
-    with pytest.raises(SystemExit, match="holds no prompts"):
+    with pytest.raises(UserError, match="holds no prompts"):
         main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, prompts=str(empty))), "--no-progress"])
-    with pytest.raises(SystemExit, match="no checkpoint"):
+    with pytest.raises(UserError, match="no checkpoint"):
         main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)), "--resume", "--no-progress"])
-    with pytest.raises(SystemExit, match="unknown config key"):
+    with pytest.raises(UserError, match="unknown config key"):
         main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)), "--set", "lr=1", "--no-progress"])
 
 
@@ -607,7 +608,7 @@ def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_cl
     assert load_labelled(out)[1].tolist() == [[0, 2], [3, 4]]
     assert annotate(out, annotator="clip", auto=f"clip:{open_clip_dir}") == 6
     # the trajectories must be re-scored with the sampler that drew them
-    with pytest.raises(SystemExit, match="sampled with other settings"):
+    with pytest.raises(UserError, match="sampled with other settings"):
         main(["--config", str(cfg), "--set", "feedback=labels", "--set", f"labels_dir={out}", "--set", "sample_steps=5",
               "--no-progress"])
     # train on the labels: no sampling, updates on the labelled pairs
@@ -645,5 +646,5 @@ def test_the_entry_point_runs_as_a_module_and_as_a_script(tmp_path, how):
         sys.executable, str(ROOT / "diffusion_align" / "train.py")]
     res = subprocess.run([*cmd, "--config", str(tmp_path / "none.yaml")], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path)
-    assert res.returncode == 1 and "config error: config file not found" in res.stderr, res.stderr[-2000:]
+    assert res.returncode == 2 and "error: config file not found" in res.stderr, res.stderr[-2000:]
     assert "Traceback" not in res.stderr

@@ -27,6 +27,7 @@ from diffusion_align.dna.oracle import OracleConfig, SeqCNN, load_oracle, save_o
 from diffusion_align.dna.world import DNAWorld, decode, encode, kmer_correlation, read_sequences, write_fasta
 from diffusion_align.drakes import DrakesConfig, relaxed_trajectory, step_kl, train
 from mmreward.config_file import ConfigError
+from mmreward.errors import ModelLoadError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def test_model_save_load_and_sampler(tmp_path):
     logp = x0_log_probs(m, s)
     keep = s.argmax(-1) != 4
     assert torch.equal(logp[keep].argmax(-1), s[keep][:, :4].argmax(-1))
-    with pytest.raises(FileNotFoundError, match="not a DNA diffusion model folder"):
+    with pytest.raises(ModelLoadError, match="not a DNA diffusion model folder"):
         load_model(tmp_path)
 
 
@@ -235,7 +236,7 @@ def test_oracle_loaders(tmp_path):
     assert torch.allclose(load_oracle(tmp_path / "g.pt2")(x[:3]), x[:3, :, 2].mean(-1))
     chf = load_oracle(nn.Sequential(nn.Flatten(), nn.Linear(48, 1)), channels_first=True)
     assert chf(x).shape == (5,)
-    with pytest.raises(FileNotFoundError, match="oracle not found"):
+    with pytest.raises(ModelLoadError, match="oracle not found"):
         load_oracle(tmp_path / "missing")
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="not an exported oracle"):
@@ -320,7 +321,7 @@ def test_pretrain_and_oracle_on_user_files(tmp_path):
     assert model.config.length == 24
     part = tmp_path / "part"
     assert pretrain.main(["--out", str(part), "--steps", "6", "--stop-after", "4", *common])["steps"] == 4  # cut short ...
-    with pytest.raises(SystemExit, match="already holds a checkpoint"):
+    with pytest.raises(UserError, match="already holds a checkpoint"):
         pretrain.main(["--out", str(part), "--steps", "6", *common])
     pretrain.main(["--out", str(part), "--steps", "6", "--resume", *common])  # ... continued to 6
     for (k, v), u in zip(model.state_dict().items(), load_model(part).state_dict().values()):

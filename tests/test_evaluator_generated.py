@@ -10,6 +10,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from diffusion_align.feedback import evaluator_scores
+from mmreward.config_file import ConfigError
+from mmreward.errors import ModelLoadError
 from mmreward.shapes.evaluator import detect, evaluate_image, inverse_relation
 from mmreward.shapes.shape_net import (
     CLASSES,
@@ -155,7 +157,7 @@ def test_shape_net_round_trips_through_its_loader(tmp_path):
     assert cfg["classes"] == list(CLASSES)
     p = class_probabilities([x[0, 0].numpy()], tmp_path / "net")
     assert p.shape == (1, 5) and abs(p.sum() - 1) < 1e-5
-    with pytest.raises(FileNotFoundError, match="no shape classifier"):
+    with pytest.raises(ModelLoadError, match="no shape classifier"):
         load_shape_net(tmp_path / "missing")
 
 
@@ -165,7 +167,11 @@ def test_shape_net_training_resumes_to_the_same_weights(tmp_path):
     common = ["--steps", "6", "--batch", "8", "--pool", "64", "--width", "4", "--ckpt-every", "2", "--threads", "1"]
     main([*common, "--out", str(tmp_path / "a"), "--work", str(tmp_path / "wa")])
     assert main([*common, "--out", str(tmp_path / "b"), "--work", str(tmp_path / "wb"), "--stop-after", "3"])["stopped"]
-    main([*common, "--out", str(tmp_path / "b"), "--work", str(tmp_path / "wb")])
+    with pytest.raises(ConfigError, match="pass --resume to continue it, --overwrite to replace it"):
+        main([*common, "--out", str(tmp_path / "b"), "--work", str(tmp_path / "wb")])  # a rerun never restarts silently
+    main([*common, "--out", str(tmp_path / "b"), "--work", str(tmp_path / "wb"), "--resume"])
+    with pytest.raises(ConfigError, match="already holds a model: pass --overwrite"):
+        main([*common, "--out", str(tmp_path / "b"), "--work", str(tmp_path / "wc")])
     a, _ = load_shape_net(tmp_path / "a")
     b, _ = load_shape_net(tmp_path / "b")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):

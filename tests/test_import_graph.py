@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("mmreward", "diffusion_align", "vlm_rl")
+PACKAGES = ("mmreward", "diffusion_align", "vlm_rl", "mmalign")
 
 
 def module_files() -> dict[str, Path]:

@@ -33,7 +33,7 @@ def test_read_prompts_errors_name_the_problem(tmp_path, content, suffix, match):
 
 
 def test_missing_pipeline_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="not a local folder"):
+    with pytest.raises(ValueError, match="no such folder"):
         load_pipeline(str(tmp_path / "nope"))
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import d3po_margins, make_tiny_pixart, make_tiny_sdxl
+from helpers import d3po_margins, make_tiny_pixart, make_tiny_sdxl
 
 from diffusion_align.config import D3POConfig
 from diffusion_align.ddim_logprob import ddim_step_deterministic

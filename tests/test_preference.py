@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from mmreward import load_reward
-from mmreward.errors import ModelLoadError, RewardError
+from mmreward.errors import ModelLoadError, RewardError, UserError
 from mmreward.heads import HEAD_CONFIG, HEAD_WEIGHTS, MLPHead
 from mmreward.preference import (
     PreferenceExample,
@@ -259,7 +259,7 @@ def test_reward_config_errors_are_clear(tmp_path, open_clip_dir, prefs):
                      ({"mode": "lora", "backbone": "hfclip:x"}, "backbone must be clip:"), ({"data": ""}, "data must name")]:
         with pytest.raises(ConfigError, match=msg):
             RewardTrainConfig.from_dict({"data": prefs[0], **bad})
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(UserError, match="does not exist"):
         main(["--set", f"data={tmp_path / 'none.jsonl'}", "--set", f"output_dir={tmp_path / 'o'}", "--no-progress"])
     # --set overrides on a YAML file (shared by every trainer's command line), validated once applied
     (tmp_path / "c.yaml").write_text(f"data: {prefs[0]}\nepochs: 3\n")
@@ -334,7 +334,7 @@ def test_per_prompt_weighting_is_pickscores(tmp_path, open_clip_dir, prefs):
 def test_ctrl_c_saves_at_a_step_boundary_and_resume_finishes_the_run(tmp_path, open_clip_dir, prefs):
     import sys
 
-    from conftest import interrupt_when
+    from helpers import interrupt_when
     from safetensors.torch import load_file
 
     from mmreward.checkpoint import read_state_info

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import smooth_images, to_uint8_hwc
+from helpers import smooth_images, to_uint8_hwc
 from PIL import Image
 
 from mmreward import ClipPreprocess, load_backbone

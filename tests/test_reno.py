@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import interrupt_when, make_tiny_pixart, make_tiny_sdxl
+from helpers import interrupt_when, make_tiny_pixart, make_tiny_sdxl
 
 from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
 from diffusion_align.reno import (
@@ -19,7 +19,7 @@ from diffusion_align.reno import (
     shell_radius,
 )
 from mmreward import load_reward
-from mmreward.errors import RewardError
+from mmreward.errors import RewardError, UserError
 
 PROMPTS = ["a photo of a red circle", "a photo of two blue squares"]
 
@@ -227,7 +227,7 @@ def test_cli_never_overwrites_a_run_unless_told_and_the_console_script_exits_0(t
     first = sorted(p.name for p in out.rglob("*.png"))
     assert first == ["0000_0.png", "0000_0.png", "0001_0.png", "0001_0.png", "grid.png"]
     summary = (out / "summary.json").read_text()
-    with pytest.raises(SystemExit, match="already holds a reno run .*pass --overwrite"):
+    with pytest.raises(UserError, match="already holds a reno run .*pass --overwrite"):
         main([*args, "--prompt", PROMPTS[0]])
     assert sorted(p.name for p in out.rglob("*.png")) == first and (out / "summary.json").read_text() == summary
     main([*args, "--prompt", PROMPTS[1], "--overwrite"])
@@ -244,13 +244,13 @@ def test_cli_bad_input(tmp_path, pipe_dir, open_clip_dir):
     base = ["--rewards", f"clip:{open_clip_dir}", "--iters", "1", "--no-progress"]
     afile = tmp_path / "file.txt"
     afile.write_text("x")
-    with pytest.raises(SystemExit, match="is a file"):
+    with pytest.raises(UserError, match="is a file"):
         main(["--model", pipe_dir, "--prompt", "a photo of a star", "--out", str(afile), *base])
-    with pytest.raises(SystemExit, match="cannot load pipeline"):
+    with pytest.raises(UserError, match="cannot load pipeline"):
         main(["--model", str(tmp_path / "missing"), "--prompt", "a photo of a star", "--out", str(tmp_path / "o"), *base])
-    with pytest.raises(SystemExit, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         main(["--model", pipe_dir, "--prompt", "  ", "--out", str(tmp_path / "o"), *base])
-    with pytest.raises(SystemExit, match="no prompts"):
+    with pytest.raises(UserError, match="no prompts"):
         main(["--model", pipe_dir, "--out", str(tmp_path / "o"), *base])
 
 
@@ -302,7 +302,7 @@ def test_cli_bf16_runs_the_half_precision_path(tmp_path, pipe_dir, open_clip_dir
         outs[dtype] = np.asarray(Image.open(out / "initial" / "0000_0.png")).astype(float)
     diff = np.abs(outs["bf16"] - outs["float32"]).mean()
     assert diff < 8, diff  # bf16 rounding only: measured 1.1 (another seed of the same model differs by 48)
-    with pytest.raises(SystemExit, match="needs a GPU"):
+    with pytest.raises(UserError, match="needs a GPU"):
         main(["--model", pipe_dir, "--prompt", PROMPTS[0], "--dtype", "fp16", "--out", str(tmp_path / "h")])
 
 # ------------------------------------------------------------------------- other pipeline layouts

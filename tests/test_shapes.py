@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmreward.errors import UserError
 from mmreward.shapes import (
     CATEGORIES,
     Scene,
@@ -160,5 +161,5 @@ def test_cli_render_then_evaluate(tmp_path):
     assert res["per_category"] == {"counting": 1.0, "colors": 0.5}
     assert res["overall"] == 0.75 and len(res["per_image"]) == 4
     assert [r["correct"] for r in res["per_image"]] == [True, True, True, False]
-    with pytest.raises(SystemExit, match="no prompts.jsonl"):
+    with pytest.raises(UserError, match="no prompts.jsonl"):
         shapes_cli(["evaluate", "--images", str(tmp_path), "--out", str(tmp_path / "x.json")])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
+from mmreward.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,8 @@ def test_generate_cli_writes_the_evaluators_format(pipe_dir, tmp_path):
     assert np.abs(c.astype(int) - c2).max() <= 2 and np.abs(c.astype(int) - b.astype(int)).mean() > 5
     shapes_cli(["evaluate", "--images", str(out), "--out", str(tmp_path / "r.json"), "--quiet"])
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 4
-    with pytest.raises(SystemExit, match="could not load a diffusers pipeline"):
-        shapes_cli(["generate", "--model", str(tmp_path / "nope"), "--prompts", str(suite), "--out", str(out)])
+    with pytest.raises(UserError, match="could not load a diffusers pipeline"):
+        shapes_cli(["generate", "--model", str(tmp_path / "nope"), "--prompts", str(suite), "--out", str(tmp_path / "g3")])
 
 
 def test_sample_pipeline_rejects_empty_prompts(pipe_dir):

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmreward import load_reward
+from mmreward.config_file import ConfigError
 from mmreward.shapes.train_clip import main as train_clip
 
 
@@ -17,7 +18,9 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     train_clip(common + ["--work", str(tmp_path / "w1"), "--out", str(tmp_path / "m1")])
     stopped = train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2"), "--stop-after", "3"])
     assert stopped == {"steps": 3, "stopped": True} and not (tmp_path / "m2").exists()
-    train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2")])
+    with pytest.raises(ConfigError, match="--resume"):
+        train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2")])
+    train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2"), "--resume"])
     a = load_file(str(tmp_path / "m1" / "open_clip_model.safetensors"))
     b = load_file(str(tmp_path / "m2" / "open_clip_model.safetensors"))
     assert a.keys() == b.keys()

@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion_align.embedded.train_shapes_t2i import main as train
+from mmreward.errors import ModelLoadError
 
 
 @pytest.mark.slow
@@ -14,7 +15,7 @@ def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
     base = ["--tiny", "--batch", "8", "--ckpt-every", "2", "--work", str(work)]
     train(["vae", "--steps", "4", "--stop-after", "2", *base])
     assert not (work / "vae" / "model").exists()
-    train(["vae", "--steps", "4", *base])  # resumes at step 2
+    train(["vae", "--steps", "4", "--resume", *base])  # resumes at step 2
     train(["vae", "--steps", "4", *base[:-1], str(tmp_path / "uninterrupted")])
     a = load_file(str(work / "vae" / "model" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(tmp_path / "uninterrupted" / "vae" / "model" / "diffusion_pytorch_model.safetensors"))
@@ -58,5 +59,5 @@ def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
 
 
 def test_distill_without_a_teacher_names_the_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no teacher pipeline.*--teacher"):
+    with pytest.raises(ModelLoadError, match="no teacher pipeline.*--teacher"):
         train(["distill", "--tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])

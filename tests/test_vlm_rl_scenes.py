@@ -100,7 +100,7 @@ def test_scene_clip_resumes_to_the_same_weights_and_loads_as_a_reward(tmp_path):
     (tmp_path / "w2" / "data").symlink_to(data / "data")  # same frames, rendered once
     stopped = train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2"), "--stop-after", "3"])
     assert stopped == {"steps": 3, "stopped": True} and not (tmp_path / "m2").exists()
-    train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2")])
+    train_clip(common + ["--work", str(tmp_path / "w2"), "--out", str(tmp_path / "m2"), "--resume"])
     a = load_file(str(tmp_path / "m1" / "open_clip_model.safetensors"))
     b = load_file(str(tmp_path / "m2" / "open_clip_model.safetensors"))
     assert a.keys() == b.keys() and "logit_bias" in a and all(torch.equal(a[k], b[k]) for k in a)

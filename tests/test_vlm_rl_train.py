@@ -12,6 +12,7 @@ import torch
 pytest.importorskip("mujoco")
 pytest.importorskip("stable_baselines3")
 
+from mmreward.errors import InputFileError
 from vlm_rl.config import ConfigError, RLConfig  # noqa: E402
 from vlm_rl.evaluate import evaluate, load_policy  # noqa: E402
 from vlm_rl.train import train  # noqa: E402
@@ -92,7 +93,7 @@ def test_evaluate_reports_success_and_writes_a_video(tmp_path, open_clip_dir):
     with Image.open(gif) as im:
         assert im.size == (64, 48) and im.n_frames == 32
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["success_rate"] == result["success_rate"]
-    with pytest.raises(FileNotFoundError, match="no policy weights"):
+    with pytest.raises(InputFileError, match="no policy weights"):
         load_policy(cfg, tmp_path / "nowhere")
 
 
@@ -138,7 +139,7 @@ def test_ctrl_c_keeps_a_checkpoint_that_resume_continues(tmp_path, open_clip_dir
     from pathlib import Path
 
     import yaml
-    from conftest import interrupt_when
+    from helpers import interrupt_when
 
     cfg = cartpole_cfg(tmp_path, open_clip_dir, total_steps=1_000_000, checkpoint_every=10_000)
     path = tmp_path / "run.yaml"

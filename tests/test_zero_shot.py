@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_images, to_uint8_hwc
+from helpers import smooth_images, to_uint8_hwc
 from PIL import Image
 
 from mmreward import CLIPScore, ProjectionReward, load_backbone, load_projection_reward, load_reward

@@ -68,6 +68,14 @@ class RLConfig(YamlConfig):
             v = getattr(self, k)
             need(v is None or bool(v.strip()), f"{k} must be a non-empty prompt or null")
         need(bool(self.reward_model.strip()), "reward_model must name a CLIP model (a reward spec)")
+        import mmreward  # noqa: F401  (registers the reward families)
+        from mmreward.errors import RewardSpecError
+        from mmreward.registry import backbone_term
+
+        try:
+            backbone_term(self.reward_model)
+        except RewardSpecError as e:
+            raise ConfigError(f"reward_model: {e} (e.g. 'clip:assets/vlm-rl-clip')") from e
         if self.algo == "dqn":
             need(TASKS[self.task].env == "cartpole", "dqn needs a discrete action space (cartpole)")
 

@@ -1,10 +1,11 @@
 """Replay a trained policy and judge it by the task's success predicate (no person needed).
 
-    python -m vlm_rl.evaluate --config configs/humanoid_kneeling.yaml [--checkpoint DIR] [--episodes N]
+    python -m vlm_rl.evaluate --config configs/humanoid_kneeling.yaml [--checkpoint DIR] [--episodes N] [--set k=v]
 
 An episode succeeds when the predicate holds on at least half of its steps (the reference's protocol).
 Writes ``eval.json`` (success rate, ground-truth and VLM returns per episode) and GIF videos of the first
-``video_episodes`` episodes into ``output_dir``. The policy is read from ``policy.safetensors`` into a
+``video_episodes`` episodes into the evaluated run: the folder holding the checkpoint (``output_dir`` for the
+default ``output_dir/checkpoint``). The policy is read from ``policy.safetensors`` into a
 freshly built agent: nothing is unpickled.
 """
 
@@ -12,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from safetensors.torch import load_file
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from mmreward.command import run_command, with_examples
+from mmreward.errors import InputFileError
+
 from .builders import env_spec, load_task_reward, make_agent
-from .config import ConfigError, RLConfig
+from .config import RLConfig
 from .envs import make_env
 from .reward_wrapper import TaskInfo, frames_to_tensor
 from .tasks import get_task
@@ -29,7 +34,8 @@ def load_policy(cfg: RLConfig, checkpoint: Path, weights: str = "policy.safetens
     """An agent of ``cfg.algo`` with the weights of ``checkpoint/<weights>``."""
     path = Path(checkpoint) / weights
     if not path.is_file():
-        raise FileNotFoundError(f"no policy weights at {path} (train first: python -m vlm_rl.train --config ...)")
+        raise InputFileError(f"no policy weights at {path} (train first: `mmalign rl train --config ...`, or pass "
+                             "--checkpoint FOLDER)")
     env = DummyVecEnv([lambda: make_env(env_spec(cfg), seed=0)])
     agent = make_agent(cfg, env, for_eval=True)
     agent.policy.load_state_dict(load_file(path))
@@ -47,13 +53,14 @@ def save_gif(frames: list[np.ndarray], path: Path, fps: int = 20) -> None:
 def evaluate(cfg: RLConfig, checkpoint: Path, episodes: int | None = None, reward=None,
              weights: str = "policy.safetensors", write: bool = True) -> dict:
     """Success rate, ground-truth and VLM returns of the policy in ``checkpoint/<weights>`` over ``episodes``
-    (seeds 10000, 10001, ...); with ``write``, ``eval.json`` and the videos go to ``cfg.output_dir``."""
+    (seeds 10000, 10001, ...); with ``write``, ``eval.json`` and the videos go to the run that holds the
+    checkpoint (its parent folder)."""
     agent = load_policy(cfg, checkpoint, weights)
     episodes = cfg.eval_episodes if episodes is None else episodes
     if reward is None and cfg.reward_source == "vlm":
         reward = load_task_reward(cfg)
     task = get_task(cfg.task)
-    out = Path(cfg.output_dir)
+    out = Path(checkpoint).resolve().parent
     rows = []
     env = TaskInfo(make_env(env_spec(cfg)), task)  # one env (and renderer), re-seeded per episode
     for ep in range(episodes):
@@ -96,14 +103,14 @@ def main(argv=None) -> None:
     p.add_argument("--config", required=True)
     p.add_argument("--checkpoint", default=None, help="default: OUTPUT_DIR/checkpoint")
     p.add_argument("--episodes", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
+    with_examples(p, "mmalign rl evaluate --config cartpole --episodes 10",
+                  "mmalign rl evaluate --config cartpole --set output_dir=outputs/cartpole_b")
     args = p.parse_args(argv)
-    try:
-        cfg = RLConfig.from_yaml(args.config)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+    cfg = RLConfig.from_cli(args.config, args.set)
     result = evaluate(cfg, Path(args.checkpoint or Path(cfg.output_dir) / "checkpoint"), args.episodes)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

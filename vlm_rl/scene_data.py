@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
+
+from mmreward.command import run_command, with_examples
 
 from .envs import EnvSpec, make_env
 from .poses import CANONICAL, sample_pose
@@ -110,6 +113,7 @@ def main(argv=None) -> None:
     p.add_argument("--store-size", type=int, default=None, help="store frames squashed to SxS")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    with_examples(p, "mmalign rl scenes --env humanoid --n 2000 --out outputs/scenes")
     args = p.parse_args(argv)
     frames, captions = render_dataset(args.env, args.n, tuple(args.size), args.seed, store_size=args.store_size)
     save_dataset(args.out, frames, captions)
@@ -121,4 +125,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

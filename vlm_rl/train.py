@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -23,11 +24,12 @@ from safetensors.torch import save_file
 from stable_baselines3.common.callbacks import BaseCallback
 from tqdm import tqdm
 
-from mmreward.checkpoint import run_checkpoint_dir
+from mmreward.checkpoint import check_resumed_config, run_checkpoint_dir
+from mmreward.command import run_command, with_examples
 from mmreward.trainer import trim_metrics
 
 from .builders import build_vec_env, make_agent
-from .config import ConfigError, RLConfig
+from .config import RLConfig
 
 
 class EpisodeLogger(BaseCallback):
@@ -91,13 +93,19 @@ def save_checkpoint(model, out: Path, snapshot: bool = False) -> None:
     (ckpt / "state.json").write_text(json.dumps({"num_timesteps": int(model.num_timesteps)}))
 
 
-def train(cfg: RLConfig, resume: bool = False) -> dict:
+def train(cfg: RLConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Train to ``cfg.total_steps`` environment steps (continuing a checkpoint with ``resume``)."""
     from stable_baselines3 import DQN, PPO, SAC
 
     out = Path(cfg.output_dir)
-    # a fresh run never replaces a checkpoint, --resume needs one (SB3's model.zip)
-    ckpt = run_checkpoint_dir(out, resume, marker="model.zip")
+    # a fresh run never replaces a checkpoint unless told, --resume needs one (SB3's model.zip)
+    ckpt = run_checkpoint_dir(out, resume, marker="model.zip", overwrite=overwrite)
+    if resume:
+        check_resumed_config(out / "config.yaml", vars(cfg))
+    elif overwrite:
+        for name in ("checkpoint", "videos", "metrics.jsonl", "config.yaml", "eval.json"):
+            path = out / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(vars(cfg), sort_keys=False))
     env = build_vec_env(cfg, cfg.seed)
@@ -125,14 +133,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
+    with_examples(p, "mmalign rl train --config cartpole", "mmalign rl train --config humanoid_kneeling --resume --set total_steps=200000")
     args = p.parse_args(argv)
-    try:
-        cfg = RLConfig.from_cli(args.config, args.set)
-        info = train(cfg, resume=args.resume)
-    except ConfigError as e:
-        raise SystemExit(f"config error: {e}") from None
+    cfg = RLConfig.from_cli(args.config, args.set)
+    info = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if info["stopped_by"] == "interrupt":
         raise SystemExit(f"interrupted at step {info['num_timesteps']}; checkpoint kept (--resume continues)")
     from .evaluate import evaluate
@@ -142,4 +149,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

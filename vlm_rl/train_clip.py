@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 
 from mmreward.backbones import save_open_clip
 from mmreward.clip_training import add_training_args, model_config, optimizer_step, round_to_fp16
+from mmreward.command import run_command, with_examples
 from mmreward.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmreward.schedules import warmup_cosine
-from mmreward.trainer import StepTrainer, setup_logging
+from mmreward.trainer import StepTrainer, check_out, setup_logging
 
 from .scene_data import load_dataset, render_dataset, save_dataset
 from .tasks import TASKS
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     # the asset: --batch 128 --steps 2000 --eval-every 250 (32 min on 2 cores)
     add_training_args(p, out="assets/vlm-rl-clip", work="outputs/train_vlm_rl_clip", steps=2000, batch=128, warmup=100)
     p.add_argument("--frames-scale", type=float, default=1.0, help="scale the frames rendered per environment")
+    with_examples(p, "mmalign assets rl-clip --out outputs/vlm-rl-clip")
     args = p.parse_args(argv)
+    check_out(args.out, args.overwrite)
 
     import open_clip
 
@@ -185,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         return rec
 
     trainer = StepTrainer(
-        work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every, stop_after=args.stop_after,
+        work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every, stop_after=args.stop_after, resume=args.resume, overwrite=args.overwrite,
         name="vlm-rl-clip", extra_state=lambda: {"gen_state": gen.get_state().tolist(), "vocab": vocab},
         load_extra=lambda extra: gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8)))
     trainer.run()
@@ -203,4 +207,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import torch.nn as nn
 
+from mmreward.assets import resolve_asset
+from mmreward.errors import ModelLoadError
+
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -29,9 +32,9 @@ def load_folder(folder: str | Path, config_file: str, kind: str, build, what: st
     """The module ``build(config_dict)`` with the folder's weights; ``what`` names the folder in errors."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = Path(resolve_asset(folder))
     if not (folder / config_file).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: not {what} folder (needs {config_file} and {WEIGHTS_FILE})")
+        raise ModelLoadError(f"{folder}: not {what} folder (needs {config_file} and {WEIGHTS_FILE})")
     meta = json.loads((folder / config_file).read_text())
     if meta.get("kind") != kind:
         raise ValueError(f"{folder}/{config_file}: kind {meta.get('kind')!r}, expected {kind!r}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from diffusion_align.dna.folders import load_folder, save_folder
+from mmreward.assets import resolve_asset
+from mmreward.command import run_command, with_examples
+from mmreward.errors import ModelLoadError
 from mmreward.trainer import Trainer, setup_logging
 
 
@@ -102,7 +106,7 @@ def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: b
     """The reward ``[B, L, V] → [B]`` of an oracle folder, exported file or module (see the module doc)."""
     if isinstance(spec, nn.Module):
         return OracleReward(spec, column, channels_first).to(device)
-    path = Path(spec)
+    path = Path(resolve_asset(spec))
     if path.is_dir():
         fields = OracleConfig.__dataclass_fields__
         model = load_folder(path, CONFIG_FILE, "dna-oracle-cnn", what="an oracle",
@@ -118,7 +122,7 @@ def load_oracle(spec: str | Path | nn.Module, column: int = 0, channels_first: b
             raise ValueError(f"{path}: not an exported oracle ({e.__class__.__name__}); save it with torch.export.save "
                              "(.pt2) or torch.jit.save (TorchScript), or as an oracle folder with save_oracle") from e
         return OracleReward(model, column, channels_first).to(device)
-    raise FileNotFoundError(f"oracle not found: {spec} (an oracle folder, a .pt2 / TorchScript file or a module)")
+    raise ModelLoadError(f"oracle not found: {spec} (an oracle folder, a .pt2 / TorchScript file or a module)")
 
 
 # ------------------------------------------------------------------------------------- training
@@ -154,13 +158,15 @@ class OracleTrainer(Trainer):
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None, epochs: int,
                  batch: int, lr: float, seed: int, val_frac: float, progress: bool, resume: bool,
-                 checkpoint_every: int, stop_after: int | None, extra: dict | None, vocab: int) -> None:
+                 checkpoint_every: int, stop_after: int | None, extra: dict | None, vocab: int,
+                 overwrite: bool = False) -> None:
         if len(x) != len(y):
             raise ValueError(f"{len(x)} sequences but {len(y)} labels")
         if not torch.isfinite(y).all():
             raise ValueError("labels contain NaN/inf")
         super().__init__(out, 0, None, resume=resume, checkpoint_every=checkpoint_every, stop_after=stop_after,
-                         progress=progress, name="oracle", unit="step", where="--out", checkpoint_name="training")
+                         progress=progress, name="oracle", unit="step", where="--out", checkpoint_name="training",
+                         overwrite=overwrite)
         self.x, self.y, self.batch, self.seed, self.extra = x, y, batch, seed, extra
         torch.manual_seed(seed)
         self.config = config or OracleConfig(length=x.shape[1], vocab=vocab)
@@ -227,7 +233,7 @@ class OracleTrainer(Trainer):
 def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: OracleConfig | None = None,
                  epochs: int = 10, batch: int = 256, lr: float = 1e-3, seed: int = 0, val_frac: float = 0.05,
                  progress: bool = True, resume: bool = False, checkpoint_every: int = 50,
-                 stop_after: int | None = None, extra: dict | None = None, vocab: int = 4) -> dict:
+                 stop_after: int | None = None, extra: dict | None = None, vocab: int = 4, overwrite: bool = False) -> dict:
     """Fit :class:`SeqCNN` by MSE on tokens ``x`` ``[N, L]`` and labels ``y`` ``[N]``; the weights of the
     best validation epoch are saved to ``out`` (with ``extra`` in its JSON). Returns the metrics (val MSE and
     Pearson r per epoch, also in ``out/metrics.json`` and ``metrics.jsonl``) and the optimiser steps done.
@@ -237,7 +243,7 @@ def train_oracle(x: torch.Tensor, y: torch.Tensor, out: str | Path, config: Orac
     epoch's batch order is a function of ``(seed, epoch)``, so a resumed run gives the weights of an
     uninterrupted one). ``stop_after``: stop, checkpointed, after that many optimiser steps."""
     trainer = OracleTrainer(x, y, out, config, epochs, batch, lr, seed, val_frac, progress, resume, checkpoint_every,
-                            stop_after, extra, vocab)
+                            stop_after, extra, vocab, overwrite)
     res = trainer.run()
     (Path(out) / "metrics.json").write_text(json.dumps(trainer.history, indent=1))
     return {"history": trainer.history, "best_val_mse": trainer.best, "steps": res["step"]}
@@ -258,7 +264,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--resume", action="store_true", help="continue from OUT/training")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed, resumable) after this many steps")
+    with_examples(p, "mmalign dna oracle --out outputs/dna-oracle")
     args = p.parse_args(argv)
     setup_logging()
     if args.threads:
@@ -279,9 +287,9 @@ def main(argv: list[str] | None = None) -> dict:
         x, y = world_library(DNAWorld(), args.n, seed=1000 + args.split, noise=args.noise)
     data = {"data": args.data, "label_column": args.label_column} if args.data else {
         "data": "DNAWorld(seed=0)", "split": args.split, "noise": args.noise}
-    return train_oracle(x, y, args.out, epochs=args.epochs, seed=args.seed, resume=args.resume,
+    return train_oracle(x, y, args.out, epochs=args.epochs, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
                         stop_after=args.stop_after, extra={**data, "alphabet": alphabet}, vocab=len(alphabet))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

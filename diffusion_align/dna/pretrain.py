@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 
 from diffusion_align.dna.mdlm import Denoiser, DenoiserConfig, diffusion_loss, save_model
 from diffusion_align.dna.world import ALPHABET, DNAWorld, data_alphabet, encode, read_sequences
+from mmreward.command import run_command, with_examples
 from mmreward.schedules import warmup_cosine
 from mmreward.trainer import Trainer, setup_logging
 
@@ -38,7 +40,8 @@ class PretrainTrainer(Trainer):
     (train loss, validation ELBO) every ``eval_every`` steps; ``OUT/training`` holds the checkpoint."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args.out, args.steps, None, resume=args.resume, checkpoint_every=args.checkpoint_every,
+        super().__init__(args.out, args.steps, None, resume=args.resume, overwrite=args.overwrite,
+                         checkpoint_every=args.checkpoint_every,
                          stop_after=args.stop_after, name="mdlm pretrain", unit="step", where="--out",
                          checkpoint_name="training")
         self.args = args
@@ -113,8 +116,6 @@ class PretrainTrainer(Trainer):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from mmreward.config_file import ConfigError
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
     p.add_argument("--data", default=None, help="FASTA or CSV of natural sequences (default: the ground-truth world)")
@@ -126,20 +127,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=200)
     p.add_argument("--eval-every", type=int, default=500)
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/training")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     p.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed, resumable) after this many steps")
     p.add_argument("--threads", type=int, default=None)
+    with_examples(p, "mmalign dna pretrain --out outputs/dna-mdlm --steps 4000")
     args = p.parse_args(argv)
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        trainer = PretrainTrainer(args)
-    except ConfigError as e:
-        raise SystemExit(str(e)) from e
+    trainer = PretrainTrainer(args)
     trainer.run()
     return trainer.save_model()  # the weights reached, also when stopped early (--resume continues)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -28,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmreward.errors import InputFileError
+
 ALPHABET = "ACGT"
 MASK = 4
 LENGTH = 200
@@ -88,7 +90,7 @@ def read_sequences(path: str | Path, column: str = "sequence") -> list[str]:
     """Sequences from FASTA (``.fa``, ``.fasta``, ``.fna``) or CSV (the ``column`` column)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sequence file not found: {path}")
+        raise InputFileError(f"sequence file not found: {path}")
     if path.suffix.lower() in (".fa", ".fasta", ".fna"):
         seqs, cur = [], []
         for line in path.read_text().splitlines():

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,9 +29,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mmreward.command import run_command, with_examples
+from mmreward.errors import ModelLoadError
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.data import sample_batch
-from mmreward.trainer import StepTrainer, setup_logging
+from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
 from .shapes_t2i import SCHEDULER_CONFIG, TEXT_MAX_LENGTH, build_components, save_pipeline
 
@@ -63,7 +66,7 @@ def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, se
         return {"step": i + 1, "loss": loss.item(), **logs}
 
     trainer = StepTrainer(work, args.steps, modules, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
-                          stop_after=args.stop_after, name=stage)
+                          stop_after=args.stop_after, name=stage, resume=args.resume, overwrite=args.overwrite)
     trainer.run()
     if trainer.position >= args.steps:
         timing = {"steps": trainer.position, "batch": args.batch, "wall_time_s": round(trainer.seconds, 1),
@@ -182,7 +185,7 @@ def stage_distill(args) -> None:
 
     teacher_dir = Path(args.teacher) if args.teacher else Path(args.work) / "teacher" / "model"
     if not (teacher_dir / "model_index.json").is_file():
-        raise FileNotFoundError(f"no teacher pipeline at {teacher_dir}: run the teacher stage first or pass --teacher "
+        raise ModelLoadError(f"no teacher pipeline at {teacher_dir}: run the teacher stage first or pass --teacher "
                                 "assets/shapesworld-t2i-teacher")
     teacher = DiffusionPipeline.from_pretrained(teacher_dir, torch_dtype=torch.float32).to(args.device)
     teacher.unet.eval()
@@ -266,15 +269,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tiny", action="store_true", help="tiny widths (tests)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    add_run_args(p)
+    with_examples(p, "mmalign assets shapes-t2i vae", "mmalign assets shapes-t2i teacher --out outputs/t2i-teacher", "mmalign assets shapes-t2i distill --out outputs/t2i")
     args = p.parse_args(argv)
     args.steps = args.steps or {"vae": 1000, "teacher": 4000, "distill": 1500}[args.stage]
     args.batch = args.batch or {"vae": 32, "teacher": 32, "distill": 64}[args.stage]
     if args.stage == "distill" and args.out is None:
         args.out = "assets/shapesworld-t2i"
+    if args.out:
+        check_out(args.out, args.overwrite)
     torch.set_num_threads(args.threads)
     setup_logging()
     {"vae": stage_vae, "teacher": stage_teacher, "distill": stage_distill}[args.stage](args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

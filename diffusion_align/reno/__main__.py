@@ -1,5 +1,7 @@
 """``python -m diffusion_align.reno``: the ``reno`` command (:mod:`diffusion_align.reno.cli`)."""
 
-from .cli import main
+import sys
 
-main()
+from .cli import cli
+
+sys.exit(cli())

@@ -5,7 +5,7 @@ evaluator's format.
     python -m diffusion_align.reno --prompts eval --iters 50 --out outputs/reno_eval
 
 Writes to ``--out``: ``NNNN_S.png`` (prompt NNNN, seed S; optimised) with ``prompts.jsonl``, ``initial/NNNN_S.png`` with
-``initial/prompts.jsonl``, ``grid.png`` (initial | optimised, a row per image) and ``log.jsonl`` (one line
+``initial/prompts.jsonl``, ``grid.png`` (initial | optimised, a row per image, each cell labelled with its prompt, reward and verdict) and ``log.jsonl`` (one line
 per prompt, seed and iteration: total and per-term reward, regulariser, noise norm, seconds). Images are
 written as each batch finishes, so Ctrl-C keeps everything finished so far.
 """
@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
 
+from mmreward.command import run_command, with_examples
+from mmreward.errors import UserError
 from mmreward.images import to_pil
 
 from .. import inputs
@@ -30,6 +33,27 @@ EMBEDDED_REWARD = "clip:assets/shapesworld-clip"
 #: ImageReward terms of the reference combination join when their families land (issue #8)
 HUB_REWARD = "0.01*hfclip:laion/CLIP-ViT-H-14-laion2B-s32B-b79K?mode=logit"
 GRID_ROWS = 64  #: images shown in grid.png (initial | optimised, one row each)
+
+
+def grid_cells(prompt: str, seed: int, initial, best, r0: float, r1: float) -> list:
+    """The two labelled cells of one image in ``grid.png``: prompt, reward and, for a ShapesWorld prompt, the
+    evaluator's verdict (:func:`mmreward.images.labelled_grid`)."""
+    from mmreward.images import GREEN, GREY, RED
+    from mmreward.shapes.evaluator import evaluate_image
+    from mmreward.shapes.prompts import parse_prompt
+
+    try:
+        parse_prompt(prompt)
+        verdicts = [evaluate_image(im, prompt) for im in (initial, best)]
+    except ValueError:
+        verdicts = [None, None]
+    cells = []
+    for name, im, r, v in (("initial", initial, r0, verdicts[0]), ("ReNO", best, r1, verdicts[1])):
+        notes = [(f"{name}, seed {seed}: reward {r:.3f}", GREY)]
+        if v is not None:
+            notes.append(("evaluator: correct", GREEN) if v["correct"] else (f"evaluator: wrong ({v['reason']})", RED))
+        cells.append((im, prompt.removeprefix("a photo of "), notes))
+    return cells
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -57,12 +81,14 @@ def read_prompts(args) -> list[str]:
             if not p.strip():
                 raise ValueError(f"prompt {i} is empty")
     except ValueError as e:
-        raise SystemExit(str(e)) from e
+        if isinstance(e, UserError):
+            raise
+        raise UserError(str(e)) from e
     return prompts[: args.limit] if args.limit else prompts
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="reno", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts", help="prompt file (.txt one per line, .jsonl with 'prompt') or a ShapesWorld suite: eval, train")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
@@ -85,35 +111,39 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     p.add_argument("--no-progress", action="store_true")
+    with_examples(p, 'reno --prompt "a photo of a red star" --out out/reno', 'reno --prompts prompts.txt --rewards "clip:assets/shapesworld-clip" --iters 20 --out out/reno')
     args = p.parse_args(argv)
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise SystemExit(f"--out {out} is a file, expected a directory")
+        raise UserError(f"--out {out} is a file, expected a directory")
     previous = [f for f in RUN_FILES if (out / f).exists()]
     if previous and not args.overwrite:
-        raise SystemExit(f"--out {out} already holds a reno run ({', '.join(previous)}); pass --overwrite to replace it "
+        raise UserError(f"--out {out} already holds a reno run ({', '.join(previous)}); pass --overwrite to replace it "
                          "or choose another --out")
     if args.iters < 1 or args.n_seeds < 1 or args.batch < 1:
-        raise SystemExit("--iters, --n-seeds and --batch must be at least 1")
+        raise UserError("--iters, --n-seeds and --batch must be at least 1")
     prompts = read_prompts(args)
     model = args.model or EMBEDDED_MODEL
     spec = args.rewards or (EMBEDDED_REWARD if args.model is None else HUB_REWARD)
     dtype = DTYPES[args.dtype]
     if dtype == torch.float16 and args.device == "cpu":
-        raise SystemExit(f"--dtype {args.dtype} needs a GPU (--device cuda); use float32 or bf16 on the CPU")
+        raise UserError(f"--dtype {args.dtype} needs a GPU (--device cuda); use float32 or bf16 on the CPU")
 
     from mmreward import load_reward
+    from mmreward.errors import RewardSpecError
+    from mmreward.registry import parse_spec
 
-    try:
-        pipe = inputs.load_pipeline(model, args.device, dtype)
-    except ValueError as e:
-        raise SystemExit(str(e)) from e
+    try:  # a bad spec fails before any model is loaded
+        parse_spec(spec)
+    except RewardSpecError as e:
+        raise RewardSpecError(f"--rewards: {e}") from e
+    pipe = inputs.load_pipeline(model, args.device, dtype)
     try:
         gen = make_generator(pipe, steps=args.steps, timesteps=args.timesteps,
                              gradient_checkpointing=args.gradient_checkpointing)
     except ValueError as e:
-        raise SystemExit(f"--model {model}: {e}") from e
+        raise UserError(f"--model {model}: {e}") from e
     reward = load_reward(spec, device=args.device, dtype=dtype)
     cfg = RenoConfig(iters=args.iters, lr=args.lr, reg_weight=args.reg_weight, grad_clip=args.grad_clip, seed=args.seed)
 
@@ -151,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                 initial_index.append(json.dumps({"image": name, "prompt": prompts[i], "seed": s,
                                                  "reward": res.initial_reward[j].item()}))
                 if len(grid_rows) < 2 * GRID_ROWS:
-                    grid_rows += [a, b]
+                    grid_rows += grid_cells(prompts[i], s, a, b, res.initial_reward[j].item(), res.best_reward[j].item())
                 summary["initial_reward"].append(res.initial_reward[j].item())
                 summary["best_reward"].append(res.best_reward[j].item())
             (out / "prompts.jsonl").write_text("\n".join(index) + "\n")
@@ -165,9 +195,12 @@ def main(argv: list[str] | None = None) -> dict:
         log.close()
     summary["images"] = len(index)
     if grid_rows:
-        from mmreward.images import image_grid
+        from mmreward.images import labelled_grid
 
-        image_grid(grid_rows, cols=2).save(out / "grid.png")
+        labelled_grid(grid_rows, cols=2, legend=(
+            f"Left: the one-step sample from the seed's noise; right: after {cfg.iters} ReNO iterations on the noise. "
+            f"reward: {spec}. evaluator (ShapesWorld prompts only): the verdict read from the pixels.")).save(
+            out / "grid.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["images"]:
         n = summary["images"]
@@ -177,10 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """The ``reno`` console script: exit status 0 after a run (the summary line goes to stdout)."""
-    main(argv)
-    return 0
+    """The ``reno`` console script: exit status 0 after a run (the summary line goes to stdout), 2 with a
+    one-line message for a user error."""
+    return run_command(main, argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

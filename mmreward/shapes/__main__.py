@@ -20,22 +20,34 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..assets import missing_asset_hint, resolve_asset
+from ..command import run_command, with_examples
+from ..errors import InputFileError, ModelLoadError
+from ..files import numbered_jsonl
+from ..images import open_image
+
 
 def cmd_evaluate(args) -> dict:
     from .evaluator import evaluate_image, summarize
+    from .prompts import parse_prompt
 
     root = Path(args.images)
     index = root / "prompts.jsonl"
     if not index.is_file():
-        raise SystemExit(f"no prompts.jsonl in {root} (expected lines like {{\"image\": \"a.png\", \"prompt\": \"...\"}})")
-    rows = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+        raise InputFileError(f"no prompts.jsonl in {root} (expected lines like "
+                             '{"image": "a.png", "prompt": "a photo of a red circle"})')
+    rows = numbered_jsonl(index, "image index", keys=("image", "prompt"))[: args.limit]
     per_image = []
-    for row in tqdm(rows, desc="evaluate", disable=args.quiet):
+    for n, row in tqdm(rows, desc="evaluate", disable=args.quiet):
         path = root / row["image"]
+        try:
+            parse_prompt(row["prompt"])
+        except ValueError as e:
+            raise InputFileError(f"{index}, line {n}: {e}; `mmalign shapes evaluate` scores ShapesWorld prompts only "
+                                 "(docs/shapesworld.md lists the grammar)") from e
         if not path.is_file():
-            raise SystemExit(f"image listed in prompts.jsonl not found: {path}")
-        with Image.open(path) as im:
-            result = evaluate_image(im.convert("RGB"), row["prompt"])
+            raise InputFileError(f"{index}, line {n}: image not found: {path}")
+        result = evaluate_image(open_image(path), row["prompt"])
         per_image.append({"image": row["image"], **result})
     summary = summarize(per_image)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -44,13 +56,31 @@ def cmd_evaluate(args) -> dict:
     return summary
 
 
+def check_out_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an ``--out`` that already holds images (a ``prompts.jsonl``) unless ``--overwrite``, which removes
+    the images that index lists."""
+    index = out / "prompts.jsonl"
+    if out.is_file():
+        raise InputFileError(f"--out {out} is a file, expected a folder")
+    if not index.is_file():
+        return
+    if not overwrite:
+        raise InputFileError(f"--out {out} already holds images (prompts.jsonl): pass --overwrite to replace them, "
+                             "or choose another --out")
+    for row in numbered_jsonl(index):
+        if isinstance(row[1].get("image"), str):
+            (out / row[1]["image"]).unlink(missing_ok=True)
+    index.unlink()
+
+
 def cmd_render(args) -> None:
     from .prompts import sample_scene
     from .suites import load_suite
     from .world import render
 
-    metas = load_suite(args.prompts)
+    metas = load_suite(args.prompts)[: args.limit]
     out = Path(args.out)
+    check_out_folder(out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(args.seed)
     lines = []
@@ -69,14 +99,17 @@ def cmd_generate(args) -> None:
     from .generate import sample_pipeline
     from .suites import load_suite
 
-    metas = load_suite(args.prompts)
+    metas = load_suite(args.prompts)[: args.limit]
     if not metas:
-        raise SystemExit(f"no prompts in {args.prompts}")
-    try:
-        pipe = DiffusionPipeline.from_pretrained(args.model).to(args.device)
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"could not load a diffusers pipeline from {args.model!r}: {e}") from e
+        raise InputFileError(f"--prompts {args.prompts}: no prompts")
     out = Path(args.out)
+    check_out_folder(out, args.overwrite)
+    model = resolve_asset(args.model)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model).to(args.device)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"--model: could not load a diffusers pipeline from {args.model!r}"
+                             f"{missing_asset_hint(args.model)}: {str(e)[:300]}") from e
     out.mkdir(parents=True, exist_ok=True)
     prompts = [m["prompt"] for m in metas]
     lines = []
@@ -90,12 +123,13 @@ def cmd_generate(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m mmreward.shapes", description=__doc__,
+    p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("evaluate", help="score images against their prompts")
     e.add_argument("--images", required=True, help="folder with images and prompts.jsonl")
     e.add_argument("--out", required=True, help="results JSON")
+    e.add_argument("--limit", type=int, default=None, help="only the first N images")
     e.add_argument("--quiet", action="store_true")
     r = sub.add_parser("render", help="ground-truth renders of a prompt suite")
     r.add_argument("--prompts", default="eval", help="'eval', 'train' or a JSONL file")
@@ -103,6 +137,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--seeds", type=int, default=1)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--size", type=int, default=64)
+    r.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    r.add_argument("--overwrite", action="store_true", help="replace the images already in --out")
     r.add_argument("--quiet", action="store_true")
     g = sub.add_parser("generate", help="sample a text-to-image pipeline for a prompt suite")
     g.add_argument("--model", default="assets/shapesworld-t2i", help="diffusers pipeline folder or hub id")
@@ -114,10 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--guidance", type=float, default=0.0)
     g.add_argument("--batch", type=int, default=32)
     g.add_argument("--device", default="cpu")
+    g.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    g.add_argument("--overwrite", action="store_true", help="replace the images already in --out")
     g.add_argument("--quiet", action="store_true")
+    with_examples(e, "mmalign shapes evaluate --images out/reno --out out/reno/eval.json")
+    with_examples(r, "mmalign shapes render --prompts eval --out out/renders")
+    with_examples(g, "mmalign shapes generate --model assets/shapesworld-t2i --prompts eval --out out/samples")
     args = p.parse_args(argv)
     {"evaluate": cmd_evaluate, "render": cmd_render, "generate": cmd_generate}[args.cmd](args)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

@@ -24,12 +24,15 @@ noise-free choice). Writes ``images/NNNNN_{a,b}.png`` and ``preferences.jsonl`` 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..command import run_command, with_examples
+from ..errors import UserError
 from ..preference import PreferenceExample, label_from_choice, write_preferences
 from .evaluator import judge, scene_detections
 from .prompts import CATEGORIES, hard_negatives, sample_meta, sample_scene
@@ -117,14 +120,17 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", choices=["train", "held_out", "any"],
                    help="prompt compositions (ShapesWorld's held-out colour-shape pairs and relations)")
+    with_examples(p, "mmalign shapes preferences --out prefs --pairs 4000 --noise 0.2")
     args = p.parse_args(argv)
     try:
         path = generate(args.out, args.pairs, args.noise, args.seed, args.split)
     except ValueError as e:
-        raise SystemExit(f"error: {e}") from e
+        if isinstance(e, UserError):
+            raise
+        raise UserError(str(e)) from e
     print(f"wrote {args.pairs} pairs to {path}")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -24,11 +24,13 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..assets import resolve_asset
+from ..errors import ModelLoadError
 from .world import SHAPES
 
 CLASSES = (*SHAPES, "blob")
 INPUT = 32  #: side of the classifier's input mask
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "assets" / "shapesworld-shape-net"
+DEFAULT_PATH = "assets/shapesworld-shape-net"  # resolved by mmreward.assets from any folder
 
 
 def crop_square(cover: np.ndarray, threshold: float = 0.5, size: int = INPUT) -> np.ndarray | None:
@@ -79,9 +81,9 @@ def load_shape_net(folder: str | Path = DEFAULT_PATH) -> tuple[ShapeNet, dict]:
     """``(model in eval mode, config)`` from a folder written by :func:`save_shape_net`."""
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = Path(resolve_asset(folder))
     if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"no shape classifier in {folder} (config.json + model.safetensors); "
+        raise ModelLoadError(f"no shape classifier in {folder} (config.json + model.safetensors); "
                                 "train one with `python -m mmreward.shapes.train_shape_net`")
     cfg = json.loads((folder / "config.json").read_text())
     if tuple(cfg["classes"]) != CLASSES:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import InputFileError
+from ..files import numbered_jsonl
 from .prompts import CATEGORIES, all_metas, is_held_out, sample_meta
 
 SUITE_DIR = Path(__file__).parent / "suites"
@@ -49,9 +51,17 @@ def load_suite(name: str) -> list[dict]:
 
     path = SUITE_DIR / f"{name}.jsonl" if name in ("eval", "train") else Path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt suite not found: {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r if "include" in r else {**parse_prompt(r["prompt"]), **r} for r in rows]
+        raise InputFileError(f"prompt suite not found: {path} (a JSONL file, or a suite name: eval, train)")
+    out = []
+    for n, r in numbered_jsonl(path, "prompt suite", keys=("prompt",)):
+        if "include" in r:
+            out.append(r)
+            continue
+        try:
+            out.append({**parse_prompt(r["prompt"]), **r})
+        except ValueError as e:
+            raise InputFileError(f"{path}, line {n}: {e}") from e
+    return out
 
 
 def write_suites() -> None:

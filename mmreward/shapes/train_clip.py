@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 
 from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_clip
 from ..clip_training import add_training_args, model_config, optimizer_step, round_to_fp16
+from ..command import run_command, with_examples
 from ..schedules import warmup_cosine
-from ..trainer import StepTrainer, setup_logging
+from ..trainer import StepTrainer, check_out, setup_logging
 from .clip_eval import hard_negative_accuracy, hard_negative_items
 from .data import sample_batch, to_tensor
 from .evaluator import judge, scene_detections
@@ -173,7 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--targets", choices=["own", "mask", "soft"], default="mask",
                    help="captions of other images that are true of an image: negatives (own), left out (mask) or positives (soft)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    with_examples(p, "mmalign assets shapes-clip --out outputs/shapesworld-clip")
     args = p.parse_args(argv)
+    check_out(args.out, args.overwrite)
 
     import open_clip
 
@@ -229,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = StepTrainer(
         args.work, args.steps, modules, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
-        stop_after=args.stop_after, name="shapesworld-clip",
+        stop_after=args.stop_after, resume=args.resume, overwrite=args.overwrite, name="shapesworld-clip",
         extra_state=lambda: {"gen_state": gen.get_state().tolist()},
         load_extra=lambda extra: gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8)))
     trainer.run()
@@ -249,4 +253,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from ..command import run_command, with_examples
 from ..schedules import warmup_cosine
-from ..trainer import StepTrainer, setup_logging
+from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
 from .shape_net import CLASSES, ShapeNet, crop_square, save_shape_net
 
 SS = 4  #: supersampling of the 64-px canvas
@@ -232,7 +234,7 @@ def labelled_objects(audit: str | Path, split: str = "dev", fold: tuple[int, int
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/shapesworld-shape-net")
-    p.add_argument("--work", default="outputs/train_shape_net", help="checkpoint folder (resumed when it holds one)")
+    p.add_argument("--work", default="outputs/train_shape_net", help="checkpoint and log folder of the run")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--pool", type=int, default=20000, help="masks drawn once and sampled from")
@@ -247,7 +249,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--real-fold", default=None, help="K/N: leave out the images with id %% N == K (cross-validation)")
     p.add_argument("--real-batch", type=int, default=16, help="people-named objects per step")
     p.add_argument("--stop-after", type=int, default=None, help="checkpoint and stop after this step (simulates a kill)")
+    add_run_args(p)
+    with_examples(p, "mmalign assets shape-net --out outputs/shape-net")
     args = p.parse_args(argv)
+    check_out(args.out, args.overwrite)
     torch.set_num_threads(args.threads)
     setup_logging()
     torch.manual_seed(args.seed)
@@ -286,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         return rec
 
     trainer = StepTrainer(args.work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
-                          stop_after=args.stop_after, name="shape-net")
+                          stop_after=args.stop_after, name="shape-net", resume=args.resume, overwrite=args.overwrite)
     trainer.run()
     if trainer.position < args.steps:
         return {"steps": trainer.position, "stopped": True}
@@ -301,4 +306,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command(main))

@@ -1,0 +1,5 @@
+import sys
+
+from mmalign.cli import cli
+
+sys.exit(cli())

@@ -137,16 +137,20 @@ def labelled_grid(cells: Sequence[tuple[Image.Image, str, Sequence[tuple[str, tu
         raise ValueError("no cells to arrange")
     font, pad = _font(font_size), 4
     line_h = font_size + 4
-    wrapped = [_wrap(caption, font, size - 2 * pad) for _, caption, _ in cells]
-    n_lines = max(len(w) for w in wrapped) + max(len(notes) for *_, notes in cells)
+    def lines_of(caption, notes):  # every line of a cell, wrapped to its width, with its colour
+        out = [(line, (0, 0, 0)) for line in _wrap(caption, font, size - 2 * pad)]
+        return out + [(line, colour) for text, colour in notes for line in _wrap(text, font, size - 2 * pad)]
+
+    wrapped = [lines_of(caption, notes) for _, caption, notes in cells]
+    n_lines = max(len(w) for w in wrapped)
     tiles = []
-    for (image, _, notes), caption_lines in zip(cells, wrapped, strict=True):
+    for (image, _, _), cell_lines in zip(cells, wrapped, strict=True):
         h = round(image.height * size / image.width)
         resample = Image.NEAREST if image.width * 2 <= size else Image.BICUBIC  # small renders stay crisp
         tile = Image.new("RGB", (size, h + pad + n_lines * line_h + pad), "white")
         tile.paste(image.convert("RGB").resize((size, h), resample), (0, 0))
         draw, y = ImageDraw.Draw(tile), h + pad
-        for text, colour in [(line, (0, 0, 0)) for line in caption_lines] + list(notes):
+        for text, colour in cell_lines:
             draw.text((pad, y), text, fill=colour, font=font)
             y += line_h
         tiles.append(tile)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLIP_DIR = ROOT / "assets" / "shapesworld-clip"
 
 
+@pytest.mark.slow
 def test_shapesworld_clip_loads_by_spec_and_ranks_true_captions_first():
     reward = load_reward(f"clip:{CLIP_DIR}")
     assert reward.backbone.preprocess.size == 64
@@ -45,6 +46,17 @@ def test_demo_runs_on_the_embedded_default(tmp_path, monkeypatch):
     shapes_cli(["evaluate", "--images", str(tmp_path / "demo" / "samples"), "--out", str(tmp_path / "s.json"), "--quiet"])
     verdicts = [r["correct"] for r in json.loads((tmp_path / "s.json").read_text())["per_image"]]
     assert verdicts == [r["correct"] for r in samples["rows"]]
+    # the grids are labelled at a readable size: 192-px cells with text below each image
+    from PIL import Image
+
+    assert Image.open(tmp_path / "demo" / "samples.png").width >= 4 * 192
+    # a second demo into the same folder is refused unless told; --overwrite leaves no stale file
+    from mmreward.errors import UserError
+
+    with pytest.raises(UserError, match="already holds a demo"):
+        demo(["--out", str(tmp_path / "demo")])
+    demo(["--out", str(tmp_path / "demo"), "--per-category", "1", "--t2i", "", "--overwrite"])
+    assert len(list((tmp_path / "demo").glob("*.png"))) == 6 + 1 and not (tmp_path / "demo" / "samples").exists()
 
 
 T2I_DIR = ROOT / "assets" / "shapesworld-t2i"

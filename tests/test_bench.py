@@ -89,7 +89,7 @@ def test_cli_scores_a_preference_file_against_its_noise_free_truth(tmp_path, ope
     assert json.loads((tmp_path / "r.json").read_text())["pairs"] == 2 and (tmp_path / "r.md").is_file()
     items = load_benchmark(path, labels="label")
     assert evaluate(items, score_candidates(reward, items, progress=False))["accuracy"] == pytest.approx(np.mean([not truth_right[0], truth_right[1]]))
-    with pytest.raises(SystemExit, match="does not exist"):
+    with pytest.raises(RewardError, match="does not exist"):
         main(["--reward", f"clip:{open_clip_dir}", "--data", str(tmp_path / "none.json")])
 
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -65,6 +66,7 @@ def test_every_subcommand_has_help_with_an_example(capsys):
     assert code == 2 and "render" in out
 
 
+@pytest.mark.slow
 def test_console_scripts_and_python_m_forms_exit_zero():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     for cmd in ([sys.executable, "-m", "mmalign", "--help"], [sys.executable, "-m", "diffusion_align.reno", "--help"],
@@ -168,6 +170,7 @@ def test_prompt_files_that_are_not_json_or_not_utf8_name_file_and_line(tmp_path)
         read_prompts(str(latin))
 
 
+@pytest.mark.slow
 def test_offline_hub_ids_fail_within_seconds_with_their_familys_hint():
     """Without HF_HUB_OFFLINE (as a user's shell has it), against a hub that cannot be reached."""
     code = (
@@ -229,3 +232,21 @@ def test_embedded_models_and_configs_are_found_from_any_folder(tmp_path, monkeyp
     with pytest.raises(ModelLoadError, match=f"looked in the working folder and in {tmp_path / 'mine' / 'assets'}; "
                                              f"set {ASSETS_ENV}"):
         load_reward("clip:assets/shapesworld-clip")
+
+
+# ------------------------------------------------------------------------------------------- pictures
+def test_labelled_grid_wraps_every_caption_and_note_inside_its_cell():
+    from mmreward.images import GREEN, labelled_grid
+
+    img = Image.new("RGB", (64, 64), (240, 240, 240))
+    short = [(img, "a red circle", [("reward 0.500", (0, 0, 0))])]
+    long = "a red circle left of a blue square and " * 4
+    tall = [(img, long, [("evaluator: wrong (" + "object unrecognised, " * 4 + ")", GREEN)])]
+    a, b = labelled_grid(short, cols=1), labelled_grid(tall, cols=1)
+    assert a.width == b.width == 192 and b.height > a.height + 5 * 18  # wrapped onto more lines, not cut
+    text = np.asarray(b)[192:, :, :]  # below the image: dark (black or green) pixels on many text rows
+    rows_with_ink = (text.min(axis=2) < 130).any(axis=1)
+    assert rows_with_ink.sum() > 8 * 8
+    assert not (np.asarray(b)[192:, -2:, :].min(axis=2) < 130).any()  # nothing runs over the right edge
+    with_legend = labelled_grid(short * 3, cols=3, legend="what the notes mean " * 20)
+    assert with_legend.width == 3 * 192 + 2 * 6 and with_legend.height > a.height + 2 * 18

@@ -233,6 +233,7 @@ def _lora_pipe(tiny_pipe_dir):
     return pipe, params
 
 
+@pytest.mark.slow
 def test_rollout_log_probs_are_recomputed_exactly_and_reference_is_the_base(tiny_pipe_dir):
     pipe, params = _lora_pipe(tiny_pipe_dir)
     with torch.no_grad():  # move the adapters away from their zero start
@@ -268,6 +269,7 @@ def test_deterministic_ddim_step_is_diffusers_eta_zero_step():
         torch.testing.assert_close(ddim_step_deterministic(sched, out, t, x), sched.step(out, t, x, eta=0.0).prev_sample)
 
 
+@pytest.mark.slow
 def test_mixed_sampler_is_stochastic_for_the_first_steps_only(tiny_pipe_dir):
     """sde_steps = 2 of 4: trajectories sharing x_T diverge in steps 0-1, the rest is a deterministic function
     of x after step 1 (NaN log-probabilities there); the stochastic steps' log-probabilities are the same as
@@ -292,6 +294,7 @@ def test_mixed_sampler_is_stochastic_for_the_first_steps_only(tiny_pipe_dir):
         sample_rollouts(pipe, pipe.unet, PROMPTS[:1], noise[:1], [1], steps=4, sde_steps=5)
 
 
+@pytest.mark.slow
 def test_d3po_update_raises_the_preferred_log_prob(tiny_pipe_dir):
     pipe, params = _lora_pipe(tiny_pipe_dir)
     cfg = D3POConfig(sample_steps=3, learning_rate=3e-3, guidance_scale=1.0)
@@ -330,6 +333,7 @@ def test_noise_groups_are_the_trajectories_sharing_x_T_in_order_of_appearance():
     assert noise_groups(SimpleNamespace(latents=latents)).tolist() == [0, 0, 1, 1, 1, 2, 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reference,kl_coef", [("base", 0.0), ("sampler", 0.0), ("base", 3.0)])
 def test_d3po_update_with_shared_images_equals_the_per_pair_computation(tiny_pipe_dir, reference, kl_coef):
     """Three pairs within one group of 3 and one pair of another: the update's gradient (each image run
@@ -472,6 +476,7 @@ def _lora_weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder / "pytorch_lora_weights.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["d3po", "ddpo"])
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, tiny_pipe_dir, open_clip_dir, method):
     from diffusion_align.train import main
@@ -495,6 +500,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, tiny_pipe_dir, 
     assert len(list((tmp_path / "b" / "run" / "grids").glob("epoch_*.png"))) == 3
 
 
+@pytest.mark.slow
 def test_lora_export_loads_with_load_lora_weights(tmp_path, tiny_pipe_dir, open_clip_dir):
     from diffusers import DiffusionPipeline
 
@@ -540,6 +546,7 @@ def test_bad_input_gives_clear_errors(tmp_path, tiny_pipe_dir, open_clip_dir):
         main(["--config", str(_write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)), "--set", "lr=1", "--no-progress"])
 
 
+@pytest.mark.slow
 def test_nan_feedback_stops_without_corrupting_the_checkpoint(tmp_path, tiny_pipe_dir, monkeypatch):
     import diffusion_align.feedback as fb
     from diffusion_align.train import main
@@ -619,6 +626,7 @@ def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_cl
     assert rows[0]["pairs"] == len(load_labelled(out)[1]) and "score_mean" not in rows[0]
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir, open_clip_dir):
 
     cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir, num_epochs=1000, checkpoint_every=1000, grid_every=0)
@@ -638,6 +646,7 @@ def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir,
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(epoch + 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["module", "script"])
 def test_the_entry_point_runs_as_a_module_and_as_a_script(tmp_path, how):
     """`python -m diffusion_align.train` (so `accelerate launch -m`) and `python diffusion_align/train.py`

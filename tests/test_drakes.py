@@ -109,6 +109,7 @@ def test_model_save_load_and_sampler(tmp_path):
         load_model(tmp_path)
 
 
+@pytest.mark.slow
 def test_pretrained_model_prefers_natural_over_shuffled_sequences():
     """The embedded model, trained on the known generator, gives natural sequences a better ELBO than the
     same sequences with their bases shuffled (same composition, broken order and motifs)."""
@@ -162,6 +163,7 @@ def test_gradients_reach_the_model_through_the_last_k_steps_only(hard_states):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in probe.inner.parameters())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("samples", [None, 3])
 def test_early_kl_reaches_the_early_steps_it_samples(samples):
     """With the KL, each early step's term is backpropagated as it is computed: all early steps, or
@@ -253,6 +255,7 @@ def drakes_setup(tmp_path):
             "checkpoint_every": 2}
 
 
+@pytest.mark.slow
 def test_drakes_raises_the_reward_and_kl_holds_it_back(drakes_setup, tmp_path):
     def run(name, alpha):
         cfg = DrakesConfig.from_dict({**drakes_setup, "output_dir": str(tmp_path / name), "alpha": alpha, "num_epochs": 25})
@@ -348,6 +351,7 @@ def test_pretrain_and_oracle_on_user_files(tmp_path):
         oracle_main(["--out", str(tmp_path / "o2"), "--data", str(tmp_path / "lab.csv"), "--label-column", "k562"])
 
 
+@pytest.mark.slow
 def test_embedded_oracles_track_the_hidden_activity():
     """The shipped oracles (trained on disjoint noisy libraries of the world) predict the hidden activity of
     fresh sequences, natural and motif-enriched, and are not fooled by a low-complexity sequence."""

@@ -161,6 +161,7 @@ def test_shape_net_round_trips_through_its_loader(tmp_path):
         load_shape_net(tmp_path / "missing")
 
 
+@pytest.mark.slow
 def test_shape_net_training_resumes_to_the_same_weights(tmp_path):
     from mmreward.shapes.train_shape_net import main
 

@@ -46,6 +46,7 @@ def test_bad_specs_name_the_problem(spec, message):
         parse_spec(spec)
 
 
+@pytest.mark.slow
 def test_loads_local_folders_by_spec(open_clip_dir, hf_clip_dir, images):
     a = load_reward(f"clip:{open_clip_dir}")
     b = load_reward(f"clip:local-dir:{open_clip_dir}")
@@ -57,6 +58,7 @@ def test_loads_local_folders_by_spec(open_clip_dir, hf_clip_dir, images):
         load_reward(f"clip:ViT-B-32//{open_clip_dir}/open_clip_model.safetensors")
 
 
+@pytest.mark.slow
 def test_model_file_spec_loads_weights_into_named_architecture(tmp_path, images):
     import open_clip
     from safetensors.torch import save_file
@@ -73,6 +75,7 @@ def test_model_file_spec_loads_weights_into_named_architecture(tmp_path, images)
     assert torch.allclose(ours, ref, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_weighted_combination_equals_manual_sum(open_clip_dir, hf_clip_dir, images):
     combo = load_reward(f"clip:{open_clip_dir}?mode=logit, 0.5*hfclip:{hf_clip_dir}")
     assert isinstance(combo, WeightedSum) and combo.weights == [1.0, 0.5]

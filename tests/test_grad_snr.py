@@ -56,6 +56,7 @@ def test_rank_advantages_are_the_d3po_pair_loss_gradient_near_the_reference():
     torch.testing.assert_close(logp.grad, -beta / 2 * c[0])
 
 
+@pytest.mark.slow
 def test_per_step_gradients_sum_to_one_backward_pass_and_group_snr_splits_groups(tmp_path):
     from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
     from diffusion_align.rl_trainer import add_lora

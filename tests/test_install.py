@@ -64,3 +64,21 @@ def test_wheel_install_runs_from_an_unrelated_folder(tmp_path):
         "--set", "num_accum_steps=1", "--set", "sample_steps=16", "--set", "truncate_steps=4",
         "--set", "output_dir=runs/drakes", "--no-progress"], elsewhere, env)
     assert len((elsewhere / "runs" / "drakes" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_package_data_covers_every_asset_and_config(monkeypatch):
+    """What the wheel carries: every file under ``assets/`` and ``configs/`` matches the package-data globs
+    of ``setup.py`` (the slow test above checks a built wheel)."""
+    import fnmatch
+
+    import setuptools
+
+    seen = {}
+    monkeypatch.setattr(setuptools, "setup", lambda **kw: seen.update(kw))
+    monkeypatch.chdir(ROOT)
+    exec(compile((ROOT / "setup.py").read_text(), "setup.py", "exec"), {"__name__": "__main__"})
+    assert {"mmalign", "mmalign.assets", "mmalign.configs", "mmreward", "diffusion_align", "vlm_rl"} <= set(seen["packages"])
+    for package, folder in seen["package_dir"].items():
+        files = [p.relative_to(ROOT / folder).as_posix() for p in (ROOT / folder).rglob("*") if p.is_file()]
+        globs = seen["package_data"][package]
+        assert files and all(any(fnmatch.fnmatch(f, g) or g == "**/*" for g in globs) for f in files), package

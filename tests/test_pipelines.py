@@ -35,6 +35,7 @@ def pipe_dirs(tmp_path_factory) -> dict[str, str]:
             "pixart": make_tiny_pixart(tmp_path_factory.mktemp("pixart"), DDPMScheduler(timestep_spacing="trailing"))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_guided_ddim_and_decode_equal_the_pipelines_own_sampling(pipe_dirs, layout):
     """Three DDIM steps (eta 0, guidance 2) through the adapter give the latents and images the pipeline's
@@ -79,6 +80,7 @@ def test_other_pipelines_are_refused_with_the_supported_layouts_named():
         guided_output(torch.nn.Linear(1, 1), torch.zeros(1, 4, 2, 2), 0, {}, layout="video")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", ["sdxl", "pixart"])
 def test_d3po_update_raises_the_preferred_log_prob_on_every_layout(pipe_dirs, layout):
     adapter = make_adapter(load_pipeline(pipe_dirs[layout], "cpu"))

@@ -93,6 +93,7 @@ def test_malformed_preference_files_name_the_line_and_problem(tmp_path, line, me
         read_preferences(tmp_path / "nope.jsonl")
 
 
+@pytest.mark.slow
 def test_shapes_preferences_follow_the_hidden_utility(tmp_path):
     from mmreward.shapes.evaluator import evaluate_image
     from mmreward.shapes.preferences import generate
@@ -189,6 +190,7 @@ def _cfg(tmp_path, open_clip_dir, prefs, **kw):
     return RewardTrainConfig.from_dict({**base, **kw})
 
 
+@pytest.mark.slow
 def test_head_training_lowers_the_loss_and_exports_a_loadable_reward(tmp_path, open_clip_dir, prefs):
     from mmreward.train_reward import score_examples, train
 
@@ -229,6 +231,7 @@ def test_reward_training_resumes_after_a_kill_to_the_same_weights(tmp_path, open
     assert [r["step"] for r in rb] == [r["step"] for r in ra] and rb[-1]["loss"] == pytest.approx(ra[-1]["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["finetune", "lora"])
 def test_clip_finetuning_exports_an_open_clip_reward_equal_to_the_trained_model(tmp_path, open_clip_dir, prefs, mode):
     from mmreward.train_reward import ClipPreference, build, load_pixels, score_examples, train
@@ -272,6 +275,7 @@ def test_reward_config_errors_are_clear(tmp_path, open_clip_dir, prefs):
         RewardTrainConfig.from_cli(tmp_path / "c.yaml", ["epochs=0"])
 
 
+@pytest.mark.slow
 def test_ensemble_of_heads_aggregates_members_and_shares_one_backbone(tmp_path, open_clip_dir, images):
     d = load_reward(f"clip:{open_clip_dir}").backbone.encode_text(["x"]).shape[-1]
     root = tmp_path / "heads"
@@ -292,6 +296,7 @@ def test_ensemble_of_heads_aggregates_members_and_shares_one_backbone(tmp_path, 
         load_reward(f"ensemble:{tmp_path / 'none'}")
 
 
+@pytest.mark.slow
 def test_a_trained_reward_drives_reno_through_its_spec_string(tmp_path, open_clip_dir, prefs):
     from diffusers import DiffusionPipeline
 
@@ -331,6 +336,7 @@ def test_per_prompt_weighting_is_pickscores(tmp_path, open_clip_dir, prefs):
     assert any(not torch.allclose(wa[k], wb[k]) for k in wa)  # the trainer uses the weights
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_at_a_step_boundary_and_resume_finishes_the_run(tmp_path, open_clip_dir, prefs):
     import sys
 

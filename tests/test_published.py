@@ -13,6 +13,7 @@ from mmreward.errors import ModelLoadError
 PROMPTS = ["a red circle", "two blue squares", "a star", "four circles"]
 
 
+@pytest.mark.slow
 def test_pickscore_is_the_logit_scaled_cosine_with_the_processor_it_names(tmp_path, hf_clip_dir, images):
     from transformers import CLIPModel
 

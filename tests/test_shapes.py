@@ -73,6 +73,7 @@ def _gt(n_per_prompt=1, seed=0):
     return [render(sample_scene(m, rng)) for m in metas], metas
 
 
+@pytest.mark.slow
 def test_evaluator_on_ground_truth_renders():
     images, metas = _gt()
     result = evaluate(images, metas)

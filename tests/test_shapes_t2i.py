@@ -16,6 +16,7 @@ def pipe_dir(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_loads_as_stable_diffusion_pipeline(pipe_dir):
     from diffusers import DiffusionPipeline, LCMScheduler, StableDiffusionPipeline
 
@@ -26,6 +27,7 @@ def test_loads_as_stable_diffusion_pipeline(pipe_dir):
     assert (pipe_dir / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [1, 4])
 def test_samples_in_one_and_several_steps(pipe_dir, steps):
     from diffusers import DiffusionPipeline
@@ -42,6 +44,7 @@ def test_samples_in_one_and_several_steps(pipe_dir, steps):
         assert len(pipe.scheduler.timesteps) == 4 and pipe.scheduler.timesteps[0] == 999
 
 
+@pytest.mark.slow
 def test_generate_cli_writes_the_evaluators_format(pipe_dir, tmp_path):
     import json
 

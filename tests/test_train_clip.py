@@ -53,6 +53,7 @@ def test_training_batches_are_correctly_captioned_and_never_held_out():
     assert all(parse_prompt(c)["tag"] in ("position", "color_attr") for c in extra)
 
 
+@pytest.mark.slow
 def test_truth_matrix_matches_the_pixel_evaluator_and_finds_synonyms():
     import numpy as np
 

@@ -61,3 +61,16 @@ def test_stages_resume_and_produce_a_one_step_pipeline(tmp_path):
 def test_distill_without_a_teacher_names_the_missing_folder(tmp_path):
     with pytest.raises(ModelLoadError, match="no teacher pipeline.*--teacher"):
         train(["distill", "--tiny", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "o")])
+
+
+def test_a_rerun_never_restarts_or_replaces_silently(tmp_path):
+    from mmreward.config_file import ConfigError
+
+    base = ["--tiny", "--batch", "4", "--ckpt-every", "1", "--work", str(tmp_path / "work")]
+    train(["vae", "--steps", "1", "--stop-after", "1", *base])
+    with pytest.raises(ConfigError, match="pass --resume to continue it, --overwrite to replace it"):
+        train(["vae", "--steps", "2", *base])
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    with pytest.raises(ConfigError, match="already holds a model: pass --overwrite"):
+        train(["distill", "--steps", "1", "--out", str(tmp_path / "pipe"), *base])

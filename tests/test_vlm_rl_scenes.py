@@ -119,6 +119,7 @@ def test_scene_clip_resumes_to_the_same_weights_and_loads_as_a_reward(tmp_path):
     assert x.grad.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_embedded_scene_clip_rewards_the_goal_states_on_fresh_renders():
     """``assets/vlm-rl-clip`` through the reward core (as the configs name it): on frames rendered here with
     other seeds than its training data, the VLM-RM reward (alpha 0) of each task ranks frames where the

@@ -102,6 +102,7 @@ def test_episodes_have_a_fixed_length_without_termination():
     assert steps == 40 and ended_by_env
 
 
+@pytest.mark.slow
 def test_wrapper_reward_matches_an_independent_computation(projection, open_clip_dir):
     import open_clip
 
@@ -127,6 +128,7 @@ def test_wrapper_reward_matches_an_independent_computation(projection, open_clip
             assert np.isfinite(info["gt_reward"])
 
 
+@pytest.mark.slow
 def test_batched_rewards_equal_one_by_one(projection):
     batched = VLMRewardVecEnv(humanoid_venv(4), projection, batch_size=64)
     single = VLMRewardVecEnv(humanoid_venv(4), projection, batch_size=1)

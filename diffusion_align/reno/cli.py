@@ -50,7 +50,9 @@ def grid_cells(prompt: str, seed: int, initial, best, r0: float, r1: float) -> l
     cells = []
     for name, im, r, v in (("initial", initial, r0, verdicts[0]), ("ReNO", best, r1, verdicts[1])):
         notes = [(f"{name}, seed {seed}: reward {r:.3f}", GREY)]
-        if v is not None:
+        if v is None:
+            notes.append(("evaluator: none (not a ShapesWorld prompt)", GREY))
+        else:
             notes.append(("evaluator: correct", GREEN) if v["correct"] else (f"evaluator: wrong ({v['reason']})", RED))
         cells.append((im, prompt.removeprefix("a photo of "), notes))
     return cells

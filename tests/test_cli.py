@@ -177,10 +177,11 @@ def test_offline_hub_ids_fail_within_seconds_with_their_familys_hint():
         "import time\n"
         "from mmreward import load_reward\n"
         "from mmreward.errors import ModelLoadError\n"
-        "for spec in ['hfclip:openai/clip-vit-large-patch14', 'pickscore', 'clip:ViT-B-32/openai', 'hps']:\n"
+        "from diffusion_align.inputs import load_pipeline\n"
+        "for spec in ['hfclip:openai/clip-vit-large-patch14', 'pickscore', 'clip:ViT-B-32/openai', 'hps', 'pipe']:\n"
         "    t = time.time()\n"
         "    try:\n"
-        "        load_reward(spec)\n"
+        "        load_pipeline('stabilityai/sd-turbo') if spec == 'pipe' else load_reward(spec)\n"
         "    except ModelLoadError as e:\n"
         "        print(spec, '|', round(time.time() - t, 1), '|', e)\n"
     )
@@ -188,9 +189,9 @@ def test_offline_hub_ids_fail_within_seconds_with_their_familys_hint():
     env["HF_ENDPOINT"] = "http://127.0.0.1:9"  # nothing listens there: the connection is refused at once
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     rows = [line.split(" | ") for line in proc.stdout.splitlines()]
-    assert len(rows) == 4, proc.stdout + proc.stderr[-3000:]
+    assert len(rows) == 5, proc.stdout + proc.stderr[-3000:]
     hints = {"hfclip:openai/clip-vit-large-patch14": "'hfclip:/path/to/folder'", "pickscore": "'pickscore:/path/to/folder'",
-             "clip:ViT-B-32/openai": "'clip:MODEL//path/to/weights'", "hps": "'hps:/path/to/"}
+             "clip:ViT-B-32/openai": "'clip:MODEL//path/to/weights'", "hps": "'hps:/path/to/", "pipe": "its local folder"}
     for spec, seconds, message in rows:
         assert float(seconds) < 10, (spec, seconds)
         assert "no connection to the hub" in message and hints[spec] in message, (spec, message)

@@ -488,6 +488,8 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, tiny_pipe_dir, 
     assert part["epoch"] == 1 and not (tmp_path / "b" / "run" / "lora").exists()
     with pytest.raises(UserError, match="already holds a checkpoint"):
         main(["--config", str(cfg_b), "--no-progress"])  # never overwrites a run by accident
+    with pytest.raises(UserError, match=r"--resume with a changed config \(lora_rank: 4 in the run, 8 now\)"):
+        main(["--config", str(cfg_b), "--resume", "--set", "lora_rank=8", "--no-progress"])
     rest = main(["--config", str(cfg_b), "--resume", "--no-progress"])
     assert rest["epoch"] == 3 and rest["samples"] == full["samples"]
     a, b = _lora_weights(tmp_path / "a" / "run" / "lora"), _lora_weights(tmp_path / "b" / "run" / "lora")
@@ -641,6 +643,7 @@ def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir,
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     epoch, _ = read_state_info(tmp_path / "run" / "checkpoint")
     assert epoch == len(rows) >= 1  # whole epochs only: the checkpoint holds every logged epoch
+    assert (tmp_path / "run" / "lora" / "pytorch_lora_weights.safetensors").is_file()  # exported on Ctrl-C too
     res = main(["--config", str(cfg), "--resume", "--set", f"num_epochs={epoch + 1}", "--no-progress"])
     assert res["epoch"] == epoch + 1
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == list(range(epoch + 1))

@@ -95,6 +95,14 @@ def test_evaluate_reports_success_and_writes_a_video(tmp_path, open_clip_dir):
     assert json.loads((tmp_path / "run" / "eval.json").read_text())["success_rate"] == result["success_rate"]
     with pytest.raises(InputFileError, match="no policy weights"):
         load_policy(cfg, tmp_path / "nowhere")
+    # evaluating a run elsewhere writes into that run, not the config's output_dir
+    import shutil
+
+    shutil.copytree(tmp_path / "run" / "checkpoint", tmp_path / "other" / "checkpoint")
+    evaluate(cfg, tmp_path / "other" / "checkpoint", episodes=1)
+    assert json.loads((tmp_path / "other" / "eval.json").read_text())["episodes"][0]["episode"] == 0
+    assert (tmp_path / "other" / "videos" / "episode_0.gif").is_file()
+    assert len(json.loads((tmp_path / "run" / "eval.json").read_text())["episodes"]) == 2  # untouched
 
 
 def test_config_validation():

@@ -72,7 +72,7 @@ class Trainer:
     Args:
         output_dir: the run folder.
         total: units (epochs or steps) of the full run.
-        config: what ``config.json`` records (a dataclass config's ``vars``).
+        config: what ``config.json`` records (a dataclass config's ``vars``, a command line's arguments).
         resume: continue from ``output_dir/checkpoint``.
         checkpoint_every: units between checkpoints.
         max_minutes: wall-clock budget of this invocation (``None``: none).
@@ -85,13 +85,15 @@ class Trainer:
         checkpoint_name: the checkpoint's subfolder of ``output_dir`` (``""``: the folder itself).
         metrics_file: the name of the metrics log in ``output_dir``.
         overwrite: replace a run already in ``output_dir`` (its files are deleted first).
+        config_name: where in ``output_dir`` the config is recorded (when the folder is also a model folder
+            with a ``config.json`` of its own, e.g. ``training/run_config.json``).
     """
 
     def __init__(self, output_dir: str | os.PathLike, total: int, config: dict | None = None, *, resume: bool = False,
                  checkpoint_every: int = 1, max_minutes: float | None = None, stop_after: int | None = None,
                  progress: bool = True, accelerator=None, name: str = "train", unit: str = "step",
                  where: str = "output_dir", checkpoint_name: str = "checkpoint", metrics_file: str = "metrics.jsonl",
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, config_name: str = "config.json") -> None:
         from accelerate import Accelerator
         from accelerate.logging import get_logger
 
@@ -101,9 +103,9 @@ class Trainer:
         self.resume, self.checkpoint_every, self.max_minutes = resume, int(checkpoint_every), max_minutes
         self.stop_after, self.progress, self.name, self.unit = stop_after, progress, name, unit
         self.ckpt = run_checkpoint_dir(self.out, resume, name=checkpoint_name, where=where, overwrite=overwrite)
-        self.metrics_file = metrics_file
+        self.metrics_file, self.config_name = metrics_file, config_name
         if resume and config is not None:
-            check_resumed_config(self.out / "config.json", config, RESUMABLE_KEYS | set(self.resumable_keys))
+            check_resumed_config(self.out / config_name, config, RESUMABLE_KEYS | set(self.resumable_keys))
         if overwrite and not resume and self.is_main:
             self._remove_run()
         self.np_rng = None  # a numpy Generator whose state checkpoints carry (set by subclasses that draw from one)
@@ -166,7 +168,7 @@ class Trainer:
         import shutil
 
         ckpt = STATE_FILE if self.ckpt == self.out else self.ckpt.name  # (a checkpoint in the run folder itself)
-        for name in (ckpt, self.metrics_file, "config.json", *self.run_files):
+        for name in (ckpt, self.metrics_file, self.config_name, *self.run_files):
             path = self.out / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -195,7 +197,8 @@ class Trainer:
             return None
         self.out.mkdir(parents=True, exist_ok=True)
         if self.run_config is not None:
-            (self.out / "config.json").write_text(json.dumps(self.run_config, indent=2))
+            (self.out / self.config_name).parent.mkdir(parents=True, exist_ok=True)
+            (self.out / self.config_name).write_text(json.dumps(self.run_config, indent=2))
         if self.resume:
             trim_metrics(path, lambda row: self.row_position(row) < self.position)
         else:
@@ -282,14 +285,16 @@ class StepTrainer(Trainer):
     """A trainer from functions, for the scripts that train the embedded models: ``step(i) -> row | None``
     is one optimiser step, ``modules`` / ``opt`` (and ``np_rng``) are what checkpoints hold, ``extra_state``
     / ``load_extra`` any JSON-able state besides. Their layout: the work folder holds the checkpoint and
-    ``log.jsonl`` (rows keyed by the step count after the step); ``resume`` continues it, ``overwrite``
-    starts it again."""
+    ``log.jsonl`` (rows keyed by the step count after the step) and ``config.json`` (``config``: the command
+    line's arguments); ``resume`` continues it, ``overwrite`` starts it again."""
+
+    resumable_keys = ("out",)  # the exported model may go elsewhere
 
     def __init__(self, work: str | os.PathLike, total: int, modules: torch.nn.Module, opt: torch.optim.Optimizer, step,
                  *, np_rng=None, extra_state=None, load_extra=None, checkpoint_every: int = 200,
                  stop_after: int | None = None, name: str = "train", progress: bool = True, resume: bool = False,
-                 overwrite: bool = False) -> None:
-        super().__init__(work, total, None, resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every,
+                 overwrite: bool = False, config: dict | None = None) -> None:
+        super().__init__(work, total, config, resume=resume, overwrite=overwrite, checkpoint_every=checkpoint_every,
                          stop_after=stop_after, progress=progress, name=name, unit="step", where="--work",
                          checkpoint_name="", metrics_file="log.jsonl")
         self.modules, self.opt, self._step, self.np_rng = modules, opt, step, np_rng

@@ -201,3 +201,17 @@ def test_an_uninstalled_tracker_is_a_config_error(tmp_path):
         pytest.skip("tensorboard is installed here")
     with pytest.raises(ConfigError, match="log_with: 'tensorboard' is not installed"):
         D3POTrainer(D3POConfig(output_dir=str(tmp_path / "run"), log_with="tensorboard"))
+
+
+def test_step_trainer_records_its_arguments_and_refuses_a_changed_one_on_resume(tmp_path):
+    def make(**kw):
+        model = torch.nn.Linear(2, 1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        return StepTrainer(tmp_path / "work", 4, model, opt, lambda i: {"step": i + 1}, checkpoint_every=1,
+                           progress=False, **kw)
+
+    make(stop_after=2, config={"width": 8, "steps": 4, "out": "a"}).run()
+    assert json.loads((tmp_path / "work" / "config.json").read_text())["width"] == 8
+    with pytest.raises(ConfigError, match="width: 8 in the run, 16 now"):
+        make(resume=True, config={"width": 16, "steps": 4, "out": "a"})
+    assert make(resume=True, config={"width": 8, "steps": 6, "out": "b"}).run()["step"] == 4  # budget and --out may change

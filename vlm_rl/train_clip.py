@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
         return rec
 
     trainer = StepTrainer(
-        work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every, stop_after=args.stop_after, resume=args.resume, overwrite=args.overwrite,
+        work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every, stop_after=args.stop_after, resume=args.resume, overwrite=args.overwrite, config=vars(args),
         name="vlm-rl-clip", extra_state=lambda: {"gen_state": gen.get_state().tolist(), "vocab": vocab},
         load_extra=lambda extra: gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8)))
     trainer.run()

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -164,9 +164,11 @@ class OracleTrainer(Trainer):
             raise ValueError(f"{len(x)} sequences but {len(y)} labels")
         if not torch.isfinite(y).all():
             raise ValueError("labels contain NaN/inf")
-        super().__init__(out, 0, None, resume=resume, checkpoint_every=checkpoint_every, stop_after=stop_after,
+        run = {"epochs": epochs, "batch": batch, "lr": lr, "seed": seed, "val_frac": val_frac, "sequences": len(x),
+               "model": asdict(config) if config else None, "extra": extra, "vocab": vocab}
+        super().__init__(out, 0, run, resume=resume, checkpoint_every=checkpoint_every, stop_after=stop_after,
                          progress=progress, name="oracle", unit="step", where="--out", checkpoint_name="training",
-                         overwrite=overwrite)
+                         overwrite=overwrite, config_name="training/run_config.json")
         self.x, self.y, self.batch, self.seed, self.extra = x, y, batch, seed, extra
         torch.manual_seed(seed)
         self.config = config or OracleConfig(length=x.shape[1], vocab=vocab)

@@ -40,7 +40,8 @@ class PretrainTrainer(Trainer):
     (train loss, validation ELBO) every ``eval_every`` steps; ``OUT/training`` holds the checkpoint."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        super().__init__(args.out, args.steps, None, resume=args.resume, overwrite=args.overwrite,
+        super().__init__(args.out, args.steps, vars(args), resume=args.resume, overwrite=args.overwrite,
+                         config_name="training/run_config.json",
                          checkpoint_every=args.checkpoint_every,
                          stop_after=args.stop_after, name="mdlm pretrain", unit="step", where="--out",
                          checkpoint_name="training")

@@ -66,7 +66,7 @@ def _loop(args, stage: str, modules: torch.nn.ModuleDict, step_fn, lr: float, se
         return {"step": i + 1, "loss": loss.item(), **logs}
 
     trainer = StepTrainer(work, args.steps, modules, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
-                          stop_after=args.stop_after, name=stage, resume=args.resume, overwrite=args.overwrite)
+                          stop_after=args.stop_after, name=stage, resume=args.resume, overwrite=args.overwrite, config=vars(args))
     trainer.run()
     if trainer.position >= args.steps:
         timing = {"steps": trainer.position, "batch": args.batch, "wall_time_s": round(trainer.seconds, 1),

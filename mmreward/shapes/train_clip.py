@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     trainer = StepTrainer(
         args.work, args.steps, modules, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
-        stop_after=args.stop_after, resume=args.resume, overwrite=args.overwrite, name="shapesworld-clip",
+        stop_after=args.stop_after, resume=args.resume, overwrite=args.overwrite, config=vars(args), name="shapesworld-clip",
         extra_state=lambda: {"gen_state": gen.get_state().tolist()},
         load_extra=lambda extra: gen.set_state(torch.tensor(extra["gen_state"], dtype=torch.uint8)))
     trainer.run()

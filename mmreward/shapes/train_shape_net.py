@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict:
         return rec
 
     trainer = StepTrainer(args.work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
-                          stop_after=args.stop_after, name="shape-net", resume=args.resume, overwrite=args.overwrite)
+                          stop_after=args.stop_after, name="shape-net", resume=args.resume, overwrite=args.overwrite, config=vars(args))
     trainer.run()
     if trainer.position < args.steps:
         return {"steps": trainer.position, "stopped": True}

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import RewardError
-from .files import read_text
+from .files import numbered_jsonl
 
 TIE = None
 
@@ -84,16 +84,8 @@ def read_preferences(path: str | os.PathLike, check_images: bool = True) -> list
     if not path.is_file():
         raise RewardError(f"preference file {path} does not exist")
     out = []
-    for n, line in enumerate(read_text(path, "preference file").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}: "
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RewardError(f"{where}not valid JSON ({e.msg})") from e
-        if not isinstance(rec, dict):
-            raise RewardError(f"{where}expected a JSON object")
+    for n, rec in numbered_jsonl(path, "preference file"):
+        where = f"{path}, line {n}: "
         prompt, images = rec.get("prompt"), rec.get("images")
         if not isinstance(prompt, str) or not prompt.strip():
             raise RewardError(f"{where}'prompt' must be a non-empty string")

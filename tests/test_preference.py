@@ -75,7 +75,7 @@ def test_preferences_round_trip_and_relative_paths(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", r"p.jsonl:1: not valid JSON"),
+    ("{not json", r"p.jsonl, line 1: not valid JSON"),
     ('{"prompt": "", "images": ["a.png", "b.png"], "choice": 0}', "'prompt' must be"),
     ('{"prompt": "p", "images": ["a.png"], "choice": 0}', "at least two image paths"),
     ('{"prompt": "p", "images": ["a.png", "b.png"], "choice": 2}', "choice must be an image index"),
@@ -87,7 +87,7 @@ def test_malformed_preference_files_name_the_line_and_problem(tmp_path, line, me
     _png(tmp_path / "a.png", 1)
     _png(tmp_path / "b.png", 2)
     (tmp_path / "p.jsonl").write_text(line + "\n")
-    with pytest.raises(RewardError, match=message):
+    with pytest.raises(UserError, match=message):
         read_preferences(tmp_path / "p.jsonl")
     with pytest.raises(RewardError, match="does not exist"):
         read_preferences(tmp_path / "nope.jsonl")

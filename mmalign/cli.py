@@ -96,7 +96,10 @@ def cli(argv: list[str] | None = None) -> int:
     saved, sys.argv[0] = sys.argv[0], prog  # argparse names the command after sys.argv[0]
     try:
         return run_command(main, [*entry.prefix, *argv, *(["--debug"] if debug else [])])
-    except SystemExit as e:  # argparse's exits and messages raised as SystemExit keep their status
-        return e.code if isinstance(e.code, int) else (print(e.code, file=sys.stderr) or 1)
+    except SystemExit as e:  # argparse's exits (--help: 0, a bad option: 2) keep their status
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
     finally:
         sys.argv[0] = saved

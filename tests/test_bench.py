@@ -96,12 +96,15 @@ def test_cli_scores_a_preference_file_against_its_noise_free_truth(tmp_path, ope
 def test_line_chart_keeps_the_legend_beside_the_plot(tmp_path):
     """The benchmarks' charts (matplotlib): every series is drawn in its colour inside the axes, and the
     legend sits right of the axes, so a long name widens the image instead of covering a line."""
-    import sys
+    import importlib.util
 
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from charts import line_chart
+    # loaded by path: putting benchmarks/ on sys.path would shadow the packages (benchmarks/vlm_rl.py)
+    spec = importlib.util.spec_from_file_location("charts", Path(__file__).resolve().parents[1] / "benchmarks" / "charts.py")
+    charts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(charts)
+    line_chart = charts.line_chart
 
     series = {"a rather long series name": [(0.0, 0.0), (1.0, 1.0)], "b": [(0.0, 1.0), (1.0, 0.0)]}
     fig = line_chart(series, "x", "y", tmp_path / "c.png")

@@ -46,10 +46,10 @@ def build_train_suite(n: int = 3000, seed: int = 7) -> list[dict]:
 
 
 def load_suite(name: str) -> list[dict]:
-    """``"eval"`` or ``"train"``, or a path to a JSONL file of metadata (or of ``{"prompt": ...}`` lines)."""
+    """``"eval"``, ``"train"`` or ``"video_eval"``, or a path to a JSONL file of metadata (or of ``{"prompt": ...}`` lines)."""
     from .prompts import parse_prompt
 
-    path = SUITE_DIR / f"{name}.jsonl" if name in ("eval", "train") else Path(name)
+    path = SUITE_DIR / f"{name}.jsonl" if name in ("eval", "train", "video_eval") else Path(name)
     if not path.is_file():
         raise InputFileError(f"prompt suite not found: {path} (a JSONL file, or a suite name: eval, train)")
     out = []
@@ -64,9 +64,24 @@ def load_suite(name: str) -> list[dict]:
     return out
 
 
+def build_video_eval_suite() -> list[dict]:
+    """The video evaluation suite: every second row of the image evaluation suite (36 per category, the same
+    share of held-out compositions), the rows of one object with a motion phrase, the four directions in turn."""
+    from .video import DIRECTIONS, can_move, with_motion
+
+    rows, turn = [], 0
+    for m in build_eval_suite()[::2]:
+        if can_move(m):
+            m = {**with_motion(m, list(DIRECTIONS)[turn % len(DIRECTIONS)]), "held_out": m["held_out"]}
+            turn += 1
+        rows.append(m)
+    return rows
+
+
 def write_suites() -> None:
     SUITE_DIR.mkdir(exist_ok=True)
-    for name, rows in (("eval", build_eval_suite()), ("train", build_train_suite())):
+    for name, rows in (("eval", build_eval_suite()), ("train", build_train_suite()),
+                       ("video_eval", build_video_eval_suite())):
         (SUITE_DIR / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 

@@ -29,6 +29,7 @@ from .factory import (
     register_family,
 )
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess
+from .video_reward import SegmentalVideoReward, VideoScore, load_video_reward
 from .zero_shot import CLIPScore, ProjectionReward
 
 __all__ = [
@@ -43,6 +44,8 @@ __all__ = [
     "OPENAI_CLIP_STD",
     "OpenClipBackbone",
     "ProjectionReward",
+    "SegmentalVideoReward",
+    "VideoScore",
     "RewardError",
     "RewardSpecError",
     "RunningNorm",
@@ -54,6 +57,7 @@ __all__ = [
     "load_open_clip",
     "load_projection_reward",
     "load_reward",
+    "load_video_reward",
     "parse_spec",
     "register_family",
     "save_open_clip",

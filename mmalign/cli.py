@@ -50,6 +50,8 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
         "shapes-clip": Command("mmreward.shapes.train_clip", "re-train the embedded ShapesWorld CLIP"),
         "shapes-t2i": Command("diffusion_align.embedded.train_shapes_t2i",
                               "re-train the embedded ShapesWorld text-to-image models (vae, teacher, distill)"),
+        "shapes-t2v": Command("diffusion_align.embedded.train_shapes_t2v",
+                              "train the embedded ShapesWorld text-to-video model (motion modules on the teacher)"),
         "shape-net": Command("mmreward.shapes.train_shape_net", "re-train the evaluator's shape classifier"),
         "rl-clip": Command("vlm_rl.train_clip", "re-train the embedded CLIP of the RL scenes"),
     },

@@ -11,8 +11,8 @@
    from the teacher, same v-parametrisation) learns to map any point of a trajectory straight to its
    end, so it samples in one step without guidance, SD-Turbo style, and refines in 2-4 LCM steps.
 
-Each stage checkpoints to ``--work/<stage>/`` (safetensors + JSON) and a rerun resumes it; a rerun of
-a finished stage only re-exports its model. ``--device cuda`` trains on a GPU (same recipe).
+Each stage checkpoints to ``--work/<stage>/`` (safetensors + JSON): ``--resume`` continues it,
+``--overwrite`` starts it again. ``--device cuda`` trains on a GPU (same recipe).
 """
 
 from __future__ import annotations

@@ -73,12 +73,14 @@ def _inside(scene: Scene, dx: float, dy: float, margin: float = 0.02) -> bool:
                and margin <= o.y + dy - o.size / 2 and o.y + dy + o.size / 2 <= 1 - margin for o in scene.objects)
 
 
-def sample_video_scenes(meta: dict, rng: np.random.Generator, frames: int = FRAMES) -> list[Scene]:
-    """``frames`` scenes that show ``meta`` in every frame, its motion (if any) as constant velocity."""
+def sample_video_scenes(meta: dict, rng: np.random.Generator, frames: int = FRAMES,
+                        allow_held_out: bool = True) -> list[Scene]:
+    """``frames`` scenes that show ``meta`` in every frame, its motion (if any) as constant velocity;
+    ``allow_held_out=False`` never colours an unnamed object with a held-out colour–shape pair (training)."""
     if frames < 2:
         raise ValueError(f"a video needs at least 2 frames, got {frames}")
     for _ in range(200):
-        scene = sample_scene(content_meta(meta), rng, size_scale=0.85 if "motion" in meta else 1.0)
+        scene = sample_scene(content_meta(meta), rng, allow_held_out, size_scale=0.85 if "motion" in meta else 1.0)
         if "motion" in meta:
             ux, uy = DIRECTIONS[meta["motion"]]
             total = float(rng.uniform(0.2, 0.33))
@@ -99,9 +101,21 @@ def render_video(scenes: list[Scene], size: int = 64) -> np.ndarray:
     return np.stack([render(s, size) for s in scenes])
 
 
-def sample_video(meta: dict, rng: np.random.Generator, frames: int = FRAMES, size: int = 64) -> np.ndarray:
+def sample_video(meta: dict, rng: np.random.Generator, frames: int = FRAMES, size: int = 64,
+                 allow_held_out: bool = True) -> np.ndarray:
     """A ground-truth video ``[F, H, W, 3]`` uint8 of ``meta``."""
-    return render_video(sample_video_scenes(meta, rng, frames), size)
+    return render_video(sample_video_scenes(meta, rng, frames, allow_held_out), size)
+
+
+def sample_video_meta(rng: np.random.Generator, split: str = "train", motion_share: float = 0.5) -> dict:
+    """A random video prompt: with probability ``motion_share`` one object with a motion phrase (a random
+    direction), else a prompt of a random category (categories drawn uniformly)."""
+    from .prompts import CATEGORIES, sample_meta
+
+    if rng.random() < motion_share:
+        meta = sample_meta(str(rng.choice(["single_object", "colors"])), rng, split)
+        return with_motion(meta, str(rng.choice(list(DIRECTIONS))))
+    return sample_meta(str(rng.choice(CATEGORIES)), rng, split)
 
 
 def _centre(d: Detection) -> np.ndarray:

@@ -43,3 +43,14 @@ def test_noise_for_seeds_is_per_seed_and_batch_independent():
     assert torch.equal(a[0], a[2]) and not torch.equal(a[0], a[1])
     assert torch.equal(noise_for_seeds((1, 4, 8, 8), [6])[0], a[1])
     assert torch.equal(a[1], torch.randn((4, 8, 8), generator=torch.Generator().manual_seed(6)))
+
+
+def test_load_pipeline_honours_dtype(tmp_path):
+    """``dtype=`` reaches every component (diffusers >= 0.40 reads it; older releases ignored it silently)."""
+    import torch
+
+    from diffusion_align.embedded.shapes_t2i import build_components, save_pipeline
+
+    save_pipeline(build_components(seed=0, tiny=True), tmp_path / "pipe")
+    pipe = load_pipeline(str(tmp_path / "pipe"), dtype=torch.bfloat16)
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.bfloat16

@@ -195,7 +195,11 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
                 raise ModelLoadError(f"checkpoint file not found: {pretrained!r}")
             raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {model_name}; known tags: {tags}")
     if not model_name.startswith("local-dir:") and not (pretrained and os.path.isfile(pretrained)):
-        repo = model_name.removeprefix("hf-hub:") if model_name.startswith("hf-hub:") else None
+        if model_name.startswith("hf-hub:"):
+            repo = model_name.removeprefix("hf-hub:")
+        else:  # a pretrained tag: the hub repo open_clip downloads it from (its cache counts as local)
+            hub = open_clip.get_pretrained_cfg(model_name, pretrained).get("hf_hub", "")
+            repo = "/".join(hub.strip("/").split("/")[:2]) or None
         require_hub(repo, f"open_clip weights for {arg!r}",
                     "pass a local path: 'clip:MODEL//path/to/weights' or 'clip:/path/to/open_clip_folder'")
     try:

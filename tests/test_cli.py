@@ -251,3 +251,19 @@ def test_labelled_grid_wraps_every_caption_and_note_inside_its_cell():
     assert not (np.asarray(b)[192:, -2:, :].min(axis=2) < 130).any()  # nothing runs over the right edge
     with_legend = labelled_grid(short * 3, cols=3, legend="what the notes mean " * 20)
     assert with_legend.width == 3 * 192 + 2 * 6 and with_legend.height > a.height + 2 * 18
+
+
+def test_a_hub_repo_in_the_local_cache_counts_as_local(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from mmreward.hub import require_hub
+
+    repo = tmp_path / "hub" / "models--org--name"
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    require_hub("org/name", "'org/name'", "pass 'hfclip:/path/to/folder'")  # offline (conftest) but cached: fine
+    with pytest.raises(ModelLoadError, match=r"could not fetch 'org/other' \(HF_HUB_OFFLINE is set\).*hfclip:/path"):
+        require_hub("org/other", "'org/other'", "pass 'hfclip:/path/to/folder'")

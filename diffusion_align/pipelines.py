@@ -187,18 +187,48 @@ class PixArtAdapter(PipelineAdapter):
                 "added_cond_kwargs": {"resolution": cond.get("resolution"), "aspect_ratio": cond.get("aspect_ratio")}}
 
 
-ADAPTERS: dict[str, type[PipelineAdapter]] = {a.layout: a for a in (SDAdapter, SDXLAdapter, PixArtAdapter)}
+class AnimateDiffAdapter(SDAdapter):
+    """AnimateDiff layout (a motion UNet on an SD 1.x/2.x image model, the embedded ShapesWorld text-to-video
+    model): latents ``[B,C,F,h,w]``; the prompt's embeddings go to every frame; ``decode`` gives videos
+    ``[B,F,3,H,W]``. ``frames`` sets the length of new latents."""
+
+    layout = "animatediff"
+
+    def __init__(self, pipe, frames: int = 8) -> None:
+        super().__init__(pipe)
+        self.frames = int(frames)
+
+    def latent_shape(self, batch: int) -> tuple[int, ...]:
+        b, c, h, w = super().latent_shape(batch)
+        return (b, c, self.frames, h, w)
+
+    @classmethod
+    def forward(cls, model, x, t, cond):
+        ehs = cond["encoder_hidden_states"].repeat_interleave(x.shape[2], 0)  # [B*F, L, D]: one copy per frame
+        return model(x, timestep=t, encoder_hidden_states=ehs).sample
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = latents.shape
+        frames = super().decode(latents.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w))
+        return frames.view(b, f, *frames.shape[1:])
+
+
+ADAPTERS: dict[str, type[PipelineAdapter]] = {a.layout: a for a in (SDAdapter, SDXLAdapter, PixArtAdapter,
+                                                                     AnimateDiffAdapter)}
 
 
 def layout_of(pipe) -> str:
-    """``sd``, ``sdxl`` or ``pixart``; ``ValueError`` naming the pipeline for any other."""
+    """``sd``, ``sdxl``, ``pixart`` or ``animatediff``; ``ValueError`` naming the pipeline for any other."""
     if getattr(pipe, "transformer", None) is not None and "PixArt" in type(pipe).__name__:
         return "pixart"
+    if type(getattr(pipe, "unet", None)).__name__ == "UNetMotionModel":
+        return "animatediff"
     if getattr(pipe, "text_encoder_2", None) is not None or getattr(pipe, "tokenizer_2", None) is not None:
         return "sdxl"
     if getattr(pipe, "unet", None) is not None and getattr(pipe, "text_encoder", None) is not None:
         return "sd"
-    raise ValueError(f"supported pipelines are Stable Diffusion 1.x/2.x, SDXL and PixArt-α layouts, not {type(pipe).__name__}")
+    raise ValueError("supported pipelines are Stable Diffusion 1.x/2.x, SDXL, PixArt-α and AnimateDiff layouts, "
+                     f"not {type(pipe).__name__}")
 
 
 def make_adapter(pipe) -> PipelineAdapter:

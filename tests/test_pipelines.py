@@ -72,7 +72,7 @@ def test_guided_ddim_and_decode_equal_the_pipelines_own_sampling(pipe_dirs, layo
 def test_other_pipelines_are_refused_with_the_supported_layouts_named():
     from types import SimpleNamespace
 
-    with pytest.raises(ValueError, match="Stable Diffusion 1.x/2.x, SDXL and PixArt-α layouts, not SimpleNamespace"):
+    with pytest.raises(ValueError, match="Stable Diffusion 1.x/2.x, SDXL, PixArt-α and AnimateDiff layouts, not SimpleNamespace"):
         make_adapter(SimpleNamespace(unet=None, vae=None))
     with pytest.raises(ValueError, match="unknown pipeline layout 'video'"):
         from diffusion_align.pipelines import guided_output
@@ -155,3 +155,43 @@ def test_training_and_lora_export_on_other_layouts(tmp_path, pipe_dirs, open_cli
         with torch.no_grad():
             out = adapter.denoise(z, torch.tensor(500), cond, uncond, 2.0, model=peft_model)
         torch.testing.assert_close(out, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_animatediff_adapter_equals_the_pipelines_own_sampling(pipe_dirs):
+    """The video layout: latents [B,C,F,h,w], the prompt embeddings repeated per frame, guidance and the
+    per-frame decode agree with AnimateDiffPipeline's ``__call__`` (motion modules active: their output
+    projections are randomised so frames interact)."""
+    from diffusers import AnimateDiffPipeline, DDIMScheduler, DiffusionPipeline
+
+    from diffusion_align.embedded.train_shapes_t2v import lift_to_video
+    from diffusion_align.pipelines import AnimateDiffAdapter
+
+    image = DiffusionPipeline.from_pretrained(pipe_dirs["sd"])
+    torch.manual_seed(0)
+    unet = lift_to_video(image.unet)
+    for name, m in unet.named_modules():
+        if "motion_modules" in name and name.endswith("proj_out"):
+            torch.nn.init.normal_(m.weight, std=0.2)
+    pipe = AnimateDiffPipeline(vae=image.vae, text_encoder=image.text_encoder, tokenizer=image.tokenizer, unet=unet,
+                               motion_adapter=None, scheduler=DDIMScheduler.from_config(
+                                   image.scheduler.config, set_alpha_to_one=False, timestep_spacing="trailing"))
+    pipe.set_progress_bar_config(disable=True)
+    adapter = make_adapter(pipe)
+    assert isinstance(adapter, AnimateDiffAdapter)
+    adapter.frames = 4
+    z = torch.randn(adapter.latent_shape(2), generator=torch.Generator().manual_seed(0))
+    assert z.shape == (2, 4, 4, 16, 16)
+    with torch.no_grad():
+        ref = pipe(PROMPTS, num_frames=4, num_inference_steps=3, guidance_scale=2.0, latents=z, output_type="latent").frames
+        cond, uncond = adapter.encode(PROMPTS, guidance=True)
+        sched = pipe.scheduler
+        sched.set_timesteps(3)
+        x = z * sched.init_noise_sigma
+        for t in sched.timesteps:
+            x = ddim_step_deterministic(sched, adapter.denoise(x, t, cond, uncond, 2.0), t, x)
+        torch.testing.assert_close(x, ref, rtol=1e-4, atol=1e-5)
+        video = adapter.decode(x)
+        frames = pipe(PROMPTS, num_frames=4, num_inference_steps=3, guidance_scale=2.0, latents=z, output_type="pt").frames
+    assert video.shape == (2, 4, 3, 64, 64)
+    torch.testing.assert_close(video, frames, rtol=1e-4, atol=1e-5)

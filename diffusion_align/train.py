@@ -1,5 +1,5 @@
-"""Fine-tune a diffusion model with D3PO or DDPO (LoRA adapters), or a discrete DNA diffusion model with
-DRAKES, one config file per run; the ``method`` key picks the trainer.
+"""Fine-tune a diffusion model with D3PO or DDPO (LoRA adapters), a text-to-video model with InstructVideo,
+or a discrete DNA diffusion model with DRAKES, one config file per run; the ``method`` key picks the trainer.
 
     accelerate launch diffusion_align/train.py --config configs/d3po_shapes.yaml
     accelerate launch -m diffusion_align.train --config configs/d3po_shapes.yaml
@@ -8,7 +8,8 @@ DRAKES, one config file per run; the ``method`` key picks the trainer.
 D3PO (:mod:`diffusion_align.d3po`) and DDPO (:mod:`diffusion_align.ddpo`) sample DDIM trajectories of the
 pipeline every epoch, score them with the feedback source and update the LoRA weights
 (:mod:`diffusion_align.rl_trainer`); DRAKES (:mod:`diffusion_align.drakes`) backpropagates a reward oracle
-through Gumbel-softmax relaxed sampling. Every run writes to ``output_dir``: ``metrics.jsonl`` (one line per
+through Gumbel-softmax relaxed sampling; InstructVideo (:mod:`diffusion_align.instructvideo`) edits videos
+and backpropagates a segmental video reward through the last DDIM steps. Every run writes to ``output_dir``: ``metrics.jsonl`` (one line per
 epoch), ``config.json``, ``checkpoint/`` (safetensors; written every ``checkpoint_every`` epochs, at the
 end, when the time budget runs out and on Ctrl-C, which finishes the current epoch first) and the final
 weights (``lora/``: ``pytorch_lora_weights.safetensors`` for ``pipe.load_lora_weights``, or peft's format
@@ -45,15 +46,21 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resume", action="store_true", help="continue from output_dir/checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in output_dir")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (YAML value)")
-    p.add_argument("--stop-after-epochs", type=int, default=None, help="checkpoint and stop after this epoch (simulates a kill)")
+    p.add_argument("--stop-after-epochs", type=int, default=None,
+                   help="checkpoint and stop after this epoch (InstructVideo: step), simulating a kill")
     p.add_argument("--no-progress", action="store_true")
     with_examples(p, "mmalign train --config d3po_shapes", "mmalign train --config d3po_shapes --resume --set max_minutes=120", "accelerate launch diffusion_align/train.py --config configs/ddpo_shapes.yaml")
     args = p.parse_args(argv)
     setup_logging()
-    if config_method(args.config, args.set) == "drakes":  # discrete diffusion: its own config and loop
+    method = config_method(args.config, args.set)
+    if method == "drakes":  # discrete diffusion: its own config and loop
         from diffusion_align.drakes import DrakesConfig
         from diffusion_align.drakes import train as run
         cfg = DrakesConfig.from_cli(args.config, args.set)
+    elif method == "instructvideo":  # text-to-video reward fine-tuning: its own config and loop
+        from diffusion_align.instructvideo import InstructVideoConfig
+        from diffusion_align.instructvideo import train as run
+        cfg = InstructVideoConfig.from_cli(args.config, args.set)
     else:
         cfg, run = DiffusionRLConfig.from_cli(args.config, args.set), train
     return run(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress,

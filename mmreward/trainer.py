@@ -160,8 +160,9 @@ class Trainer:
 
     @property
     def seconds(self) -> float:
-        """Training time so far, across resumes."""
-        return time.time() - self._t_start
+        """Training time so far, across resumes (before :meth:`run` starts: the time of earlier invocations)."""
+        start = getattr(self, "_t_start", None)
+        return self.elapsed if start is None else time.time() - start
 
     def _remove_run(self) -> None:
         """``--overwrite``: delete the earlier run's checkpoint, metrics, config and :attr:`run_files`."""

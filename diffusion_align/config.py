@@ -78,7 +78,7 @@ class DiffusionRLConfig(YamlConfig):
     log_with: str | None = None
 
     def validate(self) -> None:
-        need(self.method in METHODS, f"method must be one of {METHODS} (or drakes, with its own keys), got {self.method!r}")
+        need(self.method in METHODS, f"method must be one of {METHODS} (drakes and instructvideo have their own configs), got {self.method!r}")
         need(self.mixed_precision in ("no", "fp16", "bf16"), f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         need(bool(self.pretrained.strip()), "pretrained must name a pipeline (hub id or folder)")
         need(bool(self.prompts.strip()), "prompts must name a suite (shapes:train) or a file")
@@ -109,7 +109,7 @@ class DiffusionRLConfig(YamlConfig):
     def from_dict(cls, data: dict):
         if cls is DiffusionRLConfig and isinstance(data, dict):  # the method's own config
             method = data.get("method", "d3po")
-            need(method in METHODS, f"method must be one of {METHODS} (or drakes, with its own keys), got {method!r}")
+            need(method in METHODS, f"method must be one of {METHODS} (drakes and instructvideo have their own configs), got {method!r}")
             return {"d3po": D3POConfig, "ddpo": DDPOConfig}[method].from_dict(data)
         return super().from_dict(data)
 

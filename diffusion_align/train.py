@@ -27,7 +27,7 @@ from diffusion_align.config import ConfigError, DiffusionRLConfig
 from mmreward.command import run_command, with_examples
 from mmreward.trainer import setup_logging
 
-__all__ = ["config_method", "main", "train"]
+__all__ = ["config_method", "main", "method_entry", "train"]
 
 
 def train(cfg: DiffusionRLConfig, resume: bool = False, stop_after_epochs: int | None = None, progress: bool = True,
@@ -52,19 +52,24 @@ def main(argv: list[str] | None = None) -> dict:
     with_examples(p, "mmalign train --config d3po_shapes", "mmalign train --config d3po_shapes --resume --set max_minutes=120", "accelerate launch diffusion_align/train.py --config configs/ddpo_shapes.yaml")
     args = p.parse_args(argv)
     setup_logging()
-    method = config_method(args.config, args.set)
-    if method == "drakes":  # discrete diffusion: its own config and loop
-        from diffusion_align.drakes import DrakesConfig
-        from diffusion_align.drakes import train as run
-        cfg = DrakesConfig.from_cli(args.config, args.set)
-    elif method == "instructvideo":  # text-to-video reward fine-tuning: its own config and loop
-        from diffusion_align.instructvideo import InstructVideoConfig
-        from diffusion_align.instructvideo import train as run
-        cfg = InstructVideoConfig.from_cli(args.config, args.set)
-    else:
-        cfg, run = DiffusionRLConfig.from_cli(args.config, args.set), train
+    config_class, run = method_entry(config_method(args.config, args.set))
+    cfg = config_class.from_cli(args.config, args.set)
     return run(cfg, resume=args.resume, stop_after_epochs=args.stop_after_epochs, progress=not args.no_progress,
                overwrite=args.overwrite)
+
+
+def method_entry(method: str | None):
+    """``(config class, train function)`` of a config's ``method``: DRAKES (discrete diffusion) and InstructVideo
+    (text-to-video) have their own configs and loops; D3PO and DDPO share :class:`DiffusionRLConfig`."""
+    if method == "drakes":
+        from diffusion_align import drakes
+
+        return drakes.DrakesConfig, drakes.train
+    if method == "instructvideo":
+        from diffusion_align import instructvideo
+
+        return instructvideo.InstructVideoConfig, instructvideo.train
+    return DiffusionRLConfig, train
 
 
 def config_method(path: str, overrides: list[str]) -> str | None:

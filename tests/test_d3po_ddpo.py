@@ -449,11 +449,10 @@ def test_config_validation(tmp_path):
         DiffusionRLConfig.from_yaml(tmp_path / "broken.yaml")
     shipped = [f for f in sorted((ROOT / "configs").glob("*.yaml")) if "method:" in f.read_text()]
     assert {f.stem for f in shipped} >= {"d3po_shapes", "ddpo_shapes", "drakes_dna"}
-    from diffusion_align.drakes import DrakesConfig
-    from diffusion_align.train import config_method
+    from diffusion_align.train import config_method, method_entry
 
     for f in shipped:  # every shipped trainer config is valid (the vlm_rl ones: tests/test_vlm_rl_train.py)
-        (DrakesConfig if config_method(str(f), []) == "drakes" else DiffusionRLConfig).from_yaml(f)
+        method_entry(config_method(str(f), []))[0].from_yaml(f)
 
 
 def _write_cfg(tmp_path, pipe_dir, clip_dir, **over) -> Path:

@@ -9,8 +9,7 @@ import pytest
 import yaml
 
 from diffusion_align.config import SAMPLER_KEYS, ConfigError, DiffusionRLConfig
-from diffusion_align.drakes import DrakesConfig
-from diffusion_align.train import config_method
+from diffusion_align.train import config_method, method_entry
 from mmreward.train_reward import RewardTrainConfig
 from vlm_rl.config import RLConfig
 
@@ -26,7 +25,7 @@ def config_class(path: Path):
     if "vlm_rl.train" in text:
         return RLConfig
     if "diffusion_align/train.py" in text:
-        return DrakesConfig if config_method(str(path), []) == "drakes" else DiffusionRLConfig
+        return method_entry(config_method(str(path), []))[0]
     raise AssertionError(f"{path.name}: its header names no known command")
 
 

@@ -35,6 +35,17 @@ def pipe_dirs(tmp_path_factory) -> dict[str, str]:
             "pixart": make_tiny_pixart(tmp_path_factory.mktemp("pixart"), DDPMScheduler(timestep_spacing="trailing"))}
 
 
+def adapter_ddim(adapter, sched, z, steps: int = 3, guidance: float = 2.0):
+    """``steps`` DDIM steps (eta 0) of guided denoiser calls through ``adapter`` from the noise ``z``:
+    ``(latents, (cond, uncond), scheduler)``."""
+    cond, uncond = adapter.encode(PROMPTS, guidance=True)
+    sched.set_timesteps(steps)
+    x = z * sched.init_noise_sigma
+    for t in sched.timesteps:
+        x = ddim_step_deterministic(sched, adapter.denoise(x, t, cond, uncond, guidance), t, x)
+    return x, (cond, uncond), sched
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_guided_ddim_and_decode_equal_the_pipelines_own_sampling(pipe_dirs, layout):
@@ -53,12 +64,7 @@ def test_guided_ddim_and_decode_equal_the_pipelines_own_sampling(pipe_dirs, layo
     with torch.no_grad():
         ref_latents = pipe(PROMPTS, num_inference_steps=3, guidance_scale=2.0, latents=z, output_type="latent", **extra).images
         ref_images = pipe(PROMPTS, num_inference_steps=3, guidance_scale=2.0, latents=z, output_type="pt", **extra).images
-        cond, uncond = adapter.encode(PROMPTS, guidance=True)
-        sched = pipe.scheduler
-        sched.set_timesteps(3)
-        x = z * sched.init_noise_sigma
-        for t in sched.timesteps:
-            x = ddim_step_deterministic(sched, adapter.denoise(x, t, cond, uncond, 2.0), t, x)
+        x, (cond, uncond), sched = adapter_ddim(adapter, pipe.scheduler, z)
         torch.testing.assert_close(x, ref_latents, rtol=1e-4, atol=1e-5)
         images = adapter.decode(x)
     assert images.shape == (2, 3, adapter.image_size, adapter.image_size)
@@ -184,12 +190,7 @@ def test_animatediff_adapter_equals_the_pipelines_own_sampling(pipe_dirs):
     assert z.shape == (2, 4, 4, 16, 16)
     with torch.no_grad():
         ref = pipe(PROMPTS, num_frames=4, num_inference_steps=3, guidance_scale=2.0, latents=z, output_type="latent").frames
-        cond, uncond = adapter.encode(PROMPTS, guidance=True)
-        sched = pipe.scheduler
-        sched.set_timesteps(3)
-        x = z * sched.init_noise_sigma
-        for t in sched.timesteps:
-            x = ddim_step_deterministic(sched, adapter.denoise(x, t, cond, uncond, 2.0), t, x)
+        x = adapter_ddim(adapter, pipe.scheduler, z)[0]
         torch.testing.assert_close(x, ref, rtol=1e-4, atol=1e-5)
         video = adapter.decode(x)
         frames = pipe(PROMPTS, num_frames=4, num_inference_steps=3, guidance_scale=2.0, latents=z, output_type="pt").frames

@@ -102,7 +102,7 @@ class InstructVideoTrainer(Trainer):
     def __init__(self, cfg: InstructVideoConfig, resume: bool = False, stop_after_epochs: int | None = None,
                  progress: bool = True, overwrite: bool = False) -> None:
         from diffusion_align.lora import add_lora
-        from diffusion_align.pipelines import AnimateDiffAdapter
+        from diffusion_align.pipelines import AnimateDiffAdapter, make_adapter
         from diffusion_align.rollout import ddim_scheduler
         from diffusion_align.sampling import load_pipeline
         from mmreward.video_reward import load_video_reward
@@ -111,8 +111,6 @@ class InstructVideoTrainer(Trainer):
                          checkpoint_every=cfg.checkpoint_every, max_minutes=cfg.max_minutes, stop_after=stop_after_epochs,
                          progress=progress, name="instructvideo", unit="step")
         self.cfg = cfg
-        from diffusion_align.pipelines import make_adapter
-
         self.adapter = make_adapter(load_pipeline(cfg.pretrained, self.accelerator.device))
         if not isinstance(self.adapter, AnimateDiffAdapter):
             raise ConfigError(f"pretrained: {cfg.pretrained!r} is not an AnimateDiff (text-to-video) pipeline")

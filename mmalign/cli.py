@@ -25,7 +25,7 @@ class Command:
 COMMANDS: dict[str, Command | dict[str, Command]] = {
     "demo": Command("mmreward.demo", "score ShapesWorld scenes and one-step samples with the embedded models"),
     "reno": Command("diffusion_align.reno.cli", "ReNO: optimise the initial noise of a one-step text-to-image model"),
-    "train": Command("diffusion_align.train", "train D3PO, DDPO or DRAKES from a config (the method key picks)"),
+    "train": Command("diffusion_align.train", "train D3PO, DDPO, DRAKES or InstructVideo from a config (the method key picks)"),
     "label": Command("diffusion_align.label", "sample image groups and label preferences for D3PO"),
     "bench": Command("mmreward.bench", "reward accuracy on a preference benchmark"),
     "train-reward": Command("mmreward.train_reward", "train a reward head or fine-tune CLIP on preference pairs"),

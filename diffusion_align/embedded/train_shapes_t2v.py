@@ -36,7 +36,7 @@ from mmreward.schedules import warmup_cosine
 from mmreward.shapes.video import sample_video, sample_video_meta
 from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
-from .shapes_t2i import TEXT_MAX_LENGTH
+from .train_shapes_t2i import encode_prompts
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -70,12 +70,6 @@ def encode_videos(vae, videos: np.ndarray) -> torch.Tensor:
     with torch.no_grad():
         z = vae.encode(x.to(vae.device)).latent_dist.mean * vae.config.scaling_factor
     return z.view(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
-
-
-def encode_text(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
-    ids = tokenizer(prompts, padding="max_length", max_length=TEXT_MAX_LENGTH, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        return text_encoder(ids.input_ids.to(text_encoder.device))[0]
 
 
 def export(pipe, unet, out: Path, record: dict) -> None:
@@ -156,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict:
         videos = np.stack([sample_video(m, rng, args.frames, allow_held_out=False) for m in metas])
         latents = encode_videos(vae, videos)
         prompts = ["" if rng.random() < args.prompt_dropout else m["prompt"] for m in metas]
-        emb = encode_text(tokenizer, text_encoder, prompts).repeat_interleave(args.frames, 0)  # [B*F, L, D]
+        with torch.no_grad():  # the text encoder is frozen
+            emb = encode_prompts(tokenizer, text_encoder, prompts).repeat_interleave(args.frames, 0)  # [B*F, L, D]
         noise = torch.from_numpy(rng.standard_normal(latents.shape).astype(np.float32)).to(latents.device)
         t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, args.batch)).to(latents.device)
         noisy = sched.add_noise(latents, noise, t)

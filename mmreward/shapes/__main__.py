@@ -41,13 +41,13 @@ def cmd_evaluate(args) -> dict:
     for n, row in tqdm(rows, desc="evaluate", disable=args.quiet):
         path = root / row["image"]
         try:
-            parse_prompt(row["prompt"])
+            meta = parse_prompt(row["prompt"])
         except ValueError as e:
             raise InputFileError(f"{index}, line {n}: {e}; `mmalign shapes evaluate` scores ShapesWorld prompts only "
                                  "(docs/shapesworld.md lists the grammar)") from e
         if not path.is_file():
             raise InputFileError(f"{index}, line {n}: image not found: {path}")
-        result = evaluate_image(open_image(path), row["prompt"])
+        result = evaluate_image(open_image(path), meta)
         per_image.append({"image": row["image"], **result})
     summary = summarize(per_image)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -46,12 +46,41 @@ def subset(rows: list[dict], n: int) -> list[dict]:
     return rows[:: max(1, len(rows) // n)][:n]
 
 
-def score(pipe, rows: list[dict], seeds: int, steps: int = 20, guidance: float = 3.0) -> dict:
-    results = []
+def score(pipe, rows: list[dict], seeds: int, name: str, steps: int = 20, guidance: float = 3.0) -> dict:
+    """The three ground-truth scores of ``pipe`` on ``rows`` × ``seeds``, cached in ``WORK/scores/<name>.json``
+    (with the first seed's videos in ``.npz``), so a rerun after a crash scores nothing twice."""
+    cache = WORK / "scores" / f"{name}_{len(rows)}x{seeds}.json"
+    if cache.is_file():
+        res = json.loads(cache.read_text())
+        return {**res, "_videos": np.load(cache.with_suffix(".npz"))["videos"]}
+    results, shown = [], None
     for seed in range(seeds):
         videos = sample_videos(pipe, [r["prompt"] for r in rows], seed, 8, steps, guidance)
         results += [{**evaluate_video(v, r), "held_out": r["held_out"]} for r, v in zip(rows, videos, strict=True)]
-    return {**summarize(results), "_videos": videos, "_results": results[-len(rows):]}
+        shown = videos if shown is None else shown
+    res = {**summarize(results), "_results": [{k: r[k] for k in ("prompt", "per_frame", "consistent", "pair_consistency",
+                                                                     "motion")}
+                                              for r in results[:len(rows)]]}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache.with_suffix(".npz"), videos=shown)
+    cache.write_text(json.dumps(res))
+    return {**res, "_videos": shown}
+
+
+def base_from_t2v_benchmark(model: str, rows: list[dict], seeds: int) -> dict | None:
+    """The base model's scores from ``shapes_t2v.json`` when it sampled the same videos (same model, suite rows,
+    seeds, DDIM steps, guidance and frames as :func:`score`), else None."""
+    f = RESULTS / "shapes_t2v.json"
+    if not f.is_file():
+        return None
+    t2v = json.loads(f.read_text())
+    same = (t2v.get("model") == model and t2v.get("rows") == len(rows) == 216 and t2v.get("seeds") == seeds
+            and t2v.get("steps") == 20 and t2v.get("guidance") == 3.0 and t2v.get("frames") == 8)
+    return summarize(t2v["videos"]) if same and "tag" in t2v["videos"][0] else None
+
+
+def public(res: dict) -> dict:
+    return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
 def train_to(arm: str, minutes: float, spacing: float, config: str, model: str) -> dict:
@@ -100,41 +129,48 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     res: dict = {"model": args.model, "minutes": args.minutes, "rows": len(final_rows), "seeds": args.seeds,
                  "curve_rows": len(curve_rows), "base": {}, "arms": {}}
-    base_curve, base_final = score(pipe, curve_rows, 1), score(pipe, final_rows, args.seeds)
-    res["base"] = {"curve": {k: v for k, v in base_curve.items() if not k.startswith("_")},
-                   "final": {k: v for k, v in base_final.items() if not k.startswith("_")}}
-    shown = None
+    res["base"] = {"curve": public(score(pipe, curve_rows, 1, "base_curve")),
+                   "final": base_from_t2v_benchmark(args.model, final_rows, args.seeds)
+                   or public(score(pipe, final_rows, args.seeds, "base_final"))}
     marks = [m for m in args.checkpoints if m < args.minutes] + [args.minutes]
     spacing = marks[0]
     for arm in args.arms:
-        arm_res = {"curve": {}}
+        arm_res: dict = {"curve": {}}
         for m in marks:
             train_to(arm, m, spacing, args.config, args.model)
             pipe.unload_lora_weights()
             pipe.load_lora_weights(str(WORK / arm / "lora"))
             if m < args.minutes:
-                arm_res["curve"][f"{m:g}"] = score(pipe, curve_rows, 1)
+                arm_res["curve"][f"{m:g}"] = public(score(pipe, curve_rows, 1, f"{arm}_{m:g}"))
             else:
-                arm_res["final"] = score(pipe, final_rows, args.seeds)
+                final = score(pipe, final_rows, args.seeds, f"{arm}_{m:g}")
+                arm_res["final"] = public(final)
         pipe.unload_lora_weights()
         if arm == "edit_dataset":
-            shown = arm_res["final"]
-        arm_res["final"] = {k: v for k, v in arm_res["final"].items() if not k.startswith("_")}
-        arm_res["curve"] = {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")}
-                            for k, v in arm_res["curve"].items()}
+            pick = list(range(0, len(final_rows), max(1, len(final_rows) // 12)))[:12]
+            grid_gif(final["_videos"][pick], [final["_results"][i] for i in pick],
+                     RESULTS / "instructvideo_shapes_samples.gif")
         arm_res["cost"] = cost(arm)
         gain = arm_res["final"]["overall"]["per_frame"] - res["base"]["final"]["overall"]["per_frame"]
         arm_res["per_frame_gain"] = gain
         arm_res["gain_per_wall_minute"] = gain / args.minutes
         res["arms"][arm] = arm_res
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "instructvideo_shapes.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / "instructvideo_shapes.md").write_text(markdown(res))
-    if shown is not None:
-        pick = list(range(0, len(final_rows), max(1, len(final_rows) // 12)))[:12]
-        grid_gif(shown["_videos"][pick], [shown["_results"][i] for i in pick], RESULTS / "instructvideo_shapes_samples.gif")
+        write(res)  # after every arm: a cut session keeps what is measured
     print(markdown(res))
     return res
+
+
+def write(res: dict) -> None:
+    """Write the results, keeping the arms of earlier invocations (``--arms`` runs a subset)."""
+    RESULTS.mkdir(exist_ok=True)
+    old = RESULTS / "instructvideo_shapes.json"
+    if old.is_file():
+        prev = json.loads(old.read_text())
+        if prev.get("rows") == res["rows"] and prev.get("minutes") == res["minutes"]:
+            res["arms"] = {**{a: v for a, v in prev["arms"].items() if a not in res["arms"]}, **res["arms"]}
+            res["arms"] = {a: res["arms"][a] for a in ARMS if a in res["arms"]}
+    (RESULTS / "instructvideo_shapes.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / "instructvideo_shapes.md").write_text(markdown(res))
 
 
 def markdown(res: dict) -> str:
@@ -143,14 +179,33 @@ def markdown(res: dict) -> str:
 
     b = res["base"]["final"]["overall"]
     lines = [f"# InstructVideo on ShapesWorld video ({res['minutes']:g} min per arm, 2 cores)", "",
-             f"{res['rows']} rows of the video evaluation suite × {res['seeds']} seeds; curves on {res['curve_rows']} rows.", "",
-             "| arm | per-frame score | Δ vs base | temporal consistency | motion accuracy | s / update | updates |",
-             "|---|---|---|---|---|---|---|",
-             f"| base | {fmt(b['per_frame'])} | | {fmt(b['consistency'])} | {fmt(b['motion_accuracy'])} | | |"]
+             f"{res['rows']} rows of the video evaluation suite × {res['seeds']} seeds; curves on "
+             f"{res['curve_rows']} rows × 1 seed.", "",
+             "| arm | per-frame score | Δ vs base | temporal consistency | consistent frame pairs | motion accuracy "
+             "| s / update | updates | Δ per-frame / wall-minute |", "|---|---|---|---|---|---|---|---|---|",
+             f"| base | {fmt(b['per_frame'])} | | {fmt(b['consistency'])} | {fmt(b['pair_consistency'])} "
+             f"| {fmt(b['motion_accuracy'])} | | | |"]
     for arm, a in res["arms"].items():
         o = a["final"]["overall"]
         lines.append(f"| {arm} | {fmt(o['per_frame'])} | {a['per_frame_gain']:+.3f} | {fmt(o['consistency'])} | "
-                     f"{fmt(o['motion_accuracy'])} | {a['cost']['seconds_per_update']:.1f} | {a['cost']['updates']} |")
+                     f"{fmt(o['pair_consistency'])} | {fmt(o['motion_accuracy'])} | {a['cost']['seconds_per_update']:.1f} | {a['cost']['updates']} "
+                     f"| {a['gain_per_wall_minute']:+.4f} |")
+    marks = sorted({float(m) for a in res["arms"].values() for m in a["curve"]})
+    if marks:
+        lines += ["", f"Per-frame score / consistent frame pairs on the {res['curve_rows']}-row subset by training time:", "",
+                  "| arm | 0 min | " + " | ".join(f"{m:g} min" for m in marks) + " |",
+                  "|---|---|" + "---|" * len(marks)]
+        bc = res["base"]["curve"]["overall"]
+        for arm, a in res["arms"].items():
+            cells = [f"{a['curve'][f'{m:g}']['overall']['per_frame']:.3f} / "
+                     f"{a['curve'][f'{m:g}']['overall']['pair_consistency']:.3f}" if f"{m:g}" in a["curve"] else "–"
+                     for m in marks]
+            lines.append(f"| {arm} | {bc['per_frame']:.3f} / {bc['pair_consistency']:.3f} | " + " | ".join(cells) + " |")
+    lines += ["", "Per category (per-frame score):", "",
+              "| arm | " + " | ".join(res["base"]["final"]["per_category"]) + " |",
+              "|---|" + "---|" * len(res["base"]["final"]["per_category"])]
+    for name, f in [("base", res["base"]["final"]), *((a, v["final"]) for a, v in res["arms"].items())]:
+        lines.append(f"| {name} | " + " | ".join(f"{c['per_frame']:.3f}" for c in f["per_category"].values()) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def method_entry(method: str | None):
-    """``(config class, train function)`` of a config's ``method``: DRAKES (discrete diffusion) and InstructVideo
-    (text-to-video) have their own configs and loops; D3PO and DDPO share :class:`DiffusionRLConfig`."""
+    """``(config class, train function)`` of a config's ``method``: DRAKES (discrete diffusion), InstructVideo
+    (text-to-video) and ControlNet++ / Ctrl-U (``controlnet_reward``) have their own configs and loops; D3PO and
+    DDPO share :class:`DiffusionRLConfig`."""
     if method == "drakes":
         from diffusion_align import drakes
 
@@ -69,6 +70,10 @@ def method_entry(method: str | None):
         from diffusion_align import instructvideo
 
         return instructvideo.InstructVideoConfig, instructvideo.train
+    if method == "controlnet_reward":
+        from diffusion_align import controlnet_reward
+
+        return controlnet_reward.ControlNetRewardConfig, controlnet_reward.train
     return DiffusionRLConfig, train
 
 

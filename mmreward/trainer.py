@@ -289,7 +289,7 @@ class StepTrainer(Trainer):
     ``log.jsonl`` (rows keyed by the step count after the step) and ``config.json`` (``config``: the command
     line's arguments); ``resume`` continues it, ``overwrite`` starts it again."""
 
-    resumable_keys = ("out",)  # the exported model may go elsewhere
+    resumable_keys = ("out", "fp16")  # the exported model may go elsewhere, in another precision
 
     def __init__(self, work: str | os.PathLike, total: int, modules: torch.nn.Module, opt: torch.optim.Optimizer, step,
                  *, np_rng=None, extra_state=None, load_extra=None, checkpoint_every: int = 200,

@@ -4,6 +4,7 @@ uninterrupted run and exports LoRA adapters that load with ``load_lora_weights``
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -98,3 +99,23 @@ def test_a_run_resumes_to_the_uninterrupted_weights_and_exports_lora(tmp_path, t
     pipe.load_lora_weights(str(tmp_path / "a" / "run" / "lora"))
     tuned = pipe("a photo of a red circle", generator=torch.Generator().manual_seed(0), **kw).frames
     assert (tuned - base).abs().max() > 1e-4
+
+
+def test_benchmark_sampling_does_not_depend_on_the_batch(tiny_video_pipe):
+    import sys
+    from pathlib import Path
+
+    from diffusers import AnimateDiffPipeline
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from shapes_t2v import sample_videos
+
+    pipe = AnimateDiffPipeline.from_pretrained(tiny_video_pipe)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = ["a photo of a red circle", "a photo of a blue square moving left", "a photo of two green stars"]
+    one = sample_videos(pipe, prompts, seed=1, frames=4, steps=2, guidance=2.0, batch=1)
+    many = sample_videos(pipe, prompts, seed=1, frames=4, steps=2, guidance=2.0, batch=2)
+    assert one.shape == (3, 4, 64, 64, 3) and one.dtype == np.uint8
+    assert np.abs(one.astype(int) - many.astype(int)).max() <= 1  # float rounding at most
+    other_seed = sample_videos(pipe, prompts[:1], seed=2, frames=4, steps=2, guidance=2.0)
+    assert np.abs(other_seed[0].astype(int) - one[0].astype(int)).max() > 1

@@ -44,7 +44,7 @@ def test_ground_truth_videos_score_one_on_every_score(frames):
         video = sample_video(meta, rng, frames=frames)
         assert video.shape == (frames, 64, 64, 3) and video.dtype == np.uint8
         res = evaluate_video(video, meta["prompt"])
-        assert res["per_frame"] == 1.0 and res["consistent"], (meta["prompt"], res["reason"])
+        assert res["per_frame"] == 1.0 and res["consistent"] and res["pair_consistency"] == 1.0, (meta["prompt"], res["reason"])
         assert res["motion"] is (True if "motion" in meta else None), (meta["prompt"], res["reason"])
 
 
@@ -73,6 +73,7 @@ def test_a_colour_flip_in_one_frame_fails_consistency_and_that_frame():
     flipped[3] = Scene([replace(o, color="yellow") for o in scenes[3].objects])
     res = evaluate_video(render_video(flipped), meta)
     assert not res["consistent"] and res["per_frame"] == 7 / 8 and res["frames_correct"][3] is False
+    assert res["pair_consistency"] == pytest.approx(5 / 7)  # the pairs 2-3 and 3-4 break
     assert res["motion"] is True  # first and last frames still show the blue star moving right
 
 
@@ -83,7 +84,7 @@ def test_a_jump_fails_only_consistency():
     dy = 0.3 if all(o.y + o.size / 2 + 0.3 < 0.98 for o in scenes[4].objects) else -0.3
     jumped[4] = Scene([replace(o, y=o.y + dy) for o in scenes[4].objects])
     res = evaluate_video(render_video(jumped), meta)
-    assert res["per_frame"] == 1.0 and not res["consistent"] and "jumps" in res["reason"] and res["motion"] is None
+    assert res["per_frame"] == 1.0 and not res["consistent"] and res["pair_consistency"] == pytest.approx(5 / 7) and "jumps" in res["reason"] and res["motion"] is None
 
 
 def test_the_video_evaluation_suite_is_balanced_and_parses():

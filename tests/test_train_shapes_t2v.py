@@ -69,3 +69,14 @@ def test_training_resumes_exports_and_samples(tmp_path, tiny_teacher):
     out2 = again("a photo of a red circle moving left", num_frames=4, num_inference_steps=2, guidance_scale=2.0,
                  height=64, width=64, output_type="pt", generator=torch.Generator().manual_seed(0)).frames
     torch.testing.assert_close(out2, out, atol=1e-4, rtol=1e-4)
+    # a finished run re-exports elsewhere in fp16 without training again; it loads in float32
+    assert main([*base, "--work", str(tmp_path / "wb"), "--out", str(tmp_path / "c"), "--resume", "--fp16"])["steps"] == 3
+    c = load_file(str(tmp_path / "c" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(v.dtype == torch.float16 for v in c.values()) and c.keys() == a.keys()
+    assert all(v.dtype == torch.float16 for v in load_file(str(tmp_path / "c" / "lora" / "pytorch_lora_weights.safetensors")).values())
+    half = AnimateDiffPipeline.from_pretrained(tmp_path / "c")
+    assert half.unet.dtype == half.text_encoder.dtype == half.vae.dtype == torch.float32
+    out3 = half("a photo of a red circle moving left", num_frames=4, num_inference_steps=2, guidance_scale=2.0,
+                height=64, width=64, output_type="pt", generator=torch.Generator().manual_seed(0)).frames
+    torch.testing.assert_close(out3, out, atol=2e-2, rtol=0)
+    assert (tmp_path / "wb" / "log.jsonl").read_text().count("\n") == 3  # no step ran again

@@ -88,11 +88,11 @@ def save_pipeline(components: dict, folder: str | os.PathLike, fp16: bool = Fals
         pipe = pipe.to(torch.float16)
     pipe.save_pretrained(folder, safe_serialization=True)
     if fp16:
-        _load_as_float32(Path(folder) / "text_encoder" / "config.json")
+        load_as_float32(Path(folder) / "text_encoder" / "config.json")
     return Path(folder)
 
 
-def _load_as_float32(config_file: Path) -> None:
+def load_as_float32(config_file: Path) -> None:
     """transformers loads a model in the dtype its config names, diffusers models in float32: with fp16
     weights on disk the text encoder would come back fp16 beside a float32 UNet and sampling would fail
     on a dtype mismatch. Naming float32 makes the whole pipeline load in float32 by default (pass

@@ -36,6 +36,7 @@ from mmreward.schedules import warmup_cosine
 from mmreward.shapes.video import sample_video, sample_video_meta
 from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
+from .shapes_t2i import load_as_float32
 from .train_shapes_t2i import encode_prompts
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -72,22 +73,27 @@ def encode_videos(vae, videos: np.ndarray) -> torch.Tensor:
     return z.view(b, f, *z.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def export(pipe, unet, out: Path, record: dict) -> None:
-    """The AnimateDiff pipeline folder (LoRA merged), its ``motion_adapter/`` and ``lora/``."""
+def export(pipe, unet, out: Path, record: dict, fp16: bool = False) -> None:
+    """The AnimateDiff pipeline folder (LoRA merged), its ``motion_adapter/`` and ``lora/``; ``fp16`` halves
+    the size on disk (the folder still loads in float32 by default)."""
     from diffusers import AnimateDiffPipeline, MotionAdapter
     from peft.utils import get_peft_model_state_dict
 
     out.mkdir(parents=True, exist_ok=True)
-    AnimateDiffPipeline.save_lora_weights(out / "lora", unet_lora_layers=get_peft_model_state_dict(unet),
-                                          safe_serialization=True)
+    dtype = torch.float16 if fp16 else torch.float32
+    lora = {k: v.to(dtype) for k, v in get_peft_model_state_dict(unet).items()}
+    AnimateDiffPipeline.save_lora_weights(out / "lora", unet_lora_layers=lora, safe_serialization=True)
     merged = copy.deepcopy(unet).to("cpu")
     merged.fuse_lora()
     merged.unload_lora()
+    merged.to(dtype)
     merged.save_motion_modules(str(out / "motion_adapter"), safe_serialization=True)
     adapter = MotionAdapter.from_pretrained(out / "motion_adapter")
     video_pipe = AnimateDiffPipeline(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                     unet=merged, motion_adapter=adapter, scheduler=pipe.scheduler)
+                                     unet=merged, motion_adapter=adapter, scheduler=pipe.scheduler).to(dtype)
     video_pipe.save_pretrained(out, safe_serialization=True)
+    if fp16:
+        load_as_float32(out / "text_encoder" / "config.json")
     (out / "training.json").write_text(json.dumps(record, indent=2))
 
 
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--fp16", action="store_true", help="save the exported pipeline in fp16 (it loads in float32)")
     add_run_args(p)
     with_examples(p, "mmalign assets shapes-t2v --out outputs/shapesworld-t2v --steps 2000",
                   "mmalign assets shapes-t2v --out outputs/shapesworld-t2v --resume")
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {"model": "ShapesWorld teacher lifted to video (AnimateDiff motion modules + spatial-attention LoRA)",
               "steps": trainer.position, "wall_time_s": round(trainer.seconds, 1), "teacher": args.teacher,
               "args": vars(args)}
-    export(pipe, unet.eval(), Path(args.out), record)
+    export(pipe, unet.eval(), Path(args.out), record, fp16=args.fp16)
     print(f"text-to-video pipeline saved to {args.out}")
     return record
 

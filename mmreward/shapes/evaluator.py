@@ -92,16 +92,28 @@ def split_touching(comp: np.ndarray, min_height: float = 2.0, neck: float = 0.7)
     return [comp & (owner == j) for j in range(1, len(keep) + 1)]
 
 
-def find_objects(image, threshold: float = 0.25, min_area: float = 6.0) -> list[dict]:
-    """The objects of an RGB image (HxWx3 uint8 / float in [0,1], or PIL), largest first, before their shape
-    is named: ``{"color", "box", "area", "mask"}`` (``mask``: the classifier's ``[32,32]`` input).
-    ``min_area`` is in pixels at 64x64 and scales with the image area."""
-    img = _as_float(image)
-    h, w = img.shape[:2]
+def _distances(img: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 3x3 median-filtered image, the background colour (the median of its border) and each pixel's
+    distance to it ``[H, W]`` (RGB in [0, 1])."""
     smooth = ndimage.median_filter(img, size=(3, 3, 1), mode="nearest")
     border = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]])
     bg = np.median(border, axis=0)
-    dist = np.linalg.norm(smooth - bg, axis=-1)
+    return smooth, bg, np.linalg.norm(smooth - bg, axis=-1)
+
+
+def background_distance(image) -> np.ndarray:
+    """``[H, W]``: each pixel's colour distance to the background, as :func:`find_objects` thresholds it."""
+    return _distances(_as_float(image))[2]
+
+
+def find_objects(image, threshold: float = 0.25, min_area: float = 6.0) -> list[dict]:
+    """The objects of an RGB image (HxWx3 uint8 / float in [0,1], or PIL), largest first, before their shape
+    is named: ``{"color", "box", "area", "mask", "region"}`` (``mask``: the classifier's ``[32,32]`` input;
+    ``region``: the object's pixels, a ``[H, W]`` bool mask).
+    ``min_area`` is in pixels at 64x64 and scales with the image area."""
+    img = _as_float(image)
+    h, w = img.shape[:2]
+    smooth, bg, dist = _distances(img)
     raw_dist = np.linalg.norm(img - bg, axis=-1)  # unfiltered: keeps thin star tips for the shape
     labels, n = ndimage.label(dist > threshold, structure=np.ones((3, 3)))
     min_px = min_area * h * w / 64**2
@@ -114,6 +126,8 @@ def find_objects(image, threshold: float = 0.25, min_area: float = 6.0) -> list[
             if part.sum() >= min_px:
                 obj = _read_object(part, comp & ~part, sl, smooth, dist, raw_dist, bg, (h, w))
                 if obj is not None:
+                    obj["region"] = np.zeros((h, w), dtype=bool)
+                    obj["region"][sl] = part
                     objects.append(obj)
     return sorted(objects, key=lambda o: -o["area"])
 

@@ -139,7 +139,9 @@ def _largest_jump(a: list[Detection], b: list[Detection]) -> float:
 
 
 def evaluate_video(frames, prompt_or_meta: str | dict, max_jump: float = MAX_JUMP, min_shift: float = MIN_SHIFT) -> dict:
-    """The three scores of a video (``frames``: ``[F, H, W, 3]`` uint8 or a list of images) and why."""
+    """The three scores of a video (``frames``: ``[F, H, W, 3]`` uint8 or a list of images) and why; also
+    ``pair_consistency``, the share of consecutive frame pairs that pass the consistency test (a graded
+    version of ``consistent``, which needs every pair to pass)."""
     meta = parse_video_prompt(prompt_or_meta) if isinstance(prompt_or_meta, str) else prompt_or_meta
     content = content_meta(meta)
     dets = [detect(f) for f in frames]
@@ -155,6 +157,8 @@ def evaluate_video(frames, prompt_or_meta: str | dict, max_jump: float = MAX_JUM
         if jumps and max(jumps) > max_jump:
             consistent, k = False, int(np.argmax(jumps))
             reasons.append(f"an object jumps {max(jumps):.2f} between frames {k} and {k + 1}")
+    pairs = [a == b and _largest_jump(ra, rb) <= max_jump
+             for a, b, ra, rb in zip(objects, objects[1:], recognised, recognised[1:], strict=False)]
     motion = None
     if "motion" in meta:
         clause = content["include"][0]
@@ -172,5 +176,6 @@ def evaluate_video(frames, prompt_or_meta: str | dict, max_jump: float = MAX_JUM
                 reasons.append(f"moves {along:+.2f} {meta['motion']} and {across:.2f} across (needs >= {min_shift})")
     failed = [f"frame {i}: {r}" for i, (c, r) in enumerate(verdicts) if not c]
     return {"prompt": meta["prompt"], "tag": meta["tag"], "per_frame": float(np.mean([c for c, _ in verdicts])),
-            "frames_correct": [bool(c) for c, _ in verdicts], "consistent": consistent, "motion": motion,
+            "frames_correct": [bool(c) for c, _ in verdicts], "consistent": consistent,
+            "pair_consistency": float(np.mean(pairs)) if pairs else 1.0, "motion": motion,
             "reason": "; ".join(reasons + failed[:3])}

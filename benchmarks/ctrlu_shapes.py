@@ -1,0 +1,351 @@
+"""ControlNet++ and Ctrl-U on ShapesWorld, judged on the exact segmentation read from the generated pixels.
+
+    python benchmarks/ctrlu_shapes.py [--condition seg|edges] [--steps 600] [--eval 500]
+        [--arms base diffusion_only controlnet_pp ctrlu_timestep ctrlu_noise] [--audit]
+
+Arms at equal steps and seeds, each ``configs/controlnet_<condition>_shapes.yaml`` with its overrides (trained
+in ``outputs/ctrlu_bench/<condition>/<arm>``, resumed when rerun): the ControlNet before fine-tuning
+(``base``), the diffusion loss alone for the same steps, ControlNet++, Ctrl-U with the reference code's
+same-noise passes and with the paper's two noises.
+
+On ``--eval`` held-out conditions (scenes of a seed no training step draws), each arm's generations (DDIM 20
+steps, guidance 3) are scored by
+
+* seg: IoU per class (background included) and mean between the condition and the *pixel truth* of the
+  generated image (:func:`mmreward.shapes.conditions.read_segmentation`; unrecognised objects left out), and
+  with a second, independently trained segmenter; edges: the edge F1 (threshold 0.5, 1-pixel tolerance) of the
+  pixel truth's boundaries and the SSIM of a second edge estimator's map, against the condition;
+* image quality: the Fréchet distance of the embedded CLIP's image features against the ground-truth renders of
+  the same scenes; the share of objects whose colour matches the caption, by the evaluator;
+* for the uncertainty: how well ``U`` (both variants, on the base ControlNet's one-step estimates at
+  ``t ≤ 400``) predicts the reward model's real per-pixel error against the pixel truth — AUROC with a
+  bootstrap interval over images, and a reliability curve.
+
+``--audit`` writes ``benchmarks/audit_ctrlu/`` grids of base generations beside their pixel truth, for checking
+by eye. Writes ``benchmarks/results/ctrlu_shapes_<condition>.{json,md}`` and ``ctrlu_shapes_<condition>_grid.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmreward.assets import resolve_asset
+from mmreward.images import GREY, labelled_grid
+from mmreward.metrics import auroc_interval, class_iou, edge_f1, frechet_distance, reliability, ssim
+from mmreward.shapes.conditions import (
+    IGNORE,
+    SEG_CLASSES,
+    edge_map,
+    palette_image,
+    read_segmentation,
+    segmentation,
+)
+from mmreward.shapes.data import sample_batch
+from mmreward.shapes.evaluator import detect
+
+RESULTS = Path(__file__).parent / "results"
+AUDIT = Path(__file__).parent / "audit_ctrlu"
+WORK = Path("outputs/ctrlu_bench")
+EVAL_SEED = 20261202
+ARMS = {
+    "base": None,
+    "diffusion_only": ["grad_scale=0.0"],
+    "controlnet_pp": [],
+    "ctrlu_timestep": ["uncertainty=timestep"],
+    "ctrlu_noise": ["uncertainty=noise"],
+}
+EVAL_MODELS = {"seg": "assets/shapesworld-segformer-eval", "edges": "assets/shapesworld-edge-net-eval"}
+
+
+def eval_set(n: int):
+    """``n`` held-out scenes: ground-truth renders uint8 ``[n, H, W, 3]``, their metas and scenes."""
+    images, metas, scenes = sample_batch(np.random.default_rng(EVAL_SEED), n, split="any", return_scenes=True)
+    renders = (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return renders, metas, scenes
+
+
+def boundaries(seg: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float: 1 where a pixel's 4-neighbourhood holds another label (unrecognised objects count as
+    one label), the pixel-truth edges of an image."""
+    s = np.where(seg == IGNORE, 250, seg).astype(np.int16)
+    edge = np.zeros(s.shape, bool)
+    edge[:-1] |= s[:-1] != s[1:]
+    edge[1:] |= s[1:] != s[:-1]
+    edge[:, :-1] |= s[:, :-1] != s[:, 1:]
+    edge[:, 1:] |= s[:, 1:] != s[:, :-1]
+    return edge.astype(np.float32)
+
+
+def train_arm(condition: str, arm: str, steps: int) -> Path:
+    """The arm's ControlNet folder (trained to ``steps`` first, resuming a cut run)."""
+    from diffusion_align.train import main as train
+
+    if ARMS[arm] is None:
+        return Path(resolve_asset(f"assets/shapesworld-controlnet-{condition}"))
+    out = WORK / condition / arm
+    if not (out / "controlnet").is_dir() or _steps_done(out) < steps:
+        args = ["--config", f"configs/controlnet_{condition}_shapes.yaml", "--set", f"output_dir={out}",
+                "--set", f"total_steps={steps}", "--no-progress"]
+        for s in ARMS[arm]:
+            args += ["--set", s]
+        train(args + (["--resume"] if (out / "checkpoint").is_dir() else []))
+    return out / "controlnet"
+
+
+def _steps_done(out: Path) -> int:
+    rows = out / "metrics.jsonl"
+    return len(rows.read_text().splitlines()) if rows.is_file() else 0
+
+
+def generate(teacher: str, controlnet: Path, conds: torch.Tensor, prompts: list[str], cache: Path,
+             batch: int = 25) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` generations (cached in ``cache``)."""
+    if cache.is_file():
+        return np.load(cache)["images"]
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        resolve_asset(teacher), controlnet=ControlNetModel.from_pretrained(controlnet), safety_checker=None,
+        requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    out = []
+    for b in range(0, len(prompts), batch):
+        gens = [torch.Generator().manual_seed(EVAL_SEED + b + j) for j in range(len(prompts[b:b + batch]))]
+        img = pipe(prompts[b:b + batch], image=conds[b:b + batch], num_inference_steps=20, guidance_scale=3.0,
+                   height=64, width=64, output_type="pt", generator=gens).images
+        out.append((img.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    images = np.concatenate(out)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(cache, images=images)
+    return images
+
+
+def colour_share(images: np.ndarray, scenes) -> float:
+    """Share of the scenes' objects for which the evaluator finds an object at its place (box centre inside
+    the object's box) in the caption's colour."""
+    hit = total = 0
+    for img, sc in zip(images, scenes, strict=True):
+        dets = detect(img)
+        for o in sc.objects:
+            total += 1
+            x0, y0, x1, y1 = o.box
+            hit += any(d.color == o.color and x0 <= (d.box[0] + d.box[2]) / 2 <= x1 and y0 <= (d.box[1] + d.box[3]) / 2 <= y1
+                       for d in dets)
+    return hit / max(total, 1)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
+@torch.no_grad()
+def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip) -> dict:
+    from mmreward.dense_rewards import EdgeReward, SegmentationReward
+
+    truth = [read_segmentation(im) for im in images]
+    res: dict = {}
+    if condition == "seg":
+        target = np.stack([segmentation(s) for s in scenes])
+        iou = class_iou(np.stack(truth), target, len(SEG_CLASSES))
+        second = SegmentationReward.from_pretrained(EVAL_MODELS["seg"])
+        pred = torch.cat([second.logits(to_tensor(images[b:b + 50])).argmax(1) for b in range(0, len(images), 50)])
+        iou2 = class_iou(pred.numpy(), target, len(SEG_CLASSES))
+        res.update(miou=float(np.nanmean(iou)), iou=dict(zip(SEG_CLASSES, iou.tolist(), strict=True)),
+                   miou_second_segmenter=float(np.nanmean(iou2)),
+                   iou_second_segmenter=dict(zip(SEG_CLASSES, iou2.tolist(), strict=True)),
+                   ignored_pixels=float(np.mean([(t == IGNORE).mean() for t in truth])))
+    else:
+        target = np.stack([edge_map(s) for s in scenes])
+        res.update(edge_f1_pixel_truth=edge_f1(np.stack([boundaries(t) for t in truth]), target))
+        second = EdgeReward.from_pretrained(EVAL_MODELS["edges"])
+        pred = torch.cat([second.predict(to_tensor(images[b:b + 50])) for b in range(0, len(images), 50)])
+        res.update(edge_f1_second_estimator=edge_f1(pred.numpy(), target),
+                   ssim=float(ssim(pred, torch.from_numpy(target)).mean()))
+    feats = [torch.cat([clip.embed_images(to_tensor(x[b:b + 50])) for b in range(0, len(x), 50)]).numpy()
+             for x in (images, renders)]
+    res.update(clip_frechet=frechet_distance(*feats), colour_share=colour_share(images, scenes))
+    return res
+
+
+@torch.no_grad()
+def uncertainty_study(condition: str, renders: np.ndarray, metas, scenes, n: int = 200, seed: int = 0) -> dict:
+    """AUROC of U for the reward model's per-pixel error against the pixel truth of the decoded one-step
+    estimates of the base ControlNet (t ~ U[0, 400]), for the same-noise and two-noise passes."""
+    from diffusion_align.controlnet_reward import ControlNetRewardConfig, ControlNetRewardTrainer, x0_estimate
+    from diffusion_align.embedded.train_shapes_controlnet import condition_images
+    from diffusion_align.embedded.train_shapes_t2i import encode_prompts
+    from mmreward.uncertainty import regression_uncertainty, segmentation_uncertainty
+
+    cfg = ControlNetRewardConfig.from_cli(f"configs/controlnet_{condition}_shapes.yaml",
+                                          [f"output_dir={WORK / condition / '_uncertainty'}", "uncertainty=timestep"])
+    tr = ControlNetRewardTrainer(cfg, progress=False, overwrite=True)
+    tr.controlnet.eval()
+    rng = np.random.default_rng(seed)
+    out = {}
+    for mode in ("timestep", "noise"):
+        scores, errors = [], []
+        for b in range(0, n, 10):
+            sl = slice(b, min(b + 10, n))
+            imgs = to_tensor(renders[sl])
+            z0 = tr.vae.encode(imgs * 2 - 1).latent_dist.mean * tr.vae.config.scaling_factor
+            emb = encode_prompts(tr.tokenizer, tr.text_encoder, [m["prompt"] for m in metas[sl]])
+            cond = condition_images(scenes[sl], condition)
+            t = torch.from_numpy(rng.integers(0, 401, len(z0)))
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(seed + b))
+            t2, noise2 = ((t + 1).clamp(max=999), noise) if mode == "timestep" else \
+                (t, torch.randn(z0.shape, generator=torch.Generator().manual_seed(10**6 + seed + b)))
+            readings, decoded = [], []
+            for tt, nn_ in ((t, noise), (t2, noise2)):
+                x_t = tr.sched.add_noise(z0, nn_, tt)
+                x0 = x0_estimate(tr.sched, tr.predict(x_t, tt, emb, cond), x_t, tt)
+                image = (tr.vae.decode(x0 / tr.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+                decoded.append(image)
+                readings.append(tr.reward.logits(image) if condition == "seg" else tr.reward.predict(image))
+            if condition == "seg":
+                u = segmentation_uncertainty(readings[0], readings[1], 1.0)
+            else:
+                u = regression_uncertainty(readings[0], readings[1], 1.0)
+            for k in range(len(z0)):
+                img = (decoded[0][k].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                truth = read_segmentation(img)
+                if condition == "seg":
+                    keep = truth != IGNORE
+                    err = (readings[0][k].argmax(0).numpy() != truth)[keep]
+                else:
+                    keep = np.ones(truth.shape, bool)
+                    err = (np.abs(readings[0][k].numpy() - boundaries(truth)) > 0.5)[keep]
+                scores.append(u[k].numpy()[keep])
+                errors.append(err)
+        out[mode] = {**auroc_interval(scores, errors), "error_rate": float(np.mean(np.concatenate(errors))),
+                     "reliability": reliability(np.concatenate(scores), np.concatenate(errors), bins=10)}
+    return out
+
+
+def write_audit(images: np.ndarray, scenes, metas, n: int = 120, per_grid: int = 24) -> None:
+    """Grids of generations beside their pixel-truth segmentation (and the condition), for an audit by eye."""
+    from PIL import Image
+
+    AUDIT.mkdir(parents=True, exist_ok=True)
+    for g in range(0, n, per_grid):
+        cells = []
+        for i in range(g, min(g + per_grid, n)):
+            truth = read_segmentation(images[i])
+            big = lambda a: Image.fromarray(a).resize((128, 128), Image.NEAREST)  # noqa: E731
+            row = np.concatenate([images[i], palette_image(truth), palette_image(segmentation(scenes[i]))], axis=1)
+            cells.append((big(row).resize((384, 128), Image.NEAREST), f"#{i} {metas[i]['prompt'].removeprefix('a photo of ')}",
+                          [("generated | pixel truth | condition", GREY)]))
+        labelled_grid(cells, 4).save(AUDIT / f"audit_{g // per_grid:02d}.png")
+    (AUDIT / "README.md").write_text(
+        "# Audit of the pixel-truth segmentation on generated images\n\n"
+        "Each cell: a generation of the base ControlNet, the segmentation read from its pixels "
+        "(`read_segmentation`: black background, one colour per shape class, white = unrecognised, left out), "
+        "and the condition it was generated from. The audit checks the middle panel against what the left one "
+        "shows; its verdicts are in `audit.json`.\n")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--condition", choices=("seg", "edges"), default="seg")
+    p.add_argument("--steps", type=int, default=600, help="fine-tuning steps of every arm")
+    p.add_argument("--eval", type=int, default=500, help="held-out conditions")
+    p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--uncertainty-images", type=int, default=200)
+    p.add_argument("--audit", action="store_true", help="write the audit grids of base generations and stop")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from diffusion_align.embedded.train_shapes_controlnet import condition_images
+    from mmreward.backbones import load_open_clip
+
+    renders, metas, scenes = eval_set(args.eval)
+    conds = condition_images(scenes, args.condition)
+    prompts = [m["prompt"] for m in metas]
+    teacher = "assets/shapesworld-t2i-teacher"
+    name = f"ctrlu_shapes_{args.condition}"
+    res_file = RESULTS / f"{name}.json"
+    res = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    res.update(condition=args.condition, steps=args.steps, eval=args.eval, arms=res.get("arms", {}))
+    if args.audit:
+        base = generate(teacher, train_arm(args.condition, "base", args.steps), conds, prompts,
+                        WORK / args.condition / "images" / f"base_{args.eval}.npz")
+        write_audit(base, scenes, metas)
+        return {"audit": str(AUDIT)}
+    clip = load_open_clip("assets/shapesworld-clip").freeze()
+    shown = {}
+    for arm in args.arms:
+        cn = train_arm(args.condition, arm, args.steps)
+        images = generate(teacher, cn, conds, prompts, WORK / args.condition / "images" / f"{arm}_{args.eval}.npz")
+        res["arms"][arm] = score(args.condition, images, renders, scenes, clip)
+        if arm != "base":
+            res["arms"][arm]["cost"] = _cost(WORK / args.condition / arm)
+        shown[arm] = images[:8]
+        write(res, name)
+    if "uncertainty" not in res:
+        res["uncertainty"] = uncertainty_study(args.condition, renders, metas, scenes, args.uncertainty_images)
+        write(res, name)
+    grid(shown, renders[:8], conds[:8], prompts[:8], RESULTS / f"{name}_grid.png")
+    print(markdown(res))
+    return res
+
+
+def _cost(out: Path) -> dict:
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"steps": len(rows), "seconds_per_step": float(np.mean([r["step_s"] for r in rows])),
+            "minutes": rows[-1]["elapsed_s"] / 60}
+
+
+def grid(shown: dict, renders, conds, prompts, path: Path) -> None:
+    from PIL import Image
+
+    cells = []
+    for i in range(len(prompts)):
+        cond = (conds[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        cells.append((Image.fromarray(cond), prompts[i].removeprefix("a photo of "), [("condition", GREY)]))
+        cells.append((Image.fromarray(renders[i]), "", [("ground truth", GREY)]))
+        for arm, imgs in shown.items():
+            cells.append((Image.fromarray(imgs[i]), "", [(arm, GREY)]))
+    labelled_grid(cells, 2 + len(shown)).save(path)
+
+
+def write(res: dict, name: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / f"{name}.md").write_text(markdown(res))
+
+
+def markdown(res: dict) -> str:
+    seg = res["condition"] == "seg"
+    lines = [f"# ControlNet++ and Ctrl-U on ShapesWorld ({res['condition']} condition)", "",
+             f"{res['eval']} held-out conditions; every fine-tuned arm {res['steps']} steps from the same ControlNet.", ""]
+    if seg:
+        lines += ["| arm | mIoU (pixel truth) | mIoU (second segmenter) | " + " | ".join(f"IoU {c}" for c in SEG_CLASSES)
+                  + " | CLIP Fréchet ↓ | colour share | s / step |", "|---" * (6 + len(SEG_CLASSES)) + "|"]
+        for arm, a in res["arms"].items():
+            lines.append(f"| {arm} | {a['miou']:.3f} | {a['miou_second_segmenter']:.3f} | "
+                         + " | ".join(f"{a['iou'][c]:.3f}" for c in SEG_CLASSES)
+                         + f" | {a['clip_frechet']:.4f} | {a['colour_share']:.3f} | "
+                         + (f"{a['cost']['seconds_per_step']:.2f}" if "cost" in a else "") + " |")
+    else:
+        lines += ["| arm | edge F1 (pixel truth) | edge F1 (second estimator) | SSIM | CLIP Fréchet ↓ | colour share "
+                  "| s / step |", "|---|---|---|---|---|---|---|"]
+        for arm, a in res["arms"].items():
+            lines.append(f"| {arm} | {a['edge_f1_pixel_truth']['f1']:.3f} | {a['edge_f1_second_estimator']['f1']:.3f} | "
+                         f"{a['ssim']:.3f} | {a['clip_frechet']:.4f} | {a['colour_share']:.3f} | "
+                         + (f"{a['cost']['seconds_per_step']:.2f}" if "cost" in a else "") + " |")
+    if "uncertainty" in res:
+        lines += ["", "How well U predicts the reward model's per-pixel error (pixel truth of the decoded one-step "
+                  "estimates, base ControlNet, t ≤ 400):", "", "| passes | AUROC | 95% interval | error rate |",
+                  "|---|---|---|---|"]
+        for mode, u in res["uncertainty"].items():
+            lines.append(f"| {mode} | {u['auroc']:.3f} | {u['low']:.3f}–{u['high']:.3f} | {u['error_rate']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

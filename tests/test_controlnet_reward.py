@@ -204,3 +204,21 @@ def test_a_run_resumes_to_the_uninterrupted_weights(tmp_path, tiny_teacher, tiny
     out = pipe("a photo of a red circle", image=torch.rand(1, 3, 64, 64), num_inference_steps=2, height=64, width=64,
                output_type="pt", generator=torch.Generator().manual_seed(0)).images
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kind", ["segformer", "edges"])
+def test_dense_reward_training_exports_models_that_load_by_path(tmp_path, kind):
+    from mmreward.shapes.train_dense_rewards import main
+
+    out = tmp_path / "out"
+    rec = main([kind, "--work", str(tmp_path / "w"), "--out", str(out), "--steps", "2", "--batch", "2", "--threads", "1"])
+    assert rec["steps"] == 2 and json.loads((out / "training.json").read_text())["renders"] == rec["renders"]
+    images = torch.rand(1, 3, 64, 64)
+    if kind == "segformer":
+        assert 0 <= rec["renders"]["pixel_accuracy"] <= 1 and set(rec["renders"]["iou"]) >= {"background", "star"}
+        assert SegmentationReward.from_pretrained(str(out)).logits(images).shape == (1, 5, 64, 64)
+    else:
+        assert 0 <= rec["renders"]["edge_f1"] <= 1
+        assert EdgeReward.from_pretrained(str(out)).predict(images).shape == (1, 64, 64)
+    with pytest.raises(ConfigError, match="already holds a model"):
+        main([kind, "--work", str(tmp_path / "w2"), "--out", str(out), "--steps", "1"])

@@ -104,3 +104,19 @@ def load_as_float32(config_file: Path) -> None:
         if key in cfg:
             cfg[key] = "float32"
     config_file.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def load_teacher(name: str, option: str = "--teacher"):
+    """The diffusers pipeline folder ``name`` (resolved as an asset), progress bars off; a clear error naming
+    ``option`` when there is none."""
+    from diffusers import DiffusionPipeline
+
+    from mmreward.assets import resolve_asset
+    from mmreward.errors import ModelLoadError
+
+    folder = resolve_asset(name)
+    if not (Path(folder) / "model_index.json").is_file():
+        raise ModelLoadError(f"{option} {name}: no diffusers pipeline folder there")
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

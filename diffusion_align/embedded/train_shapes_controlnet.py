@@ -25,16 +25,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmreward.assets import resolve_asset
+from mmreward.clip_training import optimizer_step
 from mmreward.command import run_command, with_examples
-from mmreward.errors import ModelLoadError
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.conditions import edge_map, palette_image, segmentation
 from mmreward.shapes.data import sample_batch
 from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
+from .shapes_t2i import load_teacher
 from .train_shapes_t2i import encode_prompts
 
+WARMUP = 100  #: warm-up steps of the learning rate
 CONDITIONS = ("seg", "edges")
 
 
@@ -82,12 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_out(args.out, args.overwrite)
     torch.set_num_threads(args.threads)
     setup_logging()
-    from diffusers import DiffusionPipeline
-
-    teacher = resolve_asset(args.teacher)
-    if not (Path(teacher) / "model_index.json").is_file():
-        raise ModelLoadError(f"--teacher {args.teacher}: no diffusers pipeline folder there")
-    pipe = DiffusionPipeline.from_pretrained(teacher)
+    pipe = load_teacher(args.teacher)
     torch.manual_seed(args.seed)
     unet, vae, text_encoder, tokenizer, sched = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler
     for m in (unet, vae, text_encoder):
@@ -99,8 +95,6 @@ def main(argv: list[str] | None = None) -> dict:
     sf = vae.config.scaling_factor
 
     def step(i: int) -> dict:
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine(i, args.steps, args.lr, warmup=100)
         images, metas, scenes = sample_batch(rng, args.batch, return_scenes=True)
         cond = condition_images(scenes, args.condition).to(args.device)
         prompts = ["" if rng.random() < args.prompt_dropout else m["prompt"] for m in metas]
@@ -114,10 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         pred = unet(noisy, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
         loss = F.mse_loss(pred, sched.get_velocity(latents, noise, t))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, warmup_cosine(i, args.steps, args.lr, warmup=WARMUP))
         return {"step": i + 1, "loss": loss.item()}
 
     trainer = StepTrainer(args.work, args.steps, controlnet, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,

@@ -28,15 +28,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmreward.assets import resolve_asset
 from mmreward.command import run_command, with_examples
 from mmreward.config_file import ConfigError
-from mmreward.errors import ModelLoadError
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.video import sample_video, sample_video_meta
 from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
-from .shapes_t2i import load_as_float32
+from .shapes_t2i import load_as_float32, load_teacher
 from .train_shapes_t2i import encode_prompts
 
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -126,14 +124,9 @@ def main(argv: list[str] | None = None) -> dict:
         raise ConfigError(f"--frames must be in 2..32, got {args.frames}")
     torch.set_num_threads(args.threads)
     setup_logging()
-    from diffusers import DiffusionPipeline
     from peft import LoraConfig
 
-    teacher = resolve_asset(args.teacher)
-    if not (Path(teacher) / "model_index.json").is_file():
-        raise ModelLoadError(f"--teacher {args.teacher}: no diffusers pipeline folder there")
-    pipe = DiffusionPipeline.from_pretrained(teacher)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_teacher(args.teacher)
     torch.manual_seed(args.seed)
     unet = lift_to_video(pipe.unet, max_frames=max(32, args.frames)).to(args.device)
     unet.requires_grad_(False)

@@ -25,12 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..clip_training import optimizer_step
 from ..command import run_command, with_examples
 from ..dense_rewards import IMAGENET_MEAN, IMAGENET_STD, EdgeNet, EdgeReward, SegmentationReward
 from ..schedules import warmup_cosine
 from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
 from .conditions import SEG_CLASSES, edge_map, segmentation
 from .data import sample_batch
+
+WARMUP = 50  #: warm-up steps of the learning rate
 
 
 def segformer_config():
@@ -105,17 +108,12 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(args.seed)
 
     def step(i: int) -> dict:
-        for g in opt.param_groups:
-            g["lr"] = warmup_cosine(i, args.steps, args.lr, warmup=50)
         images, seg, edges = batch(rng, args.batch)
         if args.model == "segformer":
             loss = model.loss_map(images, seg).mean()
         else:
             loss = F.binary_cross_entropy_with_logits(model.net(images * 2 - 1)[:, 0], edges)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimizer_step(opt, loss, params, warmup_cosine(i, args.steps, args.lr, warmup=WARMUP))
         return {"step": i + 1, "loss": loss.item()}
 
     trainer = StepTrainer(args.work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,

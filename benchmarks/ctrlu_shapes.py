@@ -22,7 +22,7 @@ steps, guidance 3) are scored by
   bootstrap interval over images, and a reliability curve.
 
 ``--audit`` writes ``benchmarks/audit_ctrlu/`` grids of base generations beside their pixel truth, for checking
-by eye. Writes ``benchmarks/results/ctrlu_shapes_<condition>.{json,md}`` and ``ctrlu_shapes_<condition>_grid.png``.
+by eye. Writes ``benchmarks/results/ctrlu_shapes.{json,md}`` (both conditions) and ``ctrlu_shapes_<condition>_grid.png``.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from mmreward.shapes.data import sample_batch
 from mmreward.shapes.evaluator import detect
 
 RESULTS = Path(__file__).parent / "results"
+RESULTS_FILE = RESULTS / "ctrlu_shapes.json"  #: {condition: results}
 AUDIT = Path(__file__).parent / "audit_ctrlu"
 WORK = Path("outputs/ctrlu_bench")
 EVAL_SEED = 20261202
@@ -267,9 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
     conds = condition_images(scenes, args.condition)
     prompts = [m["prompt"] for m in metas]
     teacher = "assets/shapesworld-t2i-teacher"
-    name = f"ctrlu_shapes_{args.condition}"
-    res_file = RESULTS / f"{name}.json"
-    res = json.loads(res_file.read_text()) if res_file.is_file() else {}
+    res = json.loads(RESULTS_FILE.read_text()).get(args.condition, {}) if RESULTS_FILE.is_file() else {}
     res.update(condition=args.condition, steps=args.steps, eval=args.eval, arms=res.get("arms", {}))
     if args.audit:
         base = generate(teacher, train_arm(args.condition, "base", args.steps), conds, prompts,
@@ -285,11 +284,11 @@ def main(argv: list[str] | None = None) -> dict:
         if arm != "base":
             res["arms"][arm]["cost"] = _cost(WORK / args.condition / arm)
         shown[arm] = images[:8]
-        write(res, name)
+        write(res)
     if "uncertainty" not in res:
         res["uncertainty"] = uncertainty_study(args.condition, renders, metas, scenes, args.uncertainty_images)
-        write(res, name)
-    grid(shown, renders[:8], conds[:8], prompts[:8], RESULTS / f"{name}_grid.png")
+        write(res)
+    grid(shown, renders[:8], conds[:8], prompts[:8], RESULTS / f"ctrlu_shapes_{args.condition}_grid.png")
     print(markdown(res))
     return res
 
@@ -313,10 +312,14 @@ def grid(shown: dict, renders, conds, prompts, path: Path) -> None:
     labelled_grid(cells, 2 + len(shown)).save(path)
 
 
-def write(res: dict, name: str) -> None:
+def write(res: dict) -> None:
+    """Update this condition's part of ``ctrlu_shapes.json`` (the other condition's results are kept) and the
+    Markdown of both."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / f"{name}.md").write_text(markdown(res))
+    both = json.loads(RESULTS_FILE.read_text()) if RESULTS_FILE.is_file() else {}
+    both[res["condition"]] = res
+    RESULTS_FILE.write_text(json.dumps(both, indent=1))
+    RESULTS_FILE.with_suffix(".md").write_text("\n".join(markdown(both[c]) for c in ("seg", "edges") if c in both))
 
 
 def markdown(res: dict) -> str:

@@ -181,6 +181,7 @@ def uncertainty_study(condition: str, renders: np.ndarray, metas, scenes, n: int
     from diffusion_align.controlnet_reward import ControlNetRewardConfig, ControlNetRewardTrainer, x0_estimate
     from diffusion_align.embedded.train_shapes_controlnet import condition_images
     from diffusion_align.embedded.train_shapes_t2i import encode_prompts
+    from diffusion_align.pipelines import encode_images
     from mmreward.uncertainty import regression_uncertainty, segmentation_uncertainty
 
     cfg = ControlNetRewardConfig.from_cli(f"configs/controlnet_{condition}_shapes.yaml",
@@ -194,7 +195,7 @@ def uncertainty_study(condition: str, renders: np.ndarray, metas, scenes, n: int
         for b in range(0, n, 10):
             sl = slice(b, min(b + 10, n))
             imgs = to_tensor(renders[sl])
-            z0 = tr.vae.encode(imgs * 2 - 1).latent_dist.mean * tr.vae.config.scaling_factor
+            z0 = encode_images(tr.vae, imgs)
             emb = encode_prompts(tr.tokenizer, tr.text_encoder, [m["prompt"] for m in metas[sl]])
             cond = condition_images(scenes[sl], condition)
             t = torch.from_numpy(rng.integers(0, 401, len(z0)))
@@ -205,9 +206,9 @@ def uncertainty_study(condition: str, renders: np.ndarray, metas, scenes, n: int
             for tt, nn_ in ((t, noise), (t2, noise2)):
                 x_t = tr.sched.add_noise(z0, nn_, tt)
                 x0 = x0_estimate(tr.sched, tr.predict(x_t, tt, emb, cond), x_t, tt)
-                image = (tr.vae.decode(x0 / tr.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+                image = tr.adapter.decode(x0)
                 decoded.append(image)
-                readings.append(tr.reward.logits(image) if condition == "seg" else tr.reward.predict(image))
+                readings.append(tr.read(image))
             if condition == "seg":
                 u = segmentation_uncertainty(readings[0], readings[1], 1.0)
             else:

@@ -74,9 +74,10 @@ def base_from_t2v_benchmark(model: str, rows: list[dict], seeds: int) -> dict | 
     if not f.is_file():
         return None
     t2v = json.loads(f.read_text())
-    same = (t2v.get("model") == model and t2v.get("rows") == len(rows) == 216 and t2v.get("seeds") == seeds
-            and t2v.get("steps") == 20 and t2v.get("guidance") == 3.0 and t2v.get("frames") == 8)
-    return summarize(t2v["videos"]) if same and "tag" in t2v["videos"][0] else None
+    same = (t2v.get("model") == model and t2v.get("seeds") == seeds and t2v.get("steps") == 20
+            and t2v.get("guidance") == 3.0 and t2v.get("frames") == 8 and "tag" in t2v["videos"][0]
+            and [v["prompt"] for v in t2v["videos"] if v["seed"] == 0] == [r["prompt"] for r in rows])
+    return summarize(t2v["videos"]) if same else None
 
 
 def public(res: dict) -> dict:

@@ -85,15 +85,14 @@ class ControlNetRewardConfig(YamlConfig):
 
 
 def x0_estimate(sched, pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """The one-step clean latent from the model's prediction, in its ``prediction_type`` (``epsilon`` or
-    ``v_prediction``); ``t`` ``[B]``."""
-    a = sched.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1)
-    kind = sched.config.prediction_type
-    if kind == "v_prediction":
-        return a.sqrt() * x_t - (1 - a).sqrt() * pred
-    if kind == "epsilon":
-        return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
-    raise ConfigError(f"pretrained: prediction_type {kind!r} is not supported (epsilon or v_prediction)")
+    """The one-step clean latent ``[B,C,h,w]`` from the model's prediction, in the scheduler's
+    ``prediction_type`` (:func:`diffusion_align.ddim_logprob.split_prediction`); ``t`` ``[B]``."""
+    from diffusion_align.ddim_logprob import split_prediction
+
+    try:
+        return split_prediction(sched, pred, x_t, sched.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1))[0]
+    except ValueError as e:
+        raise ConfigError(f"pretrained: {e}") from e
 
 
 def diffusion_target(sched, latents, noise, t) -> torch.Tensor:
@@ -117,6 +116,7 @@ class ControlNetRewardTrainer(Trainer):
                  progress: bool = True, overwrite: bool = False) -> None:
         from diffusers import ControlNetModel
 
+        from diffusion_align.pipelines import make_adapter
         from diffusion_align.sampling import load_pipeline
         from mmreward.assets import resolve_asset
 
@@ -127,6 +127,7 @@ class ControlNetRewardTrainer(Trainer):
         self.cfg = cfg
         device = self.accelerator.device
         pipe = load_pipeline(cfg.pretrained, device)
+        self.adapter = make_adapter(pipe)
         self.unet, self.vae, self.sched = pipe.unet, pipe.vae, pipe.scheduler
         self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder
         for m in (self.unet, self.vae, self.text_encoder):
@@ -151,14 +152,18 @@ class ControlNetRewardTrainer(Trainer):
         return min(1.0, i / (cfg.reward_warmup * cfg.total_steps)) * cfg.grad_scale
 
     def predict(self, x_t, t, emb, cond) -> torch.Tensor:
-        down, mid = self.controlnet(x_t, t, encoder_hidden_states=emb, controlnet_cond=cond, return_dict=False)
-        return self.unet(x_t, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                         mid_block_additional_residual=mid).sample
+        from diffusion_align.embedded.train_shapes_controlnet import controlled_prediction
+
+        return controlled_prediction(self.controlnet, self.unet, x_t, t, emb, cond)
+
+    def read(self, image: torch.Tensor):
+        """The reward model's reading of images ``[B, 3, H, W]`` in [0, 1]: logits ``[B, C, H, W]`` (seg) or
+        edges ``[B, H, W]``."""
+        return self.reward.logits(image) if self.cfg.condition == "seg" else self.reward.predict(image)
 
     def read_condition(self, latents: torch.Tensor):
-        """The reward model's reading of decoded latents: logits ``[B, C, H, W]`` (seg) or edges ``[B, H, W]``."""
-        image = (self.vae.decode(latents / self.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
-        return self.reward.logits(image) if self.cfg.condition == "seg" else self.reward.predict(image)
+        """The reward model's reading of decoded latents (:meth:`read` of :meth:`PipelineAdapter.decode`)."""
+        return self.read(self.adapter.decode(latents))
 
     def loss_map(self, reading, labels) -> torch.Tensor:
         if self.cfg.condition == "seg":
@@ -168,6 +173,7 @@ class ControlNetRewardTrainer(Trainer):
     def train_step(self, i: int) -> dict:
         from diffusion_align.embedded.train_shapes_controlnet import condition_images
         from diffusion_align.embedded.train_shapes_t2i import encode_prompts
+        from diffusion_align.pipelines import encode_images
         from mmreward.shapes.conditions import edge_map, segmentation
         from mmreward.shapes.data import sample_batch
         from mmreward.uncertainty import (
@@ -184,8 +190,8 @@ class ControlNetRewardTrainer(Trainer):
             labels = torch.from_numpy(np.stack([segmentation(s) for s in scenes])).to(dev)
         else:
             labels = torch.from_numpy(np.stack([edge_map(s) for s in scenes])).to(dev)
+        z0 = encode_images(self.vae, images)
         with torch.no_grad():
-            z0 = self.vae.encode(images.to(dev) * 2 - 1).latent_dist.mean * self.vae.config.scaling_factor
             emb = encode_prompts(self.tokenizer, self.text_encoder, [m["prompt"] for m in metas])
         T = self.sched.config.num_train_timesteps
         t = torch.from_numpy(rng.integers(0, T, cfg.batch_size)).to(dev)

@@ -105,6 +105,16 @@ class PipelineAdapter:
         return (vae.decode(x.to(vae.dtype)).sample.float() / 2 + 0.5).clamp(0, 1)
 
 
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor) -> torch.Tensor:
+    """Images ``[B,3,H,W]`` in [0, 1] -> latents ``[B,C,h,w]``: the posterior mean, the VAE's shift and scaling
+    factors applied (the inverse of :meth:`PipelineAdapter.decode`); the VAE is frozen, so no gradients."""
+    z = vae.encode((images * 2 - 1).to(vae.device, vae.dtype)).latent_dist.mean
+    if getattr(vae.config, "shift_factor", None):
+        z = z - vae.config.shift_factor
+    return z * vae.config.scaling_factor
+
+
 def guided_output(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor | int, cond: Cond,
                   uncond: Cond | None = None, guidance: float = 1.0, layout: str = "sd") -> torch.Tensor:
     """The denoiser's output ``[B,C,h,w]`` with classifier-free guidance ``u + g·(c − u)`` (none when

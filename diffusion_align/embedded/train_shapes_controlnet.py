@@ -32,6 +32,7 @@ from mmreward.shapes.conditions import edge_map, palette_image, segmentation
 from mmreward.shapes.data import sample_batch
 from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
+from ..pipelines import encode_images
 from .shapes_t2i import load_teacher
 from .train_shapes_t2i import encode_prompts
 
@@ -56,6 +57,15 @@ def make_controlnet(unet, vae_scale_factor: int):
 
     channels = [16, 32, 64, 128][: int(np.log2(vae_scale_factor)) + 1]
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=tuple(channels))
+
+
+def controlled_prediction(controlnet, unet, x_t: torch.Tensor, t: torch.Tensor, emb: torch.Tensor,
+                          cond: torch.Tensor) -> torch.Tensor:
+    """The UNet's output ``[B,C,h,w]`` on ``x_t`` with the ControlNet's residuals for conditions ``cond``
+    ``[B,3,H,W]`` in [0, 1] (``emb``: text embeddings ``[B,L,D]``)."""
+    down, mid = controlnet(x_t, t, encoder_hidden_states=emb, controlnet_cond=cond, return_dict=False)
+    return unet(x_t, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
+                mid_block_additional_residual=mid).sample
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,21 +102,18 @@ def main(argv: list[str] | None = None) -> dict:
     params = list(controlnet.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-2)
     rng = np.random.default_rng(args.seed)
-    sf = vae.config.scaling_factor
 
     def step(i: int) -> dict:
         images, metas, scenes = sample_batch(rng, args.batch, return_scenes=True)
         cond = condition_images(scenes, args.condition).to(args.device)
         prompts = ["" if rng.random() < args.prompt_dropout else m["prompt"] for m in metas]
+        latents = encode_images(vae, images)
         with torch.no_grad():
-            latents = vae.encode(images.to(args.device) * 2 - 1).latent_dist.mean * sf
             emb = encode_prompts(tokenizer, text_encoder, prompts)
         noise = torch.from_numpy(rng.standard_normal(latents.shape).astype(np.float32)).to(args.device)
         t = torch.from_numpy(rng.integers(0, sched.config.num_train_timesteps, args.batch)).to(args.device)
         noisy = sched.add_noise(latents, noise, t)
-        down, mid = controlnet(noisy, t, encoder_hidden_states=emb, controlnet_cond=cond, return_dict=False)
-        pred = unet(noisy, t, encoder_hidden_states=emb, down_block_additional_residuals=down,
-                    mid_block_additional_residual=mid).sample
+        pred = controlled_prediction(controlnet, unet, noisy, t, emb, cond)
         loss = F.mse_loss(pred, sched.get_velocity(latents, noise, t))
         optimizer_step(opt, loss, params, warmup_cosine(i, args.steps, args.lr, warmup=WARMUP))
         return {"step": i + 1, "loss": loss.item()}

@@ -35,6 +35,7 @@ from mmreward.schedules import warmup_cosine
 from mmreward.shapes.data import sample_batch
 from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
 
+from ..pipelines import encode_images
 from .shapes_t2i import SCHEDULER_CONFIG, TEXT_MAX_LENGTH, build_components, save_pipeline
 
 TEACHER_STEPS = 20
@@ -135,13 +136,11 @@ def stage_teacher(args) -> None:
     comps = build_components(seed=args.seed + 1, tiny=args.tiny)
     unet, text_encoder, tokenizer = comps["unet"].to(args.device).train(), comps["text_encoder"].to(args.device).train(), comps["tokenizer"]
     sched = _teacher_scheduler()
-    sf = vae.config.scaling_factor
 
     def step_fn(rng):
         x, metas = sample_batch(rng, args.batch)
         prompts = ["" if rng.random() < 0.1 else m["prompt"] for m in metas]
-        with torch.no_grad():
-            lat = vae.encode(x.to(args.device) * 2 - 1).latent_dist.mean * sf
+        lat = encode_images(vae, x)
         noise = torch.randn_like(lat)
         t = torch.randint(0, sched.config.num_train_timesteps, (len(lat),)).to(args.device)
         noisy = sched.add_noise(lat, noise, t)

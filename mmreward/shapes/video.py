@@ -148,17 +148,17 @@ def evaluate_video(frames, prompt_or_meta: str | dict, max_jump: float = MAX_JUM
     verdicts = [judge(content, d) for d in dets]
     objects = [sorted((d.shape, d.color) for d in ds if d.shape is not None) for ds in dets]
     recognised = [[d for d in ds if d.shape is not None] for ds in dets]
-    reasons, consistent = [], True
-    if any(o != objects[0] for o in objects):
-        consistent, k = False, next(i for i, o in enumerate(objects) if o != objects[0])
+    # each consecutive pair: the same recognised objects, and then no jump larger than max_jump
+    same = [a == b for a, b in zip(objects, objects[1:], strict=False)]
+    jumps = [_largest_jump(ra, rb) if s else np.inf for s, ra, rb in zip(same, recognised, recognised[1:], strict=False)]
+    pairs = [j <= max_jump for j in jumps]
+    consistent, reasons = all(pairs), []
+    if not all(same):
+        k = next(i for i, o in enumerate(objects) if o != objects[0])
         reasons.append(f"frame {k} shows {objects[k] or 'nothing recognised'}, frame 0 {objects[0]}")
-    else:
-        jumps = [_largest_jump(a, b) for a, b in zip(recognised, recognised[1:], strict=False)]
-        if jumps and max(jumps) > max_jump:
-            consistent, k = False, int(np.argmax(jumps))
-            reasons.append(f"an object jumps {max(jumps):.2f} between frames {k} and {k + 1}")
-    pairs = [a == b and _largest_jump(ra, rb) <= max_jump
-             for a, b, ra, rb in zip(objects, objects[1:], recognised, recognised[1:], strict=False)]
+    elif not consistent:
+        k = int(np.argmax(jumps))
+        reasons.append(f"an object jumps {jumps[k]:.2f} between frames {k} and {k + 1}")
     motion = None
     if "motion" in meta:
         clause = content["include"][0]

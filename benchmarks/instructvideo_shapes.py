@@ -2,6 +2,7 @@
 
     python benchmarks/instructvideo_shapes.py [--minutes 60] [--checkpoints 15 30 45] [--rows 216] [--seeds 2]
         [--curve-rows 48] [--arms edit_dataset edit_sample tar_off all_frames full_chain]
+        [--set KEY=VALUE ...] [--tag NAME]
 
 Each arm is ``configs/instructvideo_shapes.yaml`` with its overrides, trained in invocations of the
 ``--checkpoints`` spacing (the time budget counts per invocation; ``--resume`` continues), so its LoRA is
@@ -11,7 +12,9 @@ evaluation suite (spread over the categories) are scored by the three ground-tru
 arm (seconds, from its metrics) and its reward gain per wall-minute.
 
 Writes ``benchmarks/results/instructvideo_shapes.json`` / ``.md`` and ``instructvideo_shapes_samples.gif``.
-Runs are kept in ``outputs/instructvideo_bench/<arm>`` and resumed when the script is rerun.
+Runs are kept in ``outputs/instructvideo_bench/<arm>`` and resumed when the script is rerun. A probe of other
+settings (``--set learning_rate=1e-3`` for every arm) needs ``--tag``: its runs, scores and results are kept
+apart (``outputs/instructvideo_bench/<tag>/``, ``instructvideo_shapes_<tag>.{json,md}``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,9 @@ from mmreward.shapes.video import evaluate_video  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("outputs/instructvideo_bench")
+SCORES = WORK / "scores"  # shared by probes: the base model's videos do not depend on the arms' settings
+NAME = "instructvideo_shapes"
+TAG = ""
 ARMS = {
     "edit_dataset": [],  # the reference: edit ground-truth videos, TAR on, S = 4
     "edit_sample": ["source=sample"],
@@ -49,7 +56,7 @@ def subset(rows: list[dict], n: int) -> list[dict]:
 def score(pipe, rows: list[dict], seeds: int, name: str, steps: int = 20, guidance: float = 3.0) -> dict:
     """The three ground-truth scores of ``pipe`` on ``rows`` × ``seeds``, cached in ``WORK/scores/<name>.json``
     (with the first seed's videos in ``.npz``), so a rerun after a crash scores nothing twice."""
-    cache = WORK / "scores" / f"{name}_{len(rows)}x{seeds}.json"
+    cache = SCORES / f"{TAG}{name}_{len(rows)}x{seeds}.json"
     if cache.is_file():
         res = json.loads(cache.read_text())
         return {**res, "_videos": np.load(cache.with_suffix(".npz"))["videos"]}
@@ -80,11 +87,21 @@ def base_from_t2v_benchmark(model: str, rows: list[dict], seeds: int) -> dict | 
     return summarize(t2v["videos"]) if same else None
 
 
+@contextmanager
+def untagged():
+    global TAG
+    tag, TAG = TAG, ""
+    try:
+        yield
+    finally:
+        TAG = tag
+
+
 def public(res: dict) -> dict:
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
-def train_to(arm: str, minutes: float, spacing: float, config: str, model: str) -> dict:
+def train_to(arm: str, minutes: float, spacing: float, config: str, model: str, extra: list[str] = ()) -> dict:
     """Train ``arm`` until its run has ``minutes`` of training (in invocations of ``spacing`` minutes)."""
     from diffusion_align.train import main as train
 
@@ -97,7 +114,7 @@ def train_to(arm: str, minutes: float, spacing: float, config: str, model: str) 
         return {"minutes": done}
     args = ["--config", config, "--set", f"output_dir={out}", "--set", f"pretrained={model}",
             "--set", f"max_minutes={min(spacing, minutes - done)}", "--no-progress"]
-    for s in ARMS[arm]:
+    for s in [*extra, *ARMS[arm]]:
         args += ["--set", s]
     train(args + (["--resume"] if (out / "checkpoint").is_dir() else []))
     return {"minutes": minutes}
@@ -120,7 +137,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--model", default="assets/shapesworld-t2v")
     p.add_argument("--config", default="configs/instructvideo_shapes.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every arm (a probe: needs --tag)")
+    p.add_argument("--tag", default=None, help="keep this probe's runs and results apart under this name")
     args = p.parse_args(argv)
+    if args.overrides and not args.tag:
+        p.error("--set changes the arms' settings: name the probe with --tag so the benchmark's runs stay apart")
+    global WORK, NAME, TAG
+    if args.tag:
+        WORK, NAME, TAG = WORK / args.tag, f"{NAME}_{args.tag}", f"{args.tag}_"
     torch.set_num_threads(2)
     from diffusers import AnimateDiffPipeline
 
@@ -128,17 +153,19 @@ def main(argv: list[str] | None = None) -> dict:
     final_rows, curve_rows = subset(suite, args.rows), subset(suite, args.curve_rows)
     pipe = AnimateDiffPipeline.from_pretrained(resolve_asset(args.model))
     pipe.set_progress_bar_config(disable=True)
-    res: dict = {"model": args.model, "minutes": args.minutes, "rows": len(final_rows), "seeds": args.seeds,
+    res: dict = {"model": args.model, "overrides": args.overrides, "minutes": args.minutes,
+                 "rows": len(final_rows), "seeds": args.seeds,
                  "curve_rows": len(curve_rows), "base": {}, "arms": {}}
-    res["base"] = {"curve": public(score(pipe, curve_rows, 1, "base_curve")),
-                   "final": base_from_t2v_benchmark(args.model, final_rows, args.seeds)
-                   or public(score(pipe, final_rows, args.seeds, "base_final"))}
+    with untagged():  # one cache when the row sets agree, shared by probes
+        res["base"] = {"curve": public(score(pipe, curve_rows, 1, "base")),
+                       "final": base_from_t2v_benchmark(args.model, final_rows, args.seeds)
+                       or public(score(pipe, final_rows, args.seeds, "base"))}
     marks = [m for m in args.checkpoints if m < args.minutes] + [args.minutes]
     spacing = marks[0]
     for arm in args.arms:
         arm_res: dict = {"curve": {}}
         for m in marks:
-            train_to(arm, m, spacing, args.config, args.model)
+            train_to(arm, m, spacing, args.config, args.model, args.overrides)
             pipe.unload_lora_weights()
             pipe.load_lora_weights(str(WORK / arm / "lora"))
             if m < args.minutes:
@@ -147,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
                 final = score(pipe, final_rows, args.seeds, f"{arm}_{m:g}")
                 arm_res["final"] = public(final)
         pipe.unload_lora_weights()
-        if arm == "edit_dataset":
+        if arm == "edit_dataset" and not args.tag:
             pick = list(range(0, len(final_rows), max(1, len(final_rows) // 12)))[:12]
             grid_gif(final["_videos"][pick], [final["_results"][i] for i in pick],
                      RESULTS / "instructvideo_shapes_samples.gif")
@@ -164,14 +191,14 @@ def main(argv: list[str] | None = None) -> dict:
 def write(res: dict) -> None:
     """Write the results, keeping the arms of earlier invocations (``--arms`` runs a subset)."""
     RESULTS.mkdir(exist_ok=True)
-    old = RESULTS / "instructvideo_shapes.json"
+    old = RESULTS / f"{NAME}.json"
     if old.is_file():
         prev = json.loads(old.read_text())
-        if prev.get("rows") == res["rows"] and prev.get("minutes") == res["minutes"]:
+        if all(prev.get(k) == res[k] for k in ("rows", "seeds", "minutes", "overrides")):
             res["arms"] = {**{a: v for a, v in prev["arms"].items() if a not in res["arms"]}, **res["arms"]}
             res["arms"] = {a: res["arms"][a] for a in ARMS if a in res["arms"]}
-    (RESULTS / "instructvideo_shapes.json").write_text(json.dumps(res, indent=1))
-    (RESULTS / "instructvideo_shapes.md").write_text(markdown(res))
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(res, indent=1))
+    (RESULTS / f"{NAME}.md").write_text(markdown(res))
 
 
 def markdown(res: dict) -> str:

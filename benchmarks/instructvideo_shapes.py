@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,6 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path("outputs/instructvideo_bench")
 SCORES = WORK / "scores"  # shared by probes: the base model's videos do not depend on the arms' settings
 NAME = "instructvideo_shapes"
-TAG = ""
 ARMS = {
     "edit_dataset": [],  # the reference: edit ground-truth videos, TAR on, S = 4
     "edit_sample": ["source=sample"],
@@ -54,9 +52,9 @@ def subset(rows: list[dict], n: int) -> list[dict]:
 
 
 def score(pipe, rows: list[dict], seeds: int, name: str, steps: int = 20, guidance: float = 3.0) -> dict:
-    """The three ground-truth scores of ``pipe`` on ``rows`` × ``seeds``, cached in ``WORK/scores/<name>.json``
+    """The three ground-truth scores of ``pipe`` on ``rows`` × ``seeds``, cached in ``SCORES/<name>.json``
     (with the first seed's videos in ``.npz``), so a rerun after a crash scores nothing twice."""
-    cache = SCORES / f"{TAG}{name}_{len(rows)}x{seeds}.json"
+    cache = SCORES / f"{name}_{len(rows)}x{seeds}.json"
     if cache.is_file():
         res = json.loads(cache.read_text())
         return {**res, "_videos": np.load(cache.with_suffix(".npz"))["videos"]}
@@ -85,16 +83,6 @@ def base_from_t2v_benchmark(model: str, rows: list[dict], seeds: int) -> dict | 
             and t2v.get("guidance") == 3.0 and t2v.get("frames") == 8 and "tag" in t2v["videos"][0]
             and [v["prompt"] for v in t2v["videos"] if v["seed"] == 0] == [r["prompt"] for r in rows])
     return summarize(t2v["videos"]) if same else None
-
-
-@contextmanager
-def untagged():
-    global TAG
-    tag, TAG = TAG, ""
-    try:
-        yield
-    finally:
-        TAG = tag
 
 
 def public(res: dict) -> dict:
@@ -143,9 +131,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.overrides and not args.tag:
         p.error("--set changes the arms' settings: name the probe with --tag so the benchmark's runs stay apart")
-    global WORK, NAME, TAG
+    global WORK, NAME
     if args.tag:
-        WORK, NAME, TAG = WORK / args.tag, f"{NAME}_{args.tag}", f"{args.tag}_"
+        WORK, NAME = WORK / args.tag, f"{NAME}_{args.tag}"
+    prefix = f"{args.tag}_" if args.tag else ""  # of the arms' score caches (the base's is shared by probes)
     torch.set_num_threads(2)
     from diffusers import AnimateDiffPipeline
 
@@ -156,10 +145,9 @@ def main(argv: list[str] | None = None) -> dict:
     res: dict = {"model": args.model, "overrides": args.overrides, "minutes": args.minutes,
                  "rows": len(final_rows), "seeds": args.seeds,
                  "curve_rows": len(curve_rows), "base": {}, "arms": {}}
-    with untagged():  # one cache when the row sets agree, shared by probes
-        res["base"] = {"curve": public(score(pipe, curve_rows, 1, "base")),
-                       "final": base_from_t2v_benchmark(args.model, final_rows, args.seeds)
-                       or public(score(pipe, final_rows, args.seeds, "base"))}
+    res["base"] = {"curve": public(score(pipe, curve_rows, 1, "base")),  # one cache when the row sets agree
+                   "final": base_from_t2v_benchmark(args.model, final_rows, args.seeds)
+                   or public(score(pipe, final_rows, args.seeds, "base"))}
     marks = [m for m in args.checkpoints if m < args.minutes] + [args.minutes]
     spacing = marks[0]
     for arm in args.arms:
@@ -169,9 +157,9 @@ def main(argv: list[str] | None = None) -> dict:
             pipe.unload_lora_weights()
             pipe.load_lora_weights(str(WORK / arm / "lora"))
             if m < args.minutes:
-                arm_res["curve"][f"{m:g}"] = public(score(pipe, curve_rows, 1, f"{arm}_{m:g}"))
+                arm_res["curve"][f"{m:g}"] = public(score(pipe, curve_rows, 1, f"{prefix}{arm}_{m:g}"))
             else:
-                final = score(pipe, final_rows, args.seeds, f"{arm}_{m:g}")
+                final = score(pipe, final_rows, args.seeds, f"{prefix}{arm}_{m:g}")
                 arm_res["final"] = public(final)
         pipe.unload_lora_weights()
         if arm == "edit_dataset" and not args.tag:

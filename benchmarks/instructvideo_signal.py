@@ -38,6 +38,7 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 def main(argv: list[str] | None = None) -> dict:
     from diffusion_align.ddim_logprob import ddim_step_deterministic
     from diffusion_align.embedded.train_shapes_t2v import encode_videos
+    from diffusion_align.instructvideo import InstructVideoConfig, edit_steps
     from diffusion_align.pipelines import make_adapter
     from diffusion_align.rollout import ddim_scheduler
     from diffusion_align.sampling import load_pipeline
@@ -56,8 +57,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(2)
     adapter = make_adapter(load_pipeline(str(resolve_asset(args.model)), "cpu"))
     adapter.frames = 8
-    sched = ddim_scheduler(adapter, 20)
-    edit = sched.timesteps[len(sched.timesteps) - 12:]  # tau 0.6 of D = 20: [551, ..., 1]
+    cfg = InstructVideoConfig()  # the reference's D = 20, tau = 0.6
+    sched = ddim_scheduler(adapter, cfg.ddim_steps)
+    edit = edit_steps(sched.timesteps, cfg)  # [551, ..., 1]
     reward = load_video_reward(args.reward, sampling="all", lambda_tar=0.0)
     rng, gen = np.random.default_rng(args.seed), torch.Generator().manual_seed(args.seed)
 

@@ -1,14 +1,21 @@
-"""D3PO's human-feedback path: sample image groups, show the pairs to a person, record the choices.
+"""D3PO's human-feedback path: sample image groups, label them (a web page, the terminal or a feedback
+source), and read the labels for training.
 
     python -m diffusion_align.label sample --config configs/d3po_shapes.yaml --out labels/ --prompts 20 --per-prompt 4
+    python -m diffusion_align.label serve --dir labels/                # the web page: http://127.0.0.1:8765/
     python -m diffusion_align.label annotate --dir labels/             # asks 1 / 2 / t (tie) / s (skip) / q (quit)
     python -m diffusion_align.label annotate --dir labels/ --auto evaluator   # or let a feedback source label
+    python -m diffusion_align.label summary --dir labels/              # labels per annotator, agreement
+    python -m diffusion_align.label export --dir labels/ --annotator alice --out alice.json   # the D3PO JSON
+    python -m diffusion_align.label import --dir labels/ --annotator bob bob.json
 
 ``sample`` draws ``--per-prompt`` images of each prompt from one shared ``x_T`` (the reference uses 7) with
-the config's sampler and saves the trajectories (``rollouts.safetensors``), one side-by-side PNG per pair
-(``pairs/NNNNN.png``) and ``pairs.jsonl``. ``annotate`` appends ``{"pair": id, "chosen": 0 | 1 | null}``
-lines to ``labels.jsonl`` (``labels_<name>.jsonl`` with ``--annotator NAME``); it resumes where it
-stopped. Training reads every ``labels*.jsonl`` (majority vote; ties skipped)::
+the config's sampler and saves the trajectories (``rollouts.safetensors``), the groups (``groups.jsonl``,
+one PNG per image in ``images/``) and their pairs (``pairs.jsonl``, a side-by-side PNG per pair in
+``pairs/``). The web page writes ``labels_<name>.jsonl`` (one line per labelled group); ``annotate``
+appends pair lines to ``labels.jsonl`` (``labels_<name>.jsonl`` with ``--annotator NAME``) and resumes
+where it stopped. The file formats: :mod:`diffusion_align.label_store`. Training reads every
+``labels*.jsonl`` (each annotator's last label of a pair is one vote; the majority wins; ties skipped)::
 
     python diffusion_align/train.py --config configs/d3po_shapes.yaml --set feedback=labels --set labels_dir=labels/
 """
@@ -23,9 +30,12 @@ from pathlib import Path
 
 import torch
 
+from diffusion_align import label_store
 from diffusion_align.config import SAMPLER_KEYS, ConfigError, DiffusionRLConfig
+from diffusion_align.label_store import labels_path, pair_votes
 from mmreward.command import run_command, with_examples
-from mmreward.files import numbered_jsonl, read_jsonl
+from mmreward.errors import InputFileError
+from mmreward.files import read_jsonl, read_text
 
 
 def sample_pairs(cfg: DiffusionRLConfig, out: Path, n_prompts: int, per_prompt: int, lora: str | None = None) -> int:
@@ -55,6 +65,14 @@ def sample_pairs(cfg: DiffusionRLConfig, out: Path, n_prompts: int, per_prompt: 
     rollout.save(out / "rollouts.safetensors", sampler_info(cfg, lora))
     pairs = group_pairs(n_prompts, per_prompt)
     (out / "pairs").mkdir(exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
+    with (out / "groups.jsonl").open("w") as f:
+        for g in range(n_prompts):
+            index = list(range(g * per_prompt, (g + 1) * per_prompt))
+            for i in index:
+                to_pil(rollout.images[i]).save(out / f"images/{i:05d}.png")
+            f.write(json.dumps({"group": g, "prompt": rollout.prompts[index[0]], "index": index,
+                                "images": [f"images/{i:05d}.png" for i in index]}) + "\n")
     with (out / "pairs.jsonl").open("w") as f:
         for pid, (a, b) in enumerate(pairs.tolist()):
             name = f"pairs/{pid:05d}.png"
@@ -79,7 +97,7 @@ def annotate(folder: Path, annotator: str | None = None, auto: str | None = None
     """Label the folder's unlabelled pairs; returns how many were labelled now."""
     inp, out = inp or sys.stdin, out or sys.stdout
     pairs = read_pairs(folder)
-    path = folder / (f"labels_{annotator}.jsonl" if annotator else "labels.jsonl")
+    path = labels_path(folder, annotator)
     done = {r["pair"] for r in read_jsonl(path, "labels file", keys=("pair",))} if path.is_file() else set()
     todo = [p for p in pairs if p["pair"] not in done]
     scores = None
@@ -115,23 +133,21 @@ def annotate(folder: Path, annotator: str | None = None, auto: str | None = None
 
 
 def load_labelled(folder: str | Path, device="cpu", cfg: DiffusionRLConfig | None = None):
-    """``(rollout, pairs [P,2], preferences [P,2])`` from a labelled folder: every ``labels*.jsonl`` votes,
-    the majority wins, ties (and pairs nobody labelled) are left out. With ``cfg``, its sampler (model,
+    """``(rollout, pairs [P,2], preferences [P,2])`` from a labelled folder: each ``labels*.jsonl`` (one
+    annotator) gives a pair one vote, its last label of the pair; the majority wins, ties (and pairs nobody labelled) are left out. With ``cfg``, its sampler (model,
     steps, eta, guidance) must be the one the trajectories were drawn with."""
     from .rollout import Rollout
 
     folder = Path(folder)
     pairs = {p["pair"]: p for p in read_pairs(folder)}
-    files = sorted(folder.glob("labels*.jsonl"))
-    if not files:
-        raise ConfigError(f"labels_dir {folder}: no labels*.jsonl (run `python -m diffusion_align.label annotate`)")
+    if not any(folder.glob("labels*.jsonl")):
+        raise ConfigError(f"labels_dir {folder}: no labels*.jsonl (label with `python -m diffusion_align.label serve` "
+                          "or `annotate`)")
     votes: dict[int, Counter] = {}
-    for f in files:
-        for n, r in numbered_jsonl(f, "labels file", keys=("pair", "chosen")):
-            if r["pair"] not in pairs:
-                raise ConfigError(f"{f}, line {n}: pair {r['pair']} is not in pairs.jsonl")
-            if r["chosen"] is not None:
-                votes.setdefault(r["pair"], Counter())[int(r["chosen"])] += 1
+    for by_pair in pair_votes(folder).values():  # each annotator's last label of a pair is one vote
+        for pid, chosen in by_pair.items():
+            if chosen is not None:
+                votes.setdefault(pid, Counter())[chosen] += 1
     idx, pref = [], []
     for pid, c in sorted(votes.items()):
         if c[0] != c[1]:
@@ -161,18 +177,63 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--dir", required=True)
     a.add_argument("--annotator", default=None)
     a.add_argument("--auto", default=None, help="label with a feedback source instead (evaluator, a reward spec)")
+    w = sub.add_parser("serve", help="label the groups on a web page")
+    w.add_argument("--dir", required=True)
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (elsewhere than loopback needs a token)")
+    w.add_argument("--port", type=int, default=8765)
+    w.add_argument("--token", default=None, help="the token every request must carry (default: made and printed "
+                   "when --host is not a loopback address)")
+    m = sub.add_parser("summary", help="labels per annotator and agreement between annotators, as JSON")
+    m.add_argument("--dir", required=True)
+    e = sub.add_parser("export", help="one annotator's labels as the D3PO reference's per-annotator JSON")
+    e.add_argument("--dir", required=True)
+    e.add_argument("--annotator", required=True)
+    e.add_argument("--out", required=True)
+    e.add_argument("--overwrite", action="store_true")
+    i = sub.add_parser("import", help="the D3PO reference's per-annotator JSON as one annotator's labels")
+    i.add_argument("--dir", required=True)
+    i.add_argument("--annotator", required=True)
+    i.add_argument("file")
+    i.add_argument("--overwrite", action="store_true")
     with_examples(s, "mmalign label sample --config d3po_shapes --out labels/ --prompts 20 --per-prompt 4")
     with_examples(a, "mmalign label annotate --dir labels/ --annotator alice")
-    with_examples(p, "mmalign label sample --config d3po_shapes --out labels/", "mmalign label annotate --dir labels/")
+    with_examples(w, "mmalign label serve --dir labels/", "mmalign label serve --dir labels/ --host 0.0.0.0 --port 8765")
+    with_examples(e, "mmalign label export --dir labels/ --annotator alice --out alice.json")
+    with_examples(i, "mmalign label import --dir labels/ --annotator bob bob.json")
+    with_examples(p, "mmalign label sample --config d3po_shapes --out labels/", "mmalign label serve --dir labels/")
     args = p.parse_args(argv)
     try:
         if args.cmd == "sample":
             n = sample_pairs(DiffusionRLConfig.from_yaml(args.config), Path(args.out), args.prompts, args.per_prompt, args.lora)
             print(f"wrote {n} pairs to {args.out}; next: python -m diffusion_align.label annotate --dir {args.out}")
-        else:
+            print(f"label them on a web page: python -m diffusion_align.label serve --dir {args.out}")
+        elif args.cmd == "annotate":
             n = annotate(Path(args.dir), args.annotator, args.auto)
             print(f"labelled {n} pairs in {args.dir}")
-    except ConfigError as e:
+        elif args.cmd == "serve":
+            from diffusion_align.label_server import serve
+
+            serve(args.dir, args.host, args.port, args.token)
+            n = 0
+        elif args.cmd == "summary":
+            print(json.dumps(label_store.summary(args.dir), indent=1))
+            n = 0
+        elif args.cmd == "export":
+            out = Path(args.out)
+            if out.exists() and not args.overwrite:
+                raise ConfigError(f"{out} exists; pass --overwrite to replace it")
+            data = label_store.export_reference(args.dir, args.annotator)
+            out.write_text(json.dumps(data))
+            n = len(data)
+            print(f"wrote {n} groups of {args.annotator}'s labels to {out} (up to the first unlabelled group)")
+        else:
+            try:
+                data = json.loads(read_text(args.file, "labels JSON"))
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"{args.file}, line {err.lineno}: not valid JSON ({err.msg})") from err
+            n = label_store.import_reference(args.dir, args.annotator, data, args.overwrite)
+            print(f"imported {n} groups as {args.annotator}'s labels in {args.dir}")
+    except (ConfigError, InputFileError) as e:
         raise SystemExit(f"error: {e}") from e
     return n
 

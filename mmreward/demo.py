@@ -24,8 +24,8 @@ from PIL import Image
 from . import load_reward
 from .assets import missing_asset_hint, resolve_asset
 from .command import run_command, with_examples
-from .errors import InputFileError, ModelLoadError
-from .files import read_jsonl
+from .errors import ModelLoadError
+from .files import read_jsonl, refuse_to_replace
 from .images import GREEN, GREY, RED, labelled_grid
 from .shapes.clip_eval import hard_negative_items
 from .shapes.data import to_tensor
@@ -103,14 +103,9 @@ def prepare_out(out: Path, overwrite: bool) -> None:
     """Refuse an ``--out`` holding a demo unless ``overwrite``, which deletes that demo's files first."""
     import shutil
 
-    if out.is_file():
-        raise InputFileError(f"--out {out} is a file, expected a folder")
     held = [f for f in (*RUN_FILES, "prompts.jsonl") if (out / f).exists()]
-    if not held:
+    if not refuse_to_replace(out, held, "a demo", overwrite):
         return
-    if not overwrite:
-        raise InputFileError(f"--out {out} already holds a demo ({', '.join(held)}): pass --overwrite to replace it, "
-                             "or choose another --out")
     if (out / "prompts.jsonl").is_file():
         for row in read_jsonl(out / "prompts.jsonl"):
             if isinstance(row.get("image"), str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 from .errors import InputFileError
@@ -47,3 +48,29 @@ def numbered_jsonl(path: str | os.PathLike, what: str = "file", keys: tuple[str,
 def read_jsonl(path: str | os.PathLike, what: str = "file", keys: tuple[str, ...] = ()) -> list[dict]:
     """The objects of :func:`numbered_jsonl`."""
     return [row for _, row in numbered_jsonl(path, what, keys)]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` by ``text`` (UTF-8) all at once: a crash leaves either the old file or the new one,
+    never a torn one (written beside it, flushed to disk, then renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def refuse_to_replace(out: str | os.PathLike, held: list[str], what: str, overwrite: bool,
+                      error: type[Exception] = InputFileError) -> bool:
+    """Check an output folder before a command writes into it: ``out`` must not be a file, and when it already
+    holds ``held`` (the names of an earlier run's files; ``what`` says what they are, e.g. "a model") the
+    command needs ``--overwrite``. Returns whether there is an earlier run to replace."""
+    out = Path(out)
+    if out.is_file():
+        raise error(f"--out {out} is a file, expected a folder")
+    if held and not overwrite:
+        shown = f" ({', '.join(held)})" if held != ["*"] else ""
+        raise error(f"--out {out} already holds {what}{shown}: pass --overwrite to replace it, or choose another --out")
+    return bool(held)

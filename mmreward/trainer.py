@@ -38,6 +38,7 @@ from .checkpoint import (
     run_checkpoint_dir,
     save_state,
 )
+from .files import refuse_to_replace
 from .stop import StopFlag
 
 
@@ -333,8 +334,5 @@ def check_out(out, overwrite: bool) -> None:
     from .config_file import ConfigError
 
     out = Path(out)
-    if out.is_file():
-        raise ConfigError(f"--out {out} is a file, expected a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"--out {out} already holds a model: pass --overwrite to replace it, or choose another --out")
+    refuse_to_replace(out, ["*"] if out.is_dir() and any(out.iterdir()) else [], "a model", overwrite, ConfigError)
 

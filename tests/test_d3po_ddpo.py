@@ -627,6 +627,38 @@ def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_cl
     assert rows[0]["pairs"] == len(load_labelled(out)[1]) and "score_mean" not in rows[0]
 
 
+def test_labels_from_the_web_page_train(tmp_path, tiny_pipe_dir, open_clip_dir):
+    """label sample → the page's API (two annotators, a changed mind, an undo) → train.py with feedback: labels."""
+    from starlette.testclient import TestClient
+
+    from diffusion_align.label import load_labelled
+    from diffusion_align.label import main as label_main
+    from diffusion_align.label_server import create_app
+    from diffusion_align.train import main
+
+    cfg = _write_cfg(tmp_path, tiny_pipe_dir, open_clip_dir)
+    out = tmp_path / "labels"
+    label_main(["sample", "--config", str(cfg), "--out", str(out), "--prompts", "2", "--per-prompt", "3"])
+    groups = [json.loads(x) for x in (out / "groups.jsonl").read_text().splitlines()]
+    assert [g["index"] for g in groups] == [[0, 1, 2], [3, 4, 5]] and all((out / n).is_file() for g in groups for n in g["images"])
+    c = TestClient(create_app(out))
+    c.post("/api/label", json={"annotator": "ann", "group": 0, "best": 0})  # pairs 0 (0,1), 1 (0,2), 2 (1,2)
+    c.post("/api/label", json={"annotator": "ann", "group": 0, "best": 2})  # changed mind: (0,1) tie, 2 wins
+    c.post("/api/label", json={"annotator": "ann", "group": 1, "ranking": [1, 0, 2]})  # 4 > 3 > 5
+    c.post("/api/label", json={"annotator": "bea", "group": 1, "best": 0})
+    c.post("/api/label", json={"annotator": "bea", "group": 0, "best": 1})
+    assert c.post("/api/undo", json={"annotator": "bea"}).json()["group"] == 0
+    # ann: (0,2) b, (1,2) b, (3,4) b, (3,5) a, (4,5) a; bea: (3,4) a, (3,5) a, (4,5) tie → (3,4) is 1:1, left out
+    ro, idx, pref = load_labelled(out)
+    assert idx.tolist() == [[0, 2], [1, 2], [3, 5], [4, 5]]
+    assert pref.tolist() == [[-1, 1], [-1, 1], [1, -1], [1, -1]]
+    res = main(["--config", str(cfg), "--set", "feedback=labels", "--set", f"labels_dir={out}", "--set", "num_epochs=1",
+                "--no-progress"])
+    assert res["updates"] >= 1
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["pairs"] == 4
+
+
 @pytest.mark.slow
 def test_ctrl_c_finishes_the_epoch_and_resume_continues(tmp_path, tiny_pipe_dir, open_clip_dir):
 

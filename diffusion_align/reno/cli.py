@@ -21,6 +21,7 @@ import torch
 
 from mmreward.command import run_command, with_examples
 from mmreward.errors import UserError
+from mmreward.files import refuse_to_replace
 from mmreward.images import to_pil
 
 from .. import inputs
@@ -117,12 +118,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, expected a directory")
     previous = [f for f in RUN_FILES if (out / f).exists()]
-    if previous and not args.overwrite:
-        raise UserError(f"--out {out} already holds a reno run ({', '.join(previous)}); pass --overwrite to replace it "
-                         "or choose another --out")
+    refuse_to_replace(out, previous, "a reno run", args.overwrite)
     if args.iters < 1 or args.n_seeds < 1 or args.batch < 1:
         raise UserError("--iters, --n-seeds and --batch must be at least 1")
     prompts = read_prompts(args)

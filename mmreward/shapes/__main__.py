@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..assets import missing_asset_hint, resolve_asset
 from ..command import run_command, with_examples
 from ..errors import InputFileError, ModelLoadError
-from ..files import numbered_jsonl
+from ..files import numbered_jsonl, refuse_to_replace
 from ..images import open_image
 
 
@@ -60,13 +60,8 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
     """Refuse an ``--out`` that already holds images (a ``prompts.jsonl``) unless ``--overwrite``, which removes
     the images that index lists."""
     index = out / "prompts.jsonl"
-    if out.is_file():
-        raise InputFileError(f"--out {out} is a file, expected a folder")
-    if not index.is_file():
+    if not refuse_to_replace(out, ["prompts.jsonl"] if index.is_file() else [], "images", overwrite):
         return
-    if not overwrite:
-        raise InputFileError(f"--out {out} already holds images (prompts.jsonl): pass --overwrite to replace them, "
-                             "or choose another --out")
     for row in numbered_jsonl(index):
         if isinstance(row[1].get("image"), str):
             (out / row[1]["image"]).unlink(missing_ok=True)

@@ -10,7 +10,7 @@ the annotator's file, so this is the worst case), and reloads the page ``--loads
 browser's own Resource and Navigation Timing entries (request start to response end, on loopback).
 
 With ``--shots FOLDER`` (a folder written by ``label sample``) it also saves screenshots of the page's main
-states to ``docs/img/label_*.png``.
+states to ``docs/img/label_*.png`` (``--shots-only``: nothing else).
 
 Writes ``benchmarks/results/label_page.json`` / ``.md``.
 """
@@ -144,7 +144,6 @@ def screenshots(folder: Path, profile: Path) -> list[str]:
 
     try:
         d.get(url + "/")
-        save("start")
         d.find_element(By.ID, "annotator").send_keys("alice")
         d.find_element(By.ID, "start").click()
         wait_group(d, 0)
@@ -161,12 +160,17 @@ def screenshots(folder: Path, profile: Path) -> list[str]:
         wait_group(d, 1)
         time.sleep(0.3)
         save("labelled")
+        ActionChains(d).send_keys(Keys.ARROW_RIGHT).perform()
         n = len(read_groups(shot))
         for g in range(2, n):
             wait_group(d, g)
             ActionChains(d).send_keys(str(g % 3 + 1)).perform()
         time.sleep(0.5)
         save("done")
+        for g in range(n):  # a second annotator, so that the summary shows an agreement
+            req = urllib.request.Request(url + "/api/label", method="POST", headers={"Content-Type": "application/json"},
+                                         data=json.dumps({"annotator": "bob", "group": g, "best": g % 2}).encode())
+            urllib.request.urlopen(req, timeout=10).read()
         d.get(url + "/summary")
         save("summary")
     finally:
@@ -184,7 +188,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--labels", type=int, default=200)
     p.add_argument("--loads", type=int, default=30)
     p.add_argument("--shots", default=None, help="a label folder to take the docs' screenshots on")
+    p.add_argument("--shots-only", action="store_true", help="only the screenshots (with --shots)")
     args = p.parse_args(argv)
+    if args.shots_only:
+        if not args.shots:
+            p.error("--shots-only needs --shots FOLDER")
+        return {"screenshots": screenshots(Path(args.shots), Path(tempfile.mkdtemp()) / "p")}
     folder = WORK / f"synthetic_{args.groups}x{args.per_group}"
     if not (folder / "pairs.jsonl").is_file():
         t = time.perf_counter()

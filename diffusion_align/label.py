@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "sample":
             n = sample_pairs(DiffusionRLConfig.from_yaml(args.config), Path(args.out), args.prompts, args.per_prompt, args.lora)
-            print(f"wrote {n} pairs to {args.out}; next: python -m diffusion_align.label annotate --dir {args.out}")
-            print(f"label them on a web page: python -m diffusion_align.label serve --dir {args.out}")
+            print(f"wrote {n} pairs to {args.out}; label them on a web page: python -m diffusion_align.label serve "
+                  f"--dir {args.out} (or on the terminal: annotate --dir {args.out})")
         elif args.cmd == "annotate":
             n = annotate(Path(args.dir), args.annotator, args.auto)
             print(f"labelled {n} pairs in {args.dir}")

@@ -627,6 +627,7 @@ def test_human_label_path_sample_annotate_train(tmp_path, tiny_pipe_dir, open_cl
     assert rows[0]["pairs"] == len(load_labelled(out)[1]) and "score_mean" not in rows[0]
 
 
+@pytest.mark.slow
 def test_labels_from_the_web_page_train(tmp_path, tiny_pipe_dir, open_clip_dir):
     """label sample → the page's API (two annotators, a changed mind, an undo) → train.py with feedback: labels."""
     from starlette.testclient import TestClient

@@ -175,6 +175,8 @@ def test_offline_hub_ids_fail_within_seconds_with_their_familys_hint():
     """Without HF_HUB_OFFLINE (as a user's shell has it), against a hub that cannot be reached."""
     code = (
         "import time\n"
+        "import diffusers, open_clip, transformers\n"  # imported before the clock starts: only the hub calls are timed
+        "from transformers import CLIPModel\n"
         "from mmreward import load_reward\n"
         "from mmreward.errors import ModelLoadError\n"
         "from diffusion_align.inputs import load_pipeline\n"

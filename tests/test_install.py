@@ -38,6 +38,7 @@ def test_wheel_install_runs_from_an_unrelated_folder(tmp_path):
     assert "mmalign/assets/shapesworld-t2i/model_index.json" in names
     assert "mmalign/assets/shapesworld-clip/open_clip_config.json" in names
     assert "mmalign/configs/d3po_shapes.yaml" in names and "mmreward/shapes/suites/eval.jsonl" in names
+    assert "diffusion_align/label_page.html" in names  # the labelling page
 
     venv = tmp_path / "venv"
     sh([sys.executable, "-m", "venv", str(venv)], tmp_path, env)

@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
         f.unlink()
     # an annotator who has labelled all but the last --labels groups: each new label rewrites a long file
     rng = random.Random(1)
-    prior = args.groups - args.labels
+    prior = args.groups - args.labels - 1  # one group stays unlabelled, so every label moves the page on
     import_reference(folder, "late", [[rng.choice([0, 1, -1]) for _ in range(args.per_group)] for _ in range(prior)])
     proc, url = start_server(folder)
     profile = Path(tempfile.mkdtemp())
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         proc.wait()
         shutil.rmtree(profile, ignore_errors=True)
     lines = (folder / "labels_late.jsonl").read_text().splitlines()
-    assert len(lines) == args.groups, "the late annotator's file must hold every group once"
+    assert len(lines) == prior + args.labels, "the late annotator's file must hold each labelled group once"
     res["labels_file_kb"] = os.path.getsize(folder / "labels_late.jsonl") / 1024
     if args.shots:
         res["screenshots"] = screenshots(Path(args.shots), Path(tempfile.mkdtemp()) / "p")
@@ -249,7 +249,8 @@ def markdown(res: dict) -> str:
         row("page load: group data and images in", res["page_load_ready"]), "",
         f"Server memory: {res['memory_start']['rss_mb']:.0f} MiB resident at start, "
         f"{res['memory_end']['rss_mb']:.0f} MiB after the run (peak {res['memory_end']['peak_mb']:.0f} MiB). "
-        f"A full labels file ({res['groups']} groups): {res['labels_file_kb']:.0f} KiB.", ""])
+        f"The long labels file ({res['label_long_file']['prior_labels'] + res['labels']} groups): "
+        f"{res['labels_file_kb']:.0f} KiB.", ""])
 
 
 if __name__ == "__main__":

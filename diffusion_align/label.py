@@ -28,8 +28,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from diffusion_align import label_store
 from diffusion_align.config import SAMPLER_KEYS, ConfigError, DiffusionRLConfig
 from diffusion_align.label_store import labels_path, pair_votes
@@ -40,6 +38,8 @@ from mmreward.files import read_jsonl, read_text
 
 def sample_pairs(cfg: DiffusionRLConfig, out: Path, n_prompts: int, per_prompt: int, lora: str | None = None) -> int:
     """Sample and write the groups and their pairs; returns the number of pairs."""
+    import torch
+
     from mmreward.images import image_grid, text_tile, to_pil
 
     from .lora import load_lora
@@ -136,6 +136,8 @@ def load_labelled(folder: str | Path, device="cpu", cfg: DiffusionRLConfig | Non
     """``(rollout, pairs [P,2], preferences [P,2])`` from a labelled folder: each ``labels*.jsonl`` (one
     annotator) gives a pair one vote, its last label of the pair; the majority wins, ties (and pairs nobody labelled) are left out. With ``cfg``, its sampler (model,
     steps, eta, guidance) must be the one the trajectories were drawn with."""
+    import torch
+
     from .rollout import Rollout
 
     folder = Path(folder)

@@ -8,5 +8,5 @@ setup(
     packages=find_packages(include=["mmreward*", "diffusion_align*", "vlm_rl*", "mmalign*"])
     + ["mmalign.assets", "mmalign.configs"],
     package_dir={"mmalign.assets": "assets", "mmalign.configs": "configs"},
-    package_data={"mmreward": ["shapes/suites/*.jsonl"], "diffusion_align": ["*.html"], "mmalign.assets": ["**/*"], "mmalign.configs": ["*.yaml", "README.md"]},
+    package_data={"mmreward": ["shapes/suites/*.jsonl", "vlm/*.json"], "diffusion_align": ["*.html"], "mmalign.assets": ["**/*"], "mmalign.configs": ["*.yaml", "README.md"]},
 )

@@ -149,3 +149,19 @@ def _build_ensemble(arg: str | None, device="cpu", dtype=torch.float32, agg: str
 
 register_family("ensemble", _build_ensemble, None,
                 "ensemble of reward heads: ensemble:FOLDER (one head per subfolder) ?agg=mean|wco|uwo&lam=0.5&ddof=0")
+
+
+def _build_vlm(arg: str | None, device="cpu", dtype=torch.float32, **options) -> VisionReward:
+    from .vlm import load_vlm_judge
+
+    known = {"readout", "template", "aspect", "fallback", "min_pixels", "max_pixels"}
+    if set(options) - known:
+        raise RewardSpecError(f"unknown option(s) {sorted(set(options) - known)}; vlm accepts {', '.join(sorted(known))}")
+    if arg is None:
+        raise RewardSpecError("'vlm' needs a model: vlm:HUB_ID (e.g. Qwen/Qwen2-VL-2B-Instruct) or vlm:FOLDER")
+    return load_vlm_judge(arg, device=device, dtype=dtype, **options)
+
+
+register_family("vlm", _build_vlm, None,
+                "generative VLM judge (transformers image-text-to-text): hub id or folder "
+                "?readout=yes|rating|text|pairwise&template=NAME|FILE.json&aspect=&fallback=&max_pixels=")

@@ -39,6 +39,7 @@ def test_wheel_install_runs_from_an_unrelated_folder(tmp_path):
     assert "mmalign/assets/shapesworld-clip/open_clip_config.json" in names
     assert "mmalign/configs/d3po_shapes.yaml" in names and "mmreward/shapes/suites/eval.jsonl" in names
     assert "diffusion_align/label_page.html" in names  # the labelling page
+    assert "mmreward/vlm/templates.json" in names  # the VLM judge templates
 
     venv = tmp_path / "venv"
     sh([sys.executable, "-m", "venv", str(venv)], tmp_path, env)

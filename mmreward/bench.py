@@ -1,6 +1,7 @@
 """How accurate is a reward model? Pairwise accuracy on preference benchmarks.
 
     python -m mmreward.bench --reward SPEC --data FILE [--format auto] [--images ROOT] [--out result.json]
+    python -m mmreward.bench --reward "vlm:FOLDER?template=pairwise" --data FILE --mode pairwise [--swap]
 
 Every benchmark becomes items of ``K >= 2`` candidates, each an ``(image, text)`` scored as
 ``reward(image, text)``, with a rank per candidate (lower is better; equal ranks are ties), and a category.
@@ -24,6 +25,13 @@ Formats (``--format``, detected from the fields when ``auto``):
   "Category"}``; texts as for VL-RewardBench.
 
 Image paths are resolved against ``--images`` (default: the data file's folder).
+
+Modes (``--mode``): ``pointwise`` scores each candidate alone; ``pairwise`` shows a judge that compares
+(a ``vlm:`` reward with a pairwise template) each pair of different rank together and reads P(first
+better): two images under one prompt (``judge.compare``), or one image, the query and two answers
+(``judge.compare_answers``: VL-RewardBench, Multimodal RewardBench). ``--swap`` also asks with the
+candidates swapped and averages ``p(a, b)`` and ``1 − p(b, a)``, cancelling a judge's position bias;
+``auto`` (default) is pairwise exactly when the reward has a pairwise template.
 """
 
 from __future__ import annotations
@@ -45,17 +53,21 @@ from .errors import RewardError
 from .files import read_jsonl, read_text
 
 FORMATS = ("auto", "jsonl", "imagereward", "vlrewardbench", "mmrewardbench")
+MODES = ("auto", "pointwise", "pairwise")
 VLRB_GROUPS = {"vlfeedback": "general", "wildvision": "general", "povid": "hallucination", "rlaif-v": "hallucination",
                "rlhf-v": "hallucination", "mathverse": "reasoning", "mmmu-pro": "reasoning"}
 
 
 @dataclass
 class BenchItem:
-    """``K`` candidates ``(image path, text)``, their ranks ``[K]`` (lower is better) and a category."""
+    """``K`` candidates ``(image path, text)``, their ranks ``[K]`` (lower is better) and a category; items of
+    text answers about one image also keep the ``query`` and each candidate's ``answers`` apart."""
 
     candidates: list[tuple[str, str]]
     ranks: list[float]
     category: str = "all"
+    query: str | None = None
+    answers: list[str] | None = None
 
 
 def _records(path: Path) -> list[dict]:
@@ -120,14 +132,15 @@ def load_benchmark(path: str | os.PathLike, fmt: str = "auto", images: str | Non
             elif fmt == "vlrewardbench":
                 texts = [f"{r['query']}\n{resp}" for resp in r["response"]]
                 group = VLRB_GROUPS.get(str(r.get("query_source", "")).lower(), str(r.get("query_source", "all")))
-                out.append(BenchItem([(img(r["image"]), t) for t in texts], [float(x) for x in r["human_ranking"]], group))
+                out.append(BenchItem([(img(r["image"]), t) for t in texts], [float(x) for x in r["human_ranking"]], group,
+                                     r["query"], list(r["response"])))
             else:
                 better = str(r["Better"]).strip()
                 if better not in ("Output1", "Output2"):
                     raise RewardError(f"Better must be Output1 or Output2, got {better!r}")
                 texts = [f"{r['Text']}\n{r['Output1']}", f"{r['Text']}\n{r['Output2']}"]
                 out.append(BenchItem([(img(r["Image"]), t) for t in texts], [0.0, 1.0] if better == "Output1" else [1.0, 0.0],
-                                     str(r.get("Category", "all"))))
+                                     str(r.get("Category", "all")), r["Text"], [r["Output1"], r["Output2"]]))
         except (KeyError, TypeError) as e:
             raise RewardError(f"{path}: record {n} is not a {fmt} record (missing or bad field {e})") from e
         if len(out[-1].candidates) != len(out[-1].ranks) or len(out[-1].candidates) < 2:
@@ -156,6 +169,71 @@ def score_candidates(reward, items: list[BenchItem], batch: int = 32, progress: 
     return [[scores[c] for c in it.candidates] for it in items]
 
 
+def ranked_pairs(items: list[BenchItem]) -> list[tuple[int, int, int]]:
+    """``(item, a, b)`` for every pair ``a < b`` of different rank."""
+    return [(n, a, b) for n, it in enumerate(items) for a in range(len(it.ranks)) for b in range(a + 1, len(it.ranks))
+            if it.ranks[a] != it.ranks[b]]
+
+
+def _ask(judge, items: list[BenchItem], asks: list[tuple[int, int, int]]) -> list[float]:
+    """One judge call on ``asks`` (``(item, a, b)``) whose images share one shape."""
+    from .images import to_tensor
+
+    dev = judge.device
+    if judge.template.answers:
+        for n, _, _ in asks:
+            if items[n].answers is None:
+                raise RewardError(f"item {n} has no separate query and answers; template {judge.template.name!r} "
+                                  "compares text answers (VL-RewardBench or Multimodal RewardBench files)")
+        images = torch.stack([to_tensor(items[n].candidates[a][0]) for n, a, _ in asks]).to(dev)
+        return judge.compare_answers(images, [items[n].query for n, _, _ in asks],
+                                     [items[n].answers[a] for n, a, _ in asks],
+                                     [items[n].answers[b] for n, _, b in asks]).tolist()
+    first = torch.stack([to_tensor(items[n].candidates[a][0]) for n, a, _ in asks]).to(dev)
+    second = torch.stack([to_tensor(items[n].candidates[b][0]) for n, _, b in asks]).to(dev)
+    return judge.compare(first, second, [items[n].candidates[a][1] for n, a, _ in asks]).tolist()
+
+
+@torch.no_grad()
+def compare_pairs(judge, items: list[BenchItem], batch: int = 8, swap: bool = False,
+                  progress: bool = True) -> dict[tuple[int, int, int], float]:
+    """P(candidate ``a`` better than ``b``) from a judge that compares, for every ranked pair; with ``swap``
+    the mean of ``p(a, b)`` and ``1 − p(b, a)``."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    t = getattr(judge, "template", None)
+    if t is None or t.readout != "pairwise":
+        raise RewardError("pairwise mode needs a judge that compares: a vlm: reward with a pairwise template "
+                          "(?template=pairwise, answers-pairwise, unifiedreward-pairwise or r1-reward)")
+    pairs = ranked_pairs(items)
+    asks = pairs + ([(n, b, a) for n, a, b in pairs] if swap else [])
+    size: dict[str, tuple[int, int]] = {}
+
+    def shape(n: int, a: int, b: int) -> tuple:
+        paths = [items[n].candidates[i][0] for i in ((a,) if t.answers else (a, b))]
+        for path in paths:
+            if path not in size:
+                with Image.open(path) as im:
+                    size[path] = im.size
+        return tuple(size[path] for path in paths)
+
+    by_shape: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
+    for ask in asks:
+        key = shape(*ask)
+        by_shape[key if len(set(key)) == 1 else (key, ask)].append(ask)  # the two images of a pair must agree too
+    got: dict[tuple[int, int, int], float] = {}
+    with tqdm(total=len(asks), desc="comparing", disable=not progress) as bar:
+        for group in by_shape.values():
+            for i in range(0, len(group), batch):
+                chunk = group[i : i + batch]
+                got.update(zip(chunk, _ask(judge, items, chunk), strict=True))
+                bar.update(len(chunk))
+    if not swap:
+        return got
+    return {(n, a, b): 0.5 * (got[(n, a, b)] + 1 - got[(n, b, a)]) for n, a, b in pairs}
+
+
 def calibration(p_first: np.ndarray, first_wins: np.ndarray, bins: int = 5) -> dict:
     """Reliability of ``p_first`` = P(first candidate preferred): by confidence ``max(p, 1 − p)`` in
     ``bins`` bins over [0.5, 1], the mean confidence against the observed accuracy; ``ece`` weights the gaps
@@ -173,22 +251,31 @@ def calibration(p_first: np.ndarray, first_wins: np.ndarray, bins: int = 5) -> d
     return {"bins": rows, "ece": float(ece)}
 
 
-def evaluate(items: list[BenchItem], scores: list[list[float]], bins: int = 5) -> dict:
+def evaluate(items: list[BenchItem], scores: list[list[float]] | None = None, bins: int = 5,
+             pair_probs: dict[tuple[int, int, int], float] | None = None) -> dict:
     """Pairwise accuracy (all pairs of different rank; exact score ties half), per category, macro, ties,
-    calibration."""
+    calibration. From ``scores`` (pointwise: P(first) = σ(r_a − r_b)) or from a judge's ``pair_probs``
+    (:func:`compare_pairs`; P = 0.5 counts half)."""
+    if (scores is None) == (pair_probs is None):
+        raise ValueError("pass scores or pair_probs")
     per_cat: dict[str, list[float]] = defaultdict(list)
     p_first, first_wins, ties = [], [], 0
-    for it, s in zip(items, scores, strict=True):
-        k = len(s)
+    for n, it in enumerate(items):
+        k = len(it.ranks)
         for a in range(k):
             for b in range(a + 1, k):
                 if it.ranks[a] == it.ranks[b]:
                     ties += 1
                     continue
                 a_wins = it.ranks[a] < it.ranks[b]
-                d = s[a] - s[b]
+                if pair_probs is None:
+                    d = scores[n][a] - scores[n][b]
+                    p = 1 / (1 + math.exp(-max(min(d, 50.0), -50.0)))
+                else:
+                    p = float(pair_probs[(n, a, b)])
+                    d = p - 0.5
                 per_cat[it.category].append(0.5 if d == 0 else float((d > 0) == a_wins))
-                p_first.append(1 / (1 + math.exp(-max(min(d, 50.0), -50.0))))
+                p_first.append(p)
                 first_wins.append(float(a_wins))
     if not p_first:
         raise RewardError("no untied pairs to evaluate")
@@ -220,6 +307,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--format", default="auto", choices=FORMATS)
     p.add_argument("--images", default=None, help="folder image paths are relative to (default: the data file's)")
     p.add_argument("--labels", default="auto", choices=["auto", "label", "truth"], help="jsonl: which label to score against")
+    p.add_argument("--mode", default="auto", choices=MODES, help="score candidates alone, or compare pairs with a judge")
+    p.add_argument("--swap", action="store_true", help="pairwise: also ask with the candidates swapped and average")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--bins", type=int, default=5)
     p.add_argument("--out", default=None, help="write the result JSON here (and a .md beside it)")
@@ -229,8 +318,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     items = load_benchmark(args.data, args.format, args.images, args.labels)
     reward = load_reward(args.reward, device=args.device)
-    res = evaluate(items, score_candidates(reward, items, args.batch, not args.no_progress), args.bins)
-    res.update({"reward": args.reward, "data": args.data})
+    template = getattr(reward, "template", None)
+    pairwise = args.mode == "pairwise" or (args.mode == "auto" and template is not None and template.readout == "pairwise")
+    if pairwise:
+        probs = compare_pairs(reward, items, min(args.batch, 8), args.swap, not args.no_progress)
+        res = evaluate(items, bins=args.bins, pair_probs=probs)
+    else:
+        res = evaluate(items, score_candidates(reward, items, args.batch, not args.no_progress), args.bins)
+    res.update({"reward": args.reward, "data": args.data, "mode": "pairwise" if pairwise else "pointwise",
+                "swap": bool(args.swap and pairwise)})
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)

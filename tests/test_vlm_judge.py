@@ -216,3 +216,41 @@ def test_bad_input_gets_clear_errors(tmp_path):
         judge(torch.rand(1, 3, 56, 56) * 255, "a red circle")
     with pytest.raises(RewardError, match="does not compare two images"):
         judge.compare(torch.rand(1, 3, 56, 56), torch.rand(1, 3, 56, 56), "a red circle")
+
+
+def test_the_harness_compares_pairs_with_a_judge(tmp_path):
+    """Pairwise mode: each ranked pair shown to the judge together; --swap averages both orders."""
+    from mmreward.bench import compare_pairs, evaluate, load_benchmark, main
+
+    folder = save_tiny("qwen2_vl", tmp_path / "m")
+    x, pils = uint8_images(3, 56, seed=7)
+    for i, im in enumerate(pils):
+        im.save(tmp_path / f"{i}.png")
+    # VL-RewardBench format: one image, a query, two answers
+    recs = [{"id": str(i), "query": "How many circles ?", "response": ["2", "3"], "human_ranking": [i % 2, 1 - i % 2],
+             "image": f"{i}.png", "query_source": "rlaif-v"} for i in range(3)]
+    (tmp_path / "vlrb.json").write_text(json.dumps(recs))
+    items = load_benchmark(tmp_path / "vlrb.json")
+    assert items[0].query == "How many circles ?" and items[0].answers == ["2", "3"]
+    judge = load_reward(f"vlm:{folder}?template=answers-pairwise")
+    probs = compare_pairs(judge, items, progress=False)
+    want = judge.compare_answers(x, ["How many circles ?"] * 3, ["2"] * 3, ["3"] * 3)
+    assert [probs[(n, 0, 1)] for n in range(3)] == pytest.approx(want.tolist(), abs=1e-5)
+    swapped = compare_pairs(judge, items, swap=True, progress=False)
+    back = judge.compare_answers(x, ["How many circles ?"] * 3, ["3"] * 3, ["2"] * 3)
+    assert [swapped[(n, 0, 1)] for n in range(3)] == pytest.approx((0.5 * (want + 1 - back)).tolist(), abs=1e-5)
+    res = evaluate(items, pair_probs=probs)
+    right = [(want[n] > 0.5).item() == (recs[n]["human_ranking"][0] < recs[n]["human_ranking"][1]) for n in range(3)]
+    assert res["accuracy"] == pytest.approx(np.mean(right)) and list(res["per_category"]) == ["hallucination"]
+    # preference files of image pairs go through judge.compare
+    lines = [{"prompt": "a red circle", "images": ["0.png", "1.png", "2.png"], "choice": 0}]
+    (tmp_path / "prefs.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    out = main(["--reward", f"vlm:{folder}?template=pairwise", "--data", str(tmp_path / "prefs.jsonl"),
+                "--no-progress", "--out", str(tmp_path / "res.json")])
+    assert out["mode"] == "pairwise" and out["pairs"] == 2  # image 0 against 1 and 2
+    img_judge = load_reward(f"vlm:{folder}?template=pairwise")
+    p01 = img_judge.compare(x[:1], x[1:2], "a red circle").item()
+    p02 = img_judge.compare(x[:1], x[2:3], "a red circle").item()
+    assert out["accuracy"] == pytest.approx(((p01 > 0.5) + (p02 > 0.5)) / 2)
+    with pytest.raises(RewardError, match="needs a judge that compares"):
+        compare_pairs(load_reward(f"vlm:{folder}"), items)

@@ -5,7 +5,9 @@
   fewer pairs tie; ``evaluator:strict`` is 1 only when the image is correct *and* shows no shape beyond
   those the prompt names (GenEval's rules ignore extras, so a labeller that does not penalise them teaches
   the policy to draw more objects, which costs counting: ``benchmarks/results/d3po_shapes_probes.json``).
-* any reward spec of the reward core (``clip:assets/shapesworld-clip``, ``0.5*clip:A+0.5*clip:B``, ...).
+* any reward spec of the reward core (``clip:assets/shapesworld-clip``, ``0.5*clip:A+0.5*clip:B``, ...);
+  a VLM judge that compares (``vlm:FOLDER?template=pairwise``) sees each pair of a group together, and each
+  image scores its Borda count (:func:`pairwise_scores`), so a pair is ordered by the judge's own verdict.
 
 D3PO only uses the *order* of the two scores of a pair; DDPO normalises them into advantages. Human
 labels (a third D3PO source) come from the labelling step, :mod:`diffusion_align.label`.
@@ -59,6 +61,26 @@ def _clause_holds(include: list[dict], k: int, dets) -> bool:
     return judge({"include": [include[target], {**clause, "position": [rel, 0]}]}, dets)[0]
 
 
+def pairwise_scores(judge, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """``[B]`` scores from a judge that compares two images (``judge.compare``): within each run of
+    consecutive images sharing a prompt (a D3PO group), ``score_i = Σ_j P(i better than j)`` over the
+    group's other images; a group of two scores ``[p, 1 − p]``, so D3PO's preference is the judge's verdict
+    (and ``p = 0.5`` a skipped tie)."""
+    scores = torch.zeros(len(prompts))
+    start = 0
+    while start < len(prompts):
+        end = start
+        while end < len(prompts) and prompts[end] == prompts[start]:
+            end += 1
+        idx = torch.combinations(torch.arange(start, end), 2)
+        if len(idx):
+            p = judge.compare(images[idx[:, 0]], images[idx[:, 1]], [prompts[start]] * len(idx)).float().cpu()
+            scores.index_add_(0, idx[:, 0], p)
+            scores.index_add_(0, idx[:, 1], 1 - p)
+        start = end
+    return scores
+
+
 def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
     """A scorer from a feedback spec: ``evaluator``, ``evaluator:graded``, ``evaluator:strict`` or a reward
     spec."""
@@ -71,6 +93,16 @@ def make_scorer(spec: str, device: str | torch.device = "cpu") -> Scorer:
     from mmreward import load_reward
 
     reward = load_reward(spec, device=device)
+    template = getattr(reward, "template", None)
+    if template is not None and template.readout == "pairwise":
+        if template.answers:
+            raise ValueError(f"feedback {spec!r}: template {template.name!r} compares text answers, not images")
+
+        def compare(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+            with torch.no_grad():
+                return pairwise_scores(reward, images.to(device), prompts)
+
+        return compare
 
     def score(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         with torch.no_grad():

@@ -254,3 +254,24 @@ def test_the_harness_compares_pairs_with_a_judge(tmp_path):
     assert out["accuracy"] == pytest.approx(((p01 > 0.5) + (p02 > 0.5)) / 2)
     with pytest.raises(RewardError, match="needs a judge that compares"):
         compare_pairs(load_reward(f"vlm:{folder}"), items)
+
+
+def test_a_judge_that_compares_is_a_d3po_feedback_source(tmp_path):
+    from diffusion_align.feedback import make_scorer
+    from diffusion_align.losses import pair_preferences
+
+    folder = save_tiny("qwen2_vl", tmp_path / "m", seed=8)
+    spec = f"vlm:{folder}?template=pairwise"
+    scorer, judge = make_scorer(spec), load_reward(spec)
+    x = torch.rand(5, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle"] * 2 + ["a blue square"] * 3  # a group of two, then one of three
+    scores = scorer(x, prompts)
+    p01 = judge.compare(x[:1], x[1:2], "a red circle").item()
+    assert scores[:2].tolist() == pytest.approx([p01, 1 - p01], abs=1e-5)
+    pref = pair_preferences(scores, torch.tensor([[0, 1]]))
+    assert pref[0, 0].item() == (1.0 if p01 > 0.5 else -1.0)  # D3PO's preference is the judge's verdict
+    p = {(i, j): judge.compare(x[i:i + 1], x[j:j + 1], "a blue square").item() for i, j in ((2, 3), (2, 4), (3, 4))}
+    borda = [p[2, 3] + p[2, 4], 1 - p[2, 3] + p[3, 4], 2 - p[2, 4] - p[3, 4]]
+    assert scores[2:].tolist() == pytest.approx(borda, abs=1e-5)
+    with pytest.raises(ValueError, match="compares text answers"):
+        make_scorer(f"vlm:{folder}?template=answers-pairwise")

@@ -56,6 +56,7 @@ COMMANDS: dict[str, Command | dict[str, Command]] = {
                                      "train an embedded ShapesWorld ControlNet (seg or edges) on the teacher"),
         "dense-rewards": Command("mmreward.shapes.train_dense_rewards",
                                  "train the per-pixel reward models (segformer, edges) on clean renders"),
+        "shapes-judge": Command("mmreward.vlm.train_judge", "train the embedded ShapesWorld VLM judge (LLaVA layout)"),
         "shape-net": Command("mmreward.shapes.train_shape_net", "re-train the evaluator's shape classifier"),
         "rl-clip": Command("vlm_rl.train_clip", "re-train the embedded CLIP of the RL scenes"),
     },

@@ -1,0 +1,72 @@
+"""The embedded judge's parts: the open_clip ViT as a transformers CLIPVisionModel, the word tokenizer, the
+LLaVA-layout judge through the ``vlm:`` loader, and its training script (kill and resume)."""
+
+import json
+
+import torch
+
+from mmreward import load_reward
+from mmreward.backbones import load_open_clip
+from mmreward.vlm.build import build_judge, open_clip_tokens, vision_from_open_clip, word_tokenizer, words_of
+
+
+def test_open_clip_vit_converts_to_clip_vision_model(open_clip_dir):
+    clip = load_open_clip(open_clip_dir)
+    visual = clip.model.visual.float().eval()
+    model, processor = vision_from_open_clip(visual, clip.preprocess.mean.flatten().tolist(),
+                                             clip.preprocess.std.flatten().tolist())
+    x = torch.randn(3, 3, 64, 64)
+    out = model(pixel_values=x, output_hidden_states=True)
+    assert torch.allclose(out.hidden_states[-1], open_clip_tokens(visual, x), atol=1e-5)
+    tower = getattr(model, "vision_model", model)
+    with torch.no_grad():
+        assert torch.allclose(tower.post_layernorm(out.hidden_states[-1][:, 0]) @ visual.proj, visual(x), atol=1e-5)
+    assert processor.crop_size == {"height": 64, "width": 64}
+
+
+def test_word_tokenizer_lowercases_and_joins_words():
+    tok = word_tokenizer(words_of(['Does this image show "a red circle"?', "There are two circles.", "Yes"]))
+    ids = tok.encode("There are TWO circles.", add_special_tokens=False)
+    assert tok.unk_token_id not in ids and tok.decode(ids) == "there are two circles."
+    assert tok.convert_tokens_to_ids("<image>") != tok.unk_token_id
+    assert tok.encode("Yes", add_special_tokens=False) == tok.encode("yes", add_special_tokens=False)
+    assert tok.encode("zebra", add_special_tokens=False) == [tok.unk_token_id]
+
+
+def test_the_judge_loads_through_the_vlm_family(open_clip_dir, tmp_path):
+    clip = load_open_clip(open_clip_dir)
+    vision, ip = vision_from_open_clip(clip.model.visual.float(), [0.5] * 3, [0.5] * 3)
+    tok = word_tokenizer(words_of(['Does this image show "a red circle"?', "Yes No 1 2"]))
+    model, processor = build_judge(vision, ip, tok, hidden=32, layers=1, heads=2)
+    model.save_pretrained(tmp_path / "judge")
+    processor.save_pretrained(tmp_path / "judge")
+    judge = load_reward(f"vlm:{tmp_path / 'judge'}")
+    assert judge.chat('Does this image show "a red circle"?') == 'user: <image>\nDoes this image show "a red circle"?\nassistant:'
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    p = judge(x, "a red circle")
+    p.sum().backward()
+    assert p.shape == (2,) and x.grad.abs().sum() > 0
+    with torch.no_grad():  # the loaded tower is the converted CLIP's
+        assert torch.allclose(judge.model.model.vision_tower(pixel_values=torch.zeros(1, 3, 64, 64)).last_hidden_state,
+                              vision(pixel_values=torch.zeros(1, 3, 64, 64)).last_hidden_state, atol=1e-5)
+
+
+def test_train_judge_resumes_and_exports_a_loadable_judge(open_clip_dir, tmp_path):
+    from mmreward.vlm.train_judge import main
+
+    common = ["--clip", open_clip_dir, "--work", str(tmp_path / "w"), "--out", str(tmp_path / "judge"), "--steps", "3",
+              "--batch", "8", "--hidden", "32", "--layers", "1", "--ckpt-every", "1", "--eval-items", "4"]
+    assert main(common + ["--stop-after", "2"])["stopped"]
+    assert not (tmp_path / "judge").exists()
+    rec = main(common + ["--resume"])
+    rows = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert set(rec["accuracy_train_compositions"]) == {"yes", "qa", "answers", "images"}
+    unk = None
+    for template in ("yes", "pairwise", "answers-pairwise"):
+        judge = load_reward(f"vlm:{tmp_path / 'judge'}?template={template}")
+        unk = judge.tokenizer.unk_token_id
+        message = judge.template.message(prompt="a photo of two red circles", question="What colour is the star?",
+                                         answer1="The star is blue.", answer2="The star is red.")
+        assert unk not in judge.tokenizer.encode(judge.chat(message), add_special_tokens=False), template
+    assert judge.tokenizer.encode("zebra", add_special_tokens=False) == [unk]

@@ -61,7 +61,7 @@ def test_train_judge_resumes_and_exports_a_loadable_judge(open_clip_dir, tmp_pat
     rec = main(common + ["--resume"])
     rows = [json.loads(line) for line in (tmp_path / "w" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert set(rec["accuracy_train_compositions"]) == {"yes", "qa", "answers", "images"}
+    assert set(rec["accuracy_train_compositions"]) == {"yes", "qa", "answers", "answer-yes", "images"}
     unk = None
     for template in ("yes", "pairwise", "answers-pairwise"):
         judge = load_reward(f"vlm:{tmp_path / 'judge'}?template={template}")

@@ -12,10 +12,11 @@ the language-model loss on the reply only; the items, mixed in every batch:
 * ``qa``: a question of :mod:`mmreward.shapes.qa` (count, colour, relation, what is shown) → its answer;
 * ``answers`` (template ``answers-pairwise``): that question with the right and a hallucinated answer, in
   random order → 1 or 2;
+* ``answer-yes`` (template ``answer-yes``): that question and one of the two answers → Yes or No;
 * ``images`` (template ``pairwise``): two images, one of the prompt and one of a hard negative → 1 or 2.
 
-So the readouts it offers (``yes``, ``pairwise``, ``answers-pairwise``, and free answers by ``generate``) are
-all trained. Scenes of training compositions only, mildly blurred or noised as the CLIP's; the run checkpoints
+So the readouts it offers (``yes``, ``answer-yes``, ``pairwise``, ``answers-pairwise``, and free answers by
+``generate``) are all trained. Scenes of training compositions only, mildly blurred or noised as the CLIP's; the run checkpoints
 to ``--work`` (``--resume`` continues, ``--overwrite`` starts again); the export records the readouts'
 accuracy on fresh renders of training and held-out compositions.
 """
@@ -41,15 +42,15 @@ from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
 from .templates import shipped_templates
 
 WARMUP = 200
-KINDS = ("yes", "qa", "answers", "images")
-MIX = {"yes": 0.35, "qa": 0.25, "answers": 0.2, "images": 0.2}  #: share of each item kind in a batch
+KINDS = ("yes", "qa", "answers", "answer-yes", "images")
+MIX = {"yes": 0.3, "qa": 0.2, "answers": 0.15, "answer-yes": 0.15, "images": 0.2}  #: share of each item kind in a batch
 
 
 def corpus() -> list[str]:
     """Every text the judge reads or writes (for its vocabulary): the templates, all prompts, and the
     questions and answers of many scenes."""
     t = shipped_templates()
-    texts = [t[n].text for n in ("yes", "pairwise", "answers-pairwise", "rating")] + ["Yes", "No", "1", "2"]
+    texts = [t[n].text for n in ("yes", "pairwise", "answers-pairwise", "answer-yes", "rating")] + ["Yes", "No", "1", "2"]
     texts += [m["prompt"] for tag in CATEGORIES for m in all_metas(tag)]
     rng = np.random.default_rng(0)
     for i in range(2000):
@@ -79,13 +80,17 @@ def make_item(kind: str, rng: np.random.Generator, split: str = "train") -> tupl
                 return [render(scene)], t["yes"].message(prompt=other["prompt"]), "No", meta["tag"]
             neg = negs[int(rng.integers(len(negs)))]
             return [render(scene)], t["yes"].message(prompt=neg["prompt"]), "No", meta["tag"]
-        if kind in ("qa", "answers"):
+        if kind in ("qa", "answers", "answer-yes"):
             cat = str(rng.choice(QA_CATEGORIES))
             qa = question(scene, cat, rng)
             if qa is None:
                 continue
             if kind == "qa":
                 return [render(scene)], qa["question"], qa["answer"], cat
+            if kind == "answer-yes":
+                right = rng.random() < 0.5
+                text = f"{qa['question']}\n{qa['answer'] if right else qa['wrong']}"
+                return [render(scene)], t["answer-yes"].message(prompt=text), "Yes" if right else "No", cat
             first = rng.random() < 0.5
             a1, a2 = (qa["answer"], qa["wrong"]) if first else (qa["wrong"], qa["answer"])
             return ([render(scene)], t["answers-pairwise"].message(question=qa["question"], answer1=a1, answer2=a2),
@@ -116,7 +121,7 @@ def encode_batch(processor, chats: list[str], replies: list[str], images: list[n
 
 @torch.no_grad()
 def readout_accuracy(model, processor, n: int = 96, seed: int = 12345, split: str = "train") -> dict:
-    """On ``n`` fresh items per kind (``split`` compositions): ``yes`` — P(Yes) > 0.5 is right; ``answers``
+    """On ``n`` fresh items per kind (``split`` compositions): ``yes``, ``answer-yes`` — P(Yes) > 0.5 is right; ``answers``
     and ``images`` — the right candidate gets P > 0.5; ``qa`` — the greedy answer is exactly right. Per
     category and overall."""
     from .judge import VLMJudge
@@ -126,7 +131,8 @@ def readout_accuracy(model, processor, n: int = 96, seed: int = 12345, split: st
     model.eval()
     out = {}
     for kind in KINDS:
-        template = {"yes": "yes", "qa": "yes", "answers": "answers-pairwise", "images": "pairwise"}[kind]
+        template = {"yes": "yes", "qa": "yes", "answers": "answers-pairwise", "answer-yes": "answer-yes",
+                    "images": "pairwise"}[kind]
         judge = VLMJudge(model, processor, load_template(template), name="shapesworld-judge")
         per: dict[str, list[float]] = {}
         for start in range(0, n, 16):
@@ -138,7 +144,7 @@ def readout_accuracy(model, processor, n: int = 96, seed: int = 12345, split: st
                 right = [g.strip().lower() == it[2].lower() for g, it in zip(got, items, strict=True)]
             else:
                 logits = judge.next_token_logits(chats, ims)
-                if kind == "yes":
+                if kind in ("yes", "answer-yes"):
                     p = logits.log_softmax(-1)[:, judge.answer_ids[0]].exp()
                     right = [(pi > 0.5) == (it[2] == "Yes") for pi, it in zip(p.tolist(), items, strict=True)]
                 else:

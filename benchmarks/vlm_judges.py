@@ -1,0 +1,178 @@
+"""The embedded VLM judge against the embedded CLIP, on what each is judged by.
+
+    python benchmarks/vlm_judges.py [--judge assets/shapesworld-judge] [--clip assets/shapesworld-clip]
+
+1. **Generated images** (the 900 hand-labelled images of ``benchmarks/audit``, five image sources): the
+   judge's ``yes`` readout and the CLIP's score, each thresholded at the value that best agrees with the
+   hand labels on the ``dev`` split, then agreement on the untouched ``test`` + ``test2`` splits with the hand
+   labels (``unsure`` left out) and with the audited evaluator, per category. The judge at its own 0.5 too.
+2. **Hard negatives on fresh ground-truth renders** (training and held-out compositions): the share of images
+   whose true prompt scores above every hard negative (colour, shape, count, relation swapped), per category.
+3. **The ShapesWorld QA set** (VL-RewardBench format, held-out compositions) through :mod:`mmreward.bench`:
+   the judge pairwise (``answers-pairwise``, both orders), the judge pointwise (``answer-yes``) and the CLIP
+   pointwise (scoring each answer sentence alone), per category.
+
+Writes ``benchmarks/results/vlm_judges.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from evaluator_audit import AUDIT, read_jsonl, wilson  # noqa: E402
+
+from mmreward import load_reward  # noqa: E402
+from mmreward.bench import compare_pairs, evaluate, load_benchmark, score_candidates  # noqa: E402
+from mmreward.images import to_tensor  # noqa: E402
+from mmreward.shapes.clip_eval import hard_negative_items  # noqa: E402
+from mmreward.shapes.data import to_tensor as renders_to_tensor  # noqa: E402
+from mmreward.shapes.evaluator import evaluate_image  # noqa: E402
+from mmreward.shapes.prompts import CATEGORIES, sample_meta  # noqa: E402
+from mmreward.shapes.qa import write_vlrb  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path("outputs/vlm_judges")
+
+
+@torch.no_grad()
+def scores(reward, images: torch.Tensor, prompts: list[str], batch: int = 32) -> np.ndarray:
+    return np.concatenate([reward(images[i:i + batch], prompts[i:i + batch]).cpu().numpy()
+                           for i in range(0, len(prompts), batch)])
+
+
+def best_threshold(s: np.ndarray, truth: np.ndarray) -> float:
+    """The threshold (a midpoint between sorted scores) whose ``s > t`` agrees most with ``truth``."""
+    v = np.unique(s)
+    cands = np.concatenate([[v[0] - 1], (v[1:] + v[:-1]) / 2, [v[-1] + 1]])
+    return float(max(cands, key=lambda t: ((s > t) == truth).mean()))
+
+
+def audit_agreement(judge, clip) -> dict:
+    items = read_jsonl(AUDIT / "items.jsonl")
+    labels = {r["id"]: r for r in read_jsonl(AUDIT / "labels.jsonl")}
+    images = torch.stack([to_tensor(str(AUDIT / it["file"])) for it in items])
+    prompts = [it["prompt"] for it in items]
+    evaluator = np.array([evaluate_image((images[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8),
+                                         it["meta"])["correct"] for i, it in enumerate(items)])
+    label = np.array([labels[it["id"]]["label"] for it in items])
+    split = np.array([it["split"] for it in items])
+    tag = np.array([it["tag"] for it in items])
+    raw = {"judge": scores(judge, images, prompts), "clip": scores(clip, images, prompts)}
+    dev = (split == "dev") & (label != "unsure")
+    test = (split != "dev")
+    out = {"n_test": int(test.sum()), "unsure_test": int((test & (label == "unsure")).sum())}
+    for name, s in raw.items():
+        t = best_threshold(s[dev], label[dev] == "yes")
+        for variant, thr in ((name, t), *((("judge@0.5", 0.5),) if name == "judge" else ())):
+            verdict = s > thr
+            res = {"threshold": thr}
+            for against, ref, mask in (("labels", label == "yes", test & (label != "unsure")),
+                                       ("evaluator", evaluator, test)):
+                k, n = int((verdict[mask] == ref[mask]).sum()), int(mask.sum())
+                res[against] = {"agreement": k / n, "wilson95": list(wilson(k, n)), "n": n,
+                                "per_category": {c: float((verdict[mask & (tag == c)] == ref[mask & (tag == c)]).mean())
+                                                 for c in CATEGORIES}}
+            out[variant] = res
+    k = int((evaluator[test & (label != "unsure")] == (label == "yes")[test & (label != "unsure")]).sum())
+    out["evaluator_vs_labels"] = k / int((test & (label != "unsure")).sum())
+    return out
+
+
+def hard_negatives(judge, clip, per_category: int, seed: int) -> dict:
+    out = {}
+    for split in ("train", "held_out"):
+        rng = np.random.default_rng(seed)
+        tags = CATEGORIES if split == "train" else ("colors", "position", "color_attr")
+        metas = [sample_meta(t, rng, split) for t in tags for _ in range(per_category)]
+        items = hard_negative_items(metas, seed + 1)
+        res = {}
+        for name, reward in (("judge", judge), ("clip", clip)):
+            hits = defaultdict(list)
+            for img, meta, caps in items:
+                s = scores(reward, renders_to_tensor(np.stack([img] * len(caps))), caps)
+                hits[meta["tag"]].append(bool(s[0] > s[1:].max()))
+            res[name] = {"overall": float(np.mean([h for v in hits.values() for h in v])),
+                         "per_category": {c: float(np.mean(v)) for c, v in sorted(hits.items())}}
+        out[split] = {**res, "images": len(items)}
+    return out
+
+
+def qa_set(judge_spec: str, clip, items_n: int, seed: int) -> dict:
+    path = WORK / f"shapes_vlrb_{items_n}_{seed}" / "shapes_vlrb.json"
+    if not path.is_file():
+        write_vlrb(path.parent, items_n, seed, "held_out")
+    items = load_benchmark(path)
+    pairwise = load_reward(f"{judge_spec}?template=answers-pairwise")
+    pointwise = load_reward(f"{judge_spec}?template=answer-yes")
+    res = {"judge_pairwise": evaluate(items, pair_probs=compare_pairs(pairwise, items, swap=True, progress=False)),
+           "judge_pointwise": evaluate(items, score_candidates(pointwise, items, progress=False))}
+    answers_only = [type(it)([(c[0], a) for c, a in zip(it.candidates, it.answers, strict=True)], it.ranks, it.category)
+                    for it in items]  # the CLIP reads the answer sentence (its context is 20 tokens)
+    res["clip_pointwise"] = evaluate(answers_only, score_candidates(clip, answers_only, progress=False))
+    return {k: {"accuracy": v["accuracy"], "pairs": v["pairs"],
+                "per_category": {c: d["accuracy"] for c, d in v["per_category"].items()}} for k, v in res.items()}
+
+
+def markdown(r: dict) -> str:
+    a = r["audit"]
+    lines = ["# The embedded VLM judge against the embedded CLIP", "",
+             f"Judge `{r['judge']}`, CLIP `{r['clip']}`.", "",
+             "## Agreement on generated images (audit set, test + test2 splits)", "",
+             f"{a['n_test']} images ({a['unsure_test']} labelled unsure, left out of the label agreement). Thresholds "
+             "fitted on the dev split's hand labels. The evaluator itself agrees with the labels on "
+             f"{a['evaluator_vs_labels']:.3f}.", "",
+             "| judge | threshold | vs labels | vs evaluator | " + " | ".join(f"{c} (labels)" for c in CATEGORIES) + " |",
+             "|---|---|---|---|" + "---|" * len(CATEGORIES)]
+    for name in ("judge", "judge@0.5", "clip"):
+        x = a[name]
+        lines.append(f"| {name} | {x['threshold']:.3f} | {x['labels']['agreement']:.3f} | {x['evaluator']['agreement']:.3f} | "
+                     + " | ".join(f"{x['labels']['per_category'][c]:.3f}" for c in CATEGORIES) + " |")
+    lines += ["", "## Hard-negative accuracy on fresh ground-truth renders", ""]
+    for split, h in r["hard_negatives"].items():
+        cats = list(h["judge"]["per_category"])
+        lines += [f"{split} compositions, {h['images']} images:", "",
+                  "| model | overall | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)]
+        lines += [f"| {m} | {h[m]['overall']:.3f} | " + " | ".join(f"{h[m]['per_category'][c]:.3f}" for c in cats) + " |"
+                  for m in ("judge", "clip")]
+        lines.append("")
+    q = r["qa_set"]
+    cats = list(q["judge_pairwise"]["per_category"])
+    lines += ["## ShapesWorld QA set (VL-RewardBench format, held-out compositions)", "",
+              "| model | accuracy | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)]
+    lines += [f"| {m} | {v['accuracy']:.3f} | " + " | ".join(f"{v['per_category'][c]:.3f}" for c in cats) + " |"
+              for m, v in q.items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--judge", default="vlm:assets/shapesworld-judge")
+    p.add_argument("--clip", default="clip:assets/shapesworld-clip")
+    p.add_argument("--per-category", type=int, default=100, help="hard-negative images per category and split")
+    p.add_argument("--qa-items", type=int, default=400)
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--out", default=str(RESULTS / "vlm_judges.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    judge, clip = load_reward(f"{args.judge}?template=yes"), load_reward(args.clip)
+    res = {"judge": args.judge, "clip": args.clip, "audit": audit_agreement(judge, clip),
+           "hard_negatives": hard_negatives(judge, clip, args.per_category, args.seed),
+           "qa_set": qa_set(args.judge, clip, args.qa_items, args.seed)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+    return res
+
+
+if __name__ == "__main__":
+    main()

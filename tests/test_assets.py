@@ -119,3 +119,19 @@ def test_text_to_video_model_loads_as_animatediff_and_draws_single_objects():
     videos = sample_videos(pipe, [r["prompt"] for r in rows], seed=0, frames=8, steps=20, guidance=3.0)
     scores = [evaluate_video(v, r)["per_frame"] for v, r in zip(videos, rows, strict=True)]
     assert np.mean(scores) >= 0.75
+
+
+@pytest.mark.parametrize("kind", ["segformer", "edges"])
+def test_dense_reward_models_load_and_read_fresh_renders(kind):
+    """The embedded Segformer and edge estimator, loaded by path as ControlNet++ loads them, read the condition
+    back from fresh renders of training compositions (their records: pixel accuracy 0.999 / edge F1)."""
+    from mmreward.dense_rewards import EdgeReward, SegmentationReward
+    from mmreward.shapes.train_dense_rewards import accuracy
+
+    folder = ROOT / "assets" / ("shapesworld-segformer" if kind == "segformer" else "shapesworld-edge-net")
+    model = (SegmentationReward if kind == "segformer" else EdgeReward).from_pretrained(str(folder)).eval()
+    res = accuracy(model, kind, n=32, seed=7)
+    if kind == "segformer":
+        assert res["pixel_accuracy"] > 0.99 and res["miou"] > 0.95
+    else:
+        assert res["edge_f1"] > 0.8

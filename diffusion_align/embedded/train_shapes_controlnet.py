@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", default="assets/shapesworld-t2i-teacher", help="the multi-step image pipeline")
     p.add_argument("--work", default=None, help="checkpoints and logs (default outputs/shapes_controlnet_<condition>)")
     p.add_argument("--out", default=None, help="ControlNet folder to export (default assets/shapesworld-controlnet-<condition>)")
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--prompt-dropout", type=float, default=0.1)

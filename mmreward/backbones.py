@@ -20,7 +20,7 @@ from torch import nn
 
 from .assets import missing_asset_hint, resolve_asset
 from .errors import ModelLoadError
-from .hub import require_hub
+from .hub import looks_like_path, model_source, require_hub
 from .preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipPreprocess
 
 OFFLINE_HINT = (
@@ -131,10 +131,6 @@ class OpenClipBackbone(ClipBackbone):
         return self.model.logit_scale.exp().float()
 
 
-def _looks_like_path(s: str) -> bool:
-    return s.startswith(("/", "./", "../", "~")) or s.endswith((".safetensors", ".pt", ".pth", ".bin"))
-
-
 def _preprocess_from_open_clip(model: nn.Module) -> ClipPreprocess:
     cfg = getattr(model.visual, "preprocess_cfg", {}) or {}
     size = cfg.get("size", getattr(model.visual, "image_size", 224))
@@ -179,7 +175,7 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
     else:
         model_name, _, pretrained = arg.partition("/")
         if model_name not in open_clip.list_models():
-            if _looks_like_path(arg):
+            if looks_like_path(arg):
                 raise ModelLoadError(f"open_clip model folder not found: {arg!r}{missing_asset_hint(arg)}")
             raise ModelLoadError(f"unknown open_clip architecture {model_name!r} (see open_clip.list_models())")
         tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -191,7 +187,7 @@ def load_open_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
         if os.path.isfile(os.path.expanduser(pretrained)):
             pretrained = os.path.expanduser(pretrained)
         elif pretrained not in tags:
-            if _looks_like_path(pretrained):
+            if looks_like_path(pretrained):
                 raise ModelLoadError(f"checkpoint file not found: {pretrained!r}")
             raise ModelLoadError(f"unknown pretrained tag {pretrained!r} for {model_name}; known tags: {tags}")
     if not model_name.startswith("local-dir:") and not (pretrained and os.path.isfile(pretrained)):
@@ -291,16 +287,8 @@ def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtyp
     (PickScore uses the LAION CLIP-H processor); ``family`` is the spec family named in error hints."""
     from transformers import AutoTokenizer, CLIPModel
 
-    path = resolve_asset(arg)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ModelLoadError(f"{path!r} is a folder but has no config.json (not a transformers model folder)")
-        arg = path
-    elif _looks_like_path(arg) or arg.count("/") > 1:
-        raise ModelLoadError(f"transformers CLIP folder not found: {arg!r}{missing_asset_hint(arg)}")
+    arg = model_source(arg, "transformers CLIP", family)
     hint = f"pass '{family}:/path/to/folder' (e.g. after `hf download {arg} --local-dir FOLDER`)"
-    if not os.path.isdir(arg):
-        require_hub(arg, repr(arg), hint)
     if processor and not os.path.isdir(processor):
         require_hub(processor, f"the processor {processor!r}", "pass '?processor=FOLDER'")
     try:

@@ -176,7 +176,8 @@ def ranked_pairs(items: list[BenchItem]) -> list[tuple[int, int, int]]:
 
 
 def _ask(judge, items: list[BenchItem], asks: list[tuple[int, int, int]]) -> list[float]:
-    """One judge call on ``asks`` (``(item, a, b)``) whose images share one shape."""
+    """One judge call on ``asks`` (``(item, a, b)``) whose images share their shapes (``compare`` refuses a
+    pair of two differently sized images)."""
     from .images import to_tensor
 
     dev = judge.device
@@ -220,8 +221,7 @@ def compare_pairs(judge, items: list[BenchItem], batch: int = 8, swap: bool = Fa
 
     by_shape: dict[tuple, list[tuple[int, int, int]]] = defaultdict(list)
     for ask in asks:
-        key = shape(*ask)
-        by_shape[key if len(set(key)) == 1 else (key, ask)].append(ask)  # the two images of a pair must agree too
+        by_shape[shape(*ask)].append(ask)
     got: dict[tuple[int, int, int], float] = {}
     with tqdm(total=len(asks), desc="comparing", disable=not progress) as bar:
         for group in by_shape.values():

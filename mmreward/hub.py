@@ -48,3 +48,26 @@ def require_hub(repo_id: str | None, what: str, hint: str) -> None:
     if reason:
         raise ModelLoadError(f"could not fetch {what} ({reason}); the model hub cannot be reached (offline?). "
                              f"Download it where you have internet and {hint}")
+
+
+def looks_like_path(s: str) -> bool:
+    """Whether a model argument is meant as a local path rather than a hub id."""
+    return s.startswith(("/", "./", "../", "~")) or s.endswith((".safetensors", ".pt", ".pth", ".bin"))
+
+
+def model_source(arg: str, what: str, family: str) -> str:
+    """What ``from_pretrained`` should load for ``arg``: a local transformers folder (``assets/...`` found as
+    :func:`~mmreward.assets.resolve_asset` finds it) or a hub id that can be fetched. A missing folder, a folder
+    without ``config.json`` or an unreachable hub raises :class:`ModelLoadError`; ``what`` names the model
+    kind and ``family`` the spec family in the hints."""
+    from .assets import missing_asset_hint, resolve_asset
+
+    path = resolve_asset(arg)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelLoadError(f"{path!r} is a folder but has no config.json (not a transformers model folder)")
+        return path
+    if looks_like_path(arg) or arg.startswith("assets/") or arg.count("/") > 1:
+        raise ModelLoadError(f"{what} folder not found: {arg!r}{missing_asset_hint(arg)}")
+    require_hub(arg, repr(arg), f"pass '{family}:/path/to/folder' (e.g. after `hf download {arg} --local-dir FOLDER`)")
+    return arg

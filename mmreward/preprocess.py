@@ -28,6 +28,8 @@ class ClipPreprocess(nn.Module):
             open_clip and transformers do) or ``"squash"`` (resize to ``S x S``, as VLM-RM does).
         crop: where an odd margin of the centre crop goes: ``"round"`` (torchvision's ``CenterCrop``, used
             by open_clip: offset ``round(margin / 2)``) or ``"floor"`` (transformers: ``margin // 2``).
+        resize: ``"shortest"`` mode's target for the shortest side before the crop (default ``size``;
+            transformers processors may resize to more than they crop).
     """
 
     def __init__(
@@ -38,6 +40,7 @@ class ClipPreprocess(nn.Module):
         interpolation: str = "bicubic",
         resize_mode: str = "shortest",
         crop: str = "round",
+        resize: int | None = None,
     ) -> None:
         super().__init__()
         if interpolation not in ("bicubic", "bilinear"):
@@ -47,6 +50,9 @@ class ClipPreprocess(nn.Module):
         if crop not in ("round", "floor"):
             raise ValueError(f"crop must be 'round' or 'floor', got {crop!r}")
         self.size = int(size)
+        self.resize = self.size if resize is None else int(resize)
+        if self.resize < self.size:
+            raise ValueError(f"resize ({self.resize}) must be at least the crop size ({self.size})")
         self.crop = crop
         self.interpolation = interpolation
         self.resize_mode = resize_mode
@@ -55,9 +61,9 @@ class ClipPreprocess(nn.Module):
 
     def resized_shape(self, h: int, w: int) -> tuple[int, int]:
         """Shape after the resize step (before cropping), following torchvision's rounding."""
-        s = self.size
         if self.resize_mode == "squash":
-            return s, s
+            return self.size, self.size
+        s = self.resize
         if h <= w:
             return s, int(s * w / h)
         return int(s * h / w), s
@@ -77,4 +83,6 @@ class ClipPreprocess(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"size={self.size}, interpolation={self.interpolation}, resize_mode={self.resize_mode}, crop={self.crop}"
+        extra = f", resize={self.resize}" if self.resize != self.size else ""
+        return (f"size={self.size}{extra}, interpolation={self.interpolation}, resize_mode={self.resize_mode}, "
+                f"crop={self.crop}")

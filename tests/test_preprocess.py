@@ -91,3 +91,19 @@ def test_preprocess_is_differentiable():
     x = torch.rand(2, 3, 50, 70, requires_grad=True)
     ClipPreprocess(32)(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_resize_beyond_the_crop_matches_a_transformers_processor():
+    """A processor that resizes the shortest side to 40 and crops 32 (as LLaVA-style ones may)."""
+    import numpy as np
+    from transformers import CLIPImageProcessor
+
+    arr = np.random.default_rng(0).integers(0, 256, (1, 48, 64, 3), dtype=np.uint8)
+    ref = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})(
+        [Image.fromarray(arr[0])], return_tensors="pt")["pixel_values"]
+    pre = ClipPreprocess(32, crop="floor", resize=40)
+    assert pre.resized_shape(48, 64) == (40, 53)
+    ours = pre(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255)
+    assert ours.shape == ref.shape and (ours - ref).abs().mean() < 0.02
+    with pytest.raises(ValueError, match="at least the crop size"):
+        ClipPreprocess(32, resize=16)

@@ -14,18 +14,24 @@ readout and verdict-parsing pairwise templates generate greedily and are not dif
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 
 import torch
 
-from ..assets import missing_asset_hint, resolve_asset
 from ..base import VisionReward, check_images, check_prompts
 from ..errors import ModelLoadError, RewardError
-from ..hub import require_hub
+from ..hub import model_source
 from .pixels import pixels_for
 from .templates import Template, load_template
+
+
+def chat_text(processor, message: str, images: int = 1) -> str:
+    """``processor``'s chat template applied to one user turn of ``images`` images then ``message``, ending
+    where the assistant's reply begins."""
+    content = [{"type": "image"}] * images + [{"type": "text", "text": message}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
 
 
 class VLMJudge(VisionReward):
@@ -71,22 +77,10 @@ class VLMJudge(VisionReward):
             raise ModelLoadError(f"{self.name}: the tokenizer has no token for {word!r} (template {self.template.name!r})")
         return int(ids[0])
 
-    @property
-    def needs_prompts(self) -> bool:  # type: ignore[override]
-        return True
-
-    @property
-    def differentiable(self) -> bool:
-        """Whether the readout has gradients w.r.t. the pixels."""
-        return self.template.readout in ("yes", "rating") or bool(self.template.choices)
-
     # -- inputs -------------------------------------------------------------------------------------------
     def chat(self, message: str, images: int = 1) -> str:
         """The model's chat text for one user turn of ``images`` images and ``message``, ready for the reply."""
-        content = [{"type": "image"}] * images + [{"type": "text", "text": message}]
-        text = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                  tokenize=False)
-        return text + self.template.prefix
+        return chat_text(self.processor, message, images) + self.template.prefix
 
     def encode(self, texts: list[str], images: torch.Tensor) -> dict:
         """Model inputs for ``texts`` and ``images [N,3,H,W]`` in [0,1] (in the order the texts show them).
@@ -228,16 +222,7 @@ def load_vlm_judge(arg: str, device: str | torch.device = "cpu", dtype: torch.dt
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     tmpl = load_template(template, readout if template is not None else (readout or "yes"))
-    path = resolve_asset(arg)
-    if os.path.isdir(path):
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            raise ModelLoadError(f"{path!r} is a folder but has no config.json (not a transformers model folder)")
-        arg = path
-    elif arg.startswith((".", "/", "~")) or arg.count("/") > 1 or arg.startswith("assets/"):
-        raise ModelLoadError(f"VLM judge folder not found: {arg!r}{missing_asset_hint(arg)}")
-    else:
-        require_hub(arg, f"the VLM judge {arg!r}",
-                    f"pass 'vlm:/path/to/folder' (e.g. after `hf download {arg} --local-dir FOLDER`)")
+    arg = model_source(arg, "VLM judge", "vlm")
     kwargs = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     try:
         processor = AutoProcessor.from_pretrained(arg, **kwargs)

@@ -6,8 +6,9 @@ processor would (same resize rule, interpolation, normalisation and layout):
 * :class:`QwenPixels` (``Qwen2VLImageProcessor``: Qwen2-VL, Qwen2.5-VL): ``smart_resize`` to multiples of
   ``patch_size · merge_size`` within ``[min_pixels, max_pixels]``, bicubic, normalise, then the processor's
   patchify: ``pixel_values [N·gh·gw, 3·temporal_patch·patch²]`` and ``image_grid_thw [N,3]``.
-* :class:`ClipPixels` (``CLIPImageProcessor``, ``SiglipImageProcessor``: LLaVA layouts): resize (shortest
-  side, or squash to a fixed size), centre crop, normalise: ``pixel_values [N,3,S,S]``.
+* :class:`ClipPixels` (``CLIPImageProcessor``, ``SiglipImageProcessor``: LLaVA layouts): the suite's
+  :class:`~mmreward.preprocess.ClipPreprocess` (shortest-side resize and centre crop, or a squash to a fixed
+  size; normalise): ``pixel_values [N,3,S,S]``.
 
 The processors resize uint8 images; these resize floats, so the values differ by the rounding to 1/255
 (about 0.01 after normalisation) and not at all where no resize is needed.
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..preprocess import ClipPreprocess
 
 
 def _stats(processor, name: str) -> torch.Tensor:
@@ -64,8 +66,8 @@ class QwenPixels(nn.Module):
 
 class ClipPixels(nn.Module):
     """CLIP / SigLIP preprocessing of LLaVA-layout models (``image_processor``: ``CLIPImageProcessor`` style):
-    the shortest side resized to ``size.shortest_edge`` then a centre crop of ``crop_size`` (transformers'
-    rounding: ``int(S · long / short)``, offset ``margin // 2``), or a resize to ``size.height × size.width``."""
+    :class:`~mmreward.preprocess.ClipPreprocess` with transformers' rounding, the shortest side resized to
+    ``size.shortest_edge`` then a centre crop of ``crop_size``, or a resize to ``size.height × size.width``."""
 
     def __init__(self, image_processor) -> None:
         super().__init__()
@@ -76,28 +78,19 @@ class ClipPixels(nn.Module):
             if crop is None:
                 raise ModelLoadError(f"{type(ip).__name__}: a shortest-side resize without a centre crop gives "
                                      "non-square inputs, which this judge does not support")
-            self.resize, self.out = int(size["shortest_edge"]), (int(crop["height"]), int(crop["width"]))
+            out, resize, mode = (int(crop["height"]), int(crop["width"])), int(size["shortest_edge"]), "shortest"
         elif size.get("height") and size.get("width"):
-            self.resize, self.out = None, (int(size["height"]), int(size["width"]))
+            out, resize, mode = (int(size["height"]), int(size["width"])), None, "squash"
         else:
             raise ModelLoadError(f"{type(ip).__name__}: unsupported size {size}")
-        self.interpolation = {2: "bilinear", 3: "bicubic"}.get(int(getattr(ip, "resample", 3)), "bicubic")
-        self.register_buffer("mean", _stats(ip, "image_mean"), persistent=False)
-        self.register_buffer("std", _stats(ip, "image_std"), persistent=False)
+        if out[0] != out[1]:
+            raise ModelLoadError(f"{type(ip).__name__}: non-square inputs {out} are not supported")
+        interpolation = {2: "bilinear", 3: "bicubic"}.get(int(getattr(ip, "resample", 3)), "bicubic")
+        self.pre = ClipPreprocess(out[0], tuple(ip.image_mean), tuple(ip.image_std), interpolation=interpolation,
+                                  resize_mode=mode, crop="floor", resize=resize)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        h, w = images.shape[-2:]
-        if self.resize is None:
-            nh, nw = self.out
-        else:
-            s = self.resize
-            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-        x = images
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x, size=(nh, nw), mode=self.interpolation, align_corners=False, antialias=True)
-        top, left = (nh - self.out[0]) // 2, (nw - self.out[1]) // 2
-        x = x[..., top: top + self.out[0], left: left + self.out[1]]
-        return {"pixel_values": (x - self.mean.to(x)) / self.std.to(x)}
+        return {"pixel_values": self.pre(images)}
 
 
 def pixels_for(image_processor) -> nn.Module:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from ..errors import RewardSpecError
+from ..files import read_text
 
 READOUTS = ("yes", "rating", "text", "pairwise")
 SHIPPED = Path(__file__).with_name("templates.json")
@@ -119,7 +120,7 @@ def load_template(name_or_file: str | None = None, readout: str | None = None) -
             raise RewardSpecError(f"judge template {name_or_file!r} is neither a shipped template "
                                   f"({', '.join(shipped)}) nor a JSON file")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_text(path, "judge template"))
         except json.JSONDecodeError as e:
             raise RewardSpecError(f"{path}: line {e.lineno}: not JSON: {e.msg}") from None
         if not isinstance(data, dict):

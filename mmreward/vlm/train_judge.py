@@ -39,6 +39,7 @@ from ..shapes.qa import HELD_OUT_TAGS, QA_CATEGORIES, question
 from ..shapes.train_clip import augment
 from ..shapes.world import render
 from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
+from .judge import chat_text
 from .templates import shipped_templates
 
 WARMUP = 200
@@ -207,35 +208,30 @@ def main(argv: list[str] | None = None) -> dict:
     counts = np.round(np.array([MIX[k] for k in KINDS]) * args.batch).astype(int)
     counts[0] += args.batch - counts.sum()
 
-    def chat(message: str, n_images: int) -> str:
-        content = [{"type": "image"}] * n_images + [{"type": "text", "text": message}]
-        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                             tokenize=False)
-
     def step(i: int) -> dict:
         model.train()
         items = [make_item(k, rng) for k, c in zip(KINDS, counts, strict=True) for _ in range(c)]
         lr = warmup_cosine(i, args.steps, args.lr, warmup=WARMUP)
         opt.zero_grad(set_to_none=True)
-        total, n_all = 0.0, 0
-        groups = [[it for it in items if len(it[0]) == n] for n in (1, 2)]  # one padding length per image count
-        n_tokens = [sum(len(processor.tokenizer.encode(it[2], add_special_tokens=False)) + 1 for it in gr) for gr in groups]
-        for group, n in zip(groups, n_tokens, strict=True):
-            if not group:
-                continue
-            x = augment(to_tensor(np.stack([im for it in group for im in it[0]])), g)
-            images = [(a.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for a in x]
-            enc = encode_batch(processor, [chat(m, len(ims)) for ims, m, _, _ in group], [r for _, _, r, _ in group],
-                               images)
+        encs = []
+        for n_images in (1, 2):  # one padding length per image count
+            group = [it for it in items if len(it[0]) == n_images]
+            if group:
+                x = augment(to_tensor(np.stack([im for it in group for im in it[0]])), g)
+                images = [(a.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for a in x]
+                encs.append(encode_batch(processor, [chat_text(processor, m, n_images) for _, m, _, _ in group],
+                                         [r for _, _, r, _ in group], images))
+        n_tokens = [int((enc["labels"] != -100).sum()) for enc in encs]
+        total = 0.0
+        for enc, n in zip(encs, n_tokens, strict=True):
             loss = model(**enc).loss  # mean over this group's reply tokens: weigh groups by their token counts
             (loss * n / sum(n_tokens)).backward()
             total += loss.item() * n
-            n_all += n
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         for group, s in zip(opt.param_groups, scales, strict=True):
             group["lr"] = lr * s
         opt.step()
-        return {"step": i + 1, "loss": total / n_all, "lr": lr}
+        return {"step": i + 1, "loss": total / sum(n_tokens), "lr": lr}
 
     trainer = StepTrainer(args.work, args.steps, model, opt, step, np_rng=rng, checkpoint_every=args.ckpt_every,
                           stop_after=args.stop_after, name="shapes-judge", resume=args.resume, overwrite=args.overwrite,

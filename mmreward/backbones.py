@@ -277,7 +277,12 @@ def _hf_preprocess(folder_or_id: str, model) -> ClipPreprocess:
         mean, std = cfg.get("image_mean", mean), cfg.get("image_std", std)
         crop = cfg.get("crop_size", crop)
         crop = crop.get("height", size) if isinstance(crop, dict) else crop
-    return ClipPreprocess(size=int(crop), mean=mean, std=std, crop="floor")  # transformers' centre crop: margin // 2
+        edge = cfg.get("size", crop)
+        edge = edge.get("shortest_edge", crop) if isinstance(edge, dict) else edge
+        resize = max(int(edge), int(crop))  # a processor may resize the shortest side beyond its crop
+    else:
+        resize = crop
+    return ClipPreprocess(size=int(crop), mean=mean, std=std, crop="floor", resize=resize)  # crop: margin // 2
 
 
 def load_hf_clip(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,

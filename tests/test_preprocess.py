@@ -107,3 +107,25 @@ def test_resize_beyond_the_crop_matches_a_transformers_processor():
     assert ours.shape == ref.shape and (ours - ref).abs().mean() < 0.02
     with pytest.raises(ValueError, match="at least the crop size"):
         ClipPreprocess(32, resize=16)
+
+
+def test_hf_clip_loader_reads_a_resize_beyond_the_crop(tmp_path):
+    """A saved CLIP folder whose processor resizes to 80 and crops 64: the loaded backbone does the same."""
+    import numpy as np
+    from helpers import make_tiny_hf_clip
+    from transformers import CLIPImageProcessor
+
+    from mmreward.backbones import load_hf_clip
+
+    folder = make_tiny_hf_clip(tmp_path / "clip")
+    proc = CLIPImageProcessor(size={"shortest_edge": 80}, crop_size={"height": 64, "width": 64})
+    proc.save_pretrained(folder)
+    pre = load_hf_clip(folder).preprocess
+    assert (pre.size, pre.resize) == (64, 80)
+    arr = np.random.default_rng(1).integers(0, 256, (1, 72, 96, 3), dtype=np.uint8)
+    ref = proc([Image.fromarray(arr[0])], return_tensors="pt")["pixel_values"]
+    ours = pre(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255)
+    assert ours.shape == ref.shape and (ours - ref).abs().mean() < 0.02
+    # the crop-only reading would differ clearly
+    crop_only = ClipPreprocess(64, crop="floor")(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255)
+    assert (crop_only - ref).abs().mean() > 0.05

@@ -123,7 +123,7 @@ def generate(args, jobs: list[tuple[dict, int]]) -> dict:
             "iter_times": np.array(iter_times), "walls": np.array([reno_wall, bon_wall, fb, one_prompt]), "config": vars(cfg)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-category", type=int, default=36, help="prompts of each category (suite order)")
     p.add_argument("--categories", nargs="+", default=list(CATEGORIES), choices=CATEGORIES,
@@ -140,7 +140,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "reno_shapes.json"))
     p.add_argument("--images", default=None, help="where the generated images and timings are kept (default: "
                    "outputs/<out stem>_images.npz); an existing file is judged again instead of regenerated")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     suite = load_suite("eval")
@@ -206,6 +206,7 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2))
     out.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
+    return result
 
 
 def markdown(r: dict) -> str:

@@ -11,8 +11,13 @@
 3. **The ShapesWorld QA set** (VL-RewardBench format, held-out compositions) through :mod:`mmreward.bench`:
    the judge pairwise (``answers-pairwise``, both orders), the judge pointwise (``answer-yes``) and the CLIP
    pointwise (scoring each answer sentence alone), per category.
+4. **ReNO** on the evaluation suite's held-out prompts (``benchmarks/reno_shapes.py``) with the judge's ``yes``
+   readout alone, the judge and the CLIP summed, and the CLIP alone: the evaluator's gain, the share of
+   position rows showing the inverse relation, and the cost of one forward+backward pass of each reward
+   (generator and decoder included) as a ratio to the CLIP's, timed in one process.
 
-Writes ``benchmarks/results/vlm_judges.{json,md}``.
+``--parts`` runs some of them; the results of the others already in the JSON are kept. Writes
+``benchmarks/results/vlm_judges.{json,md}`` (ReNO's own tables and grids: ``vlm_judges_reno_<reward>.*``).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from mmreward.shapes.qa import write_vlrb  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("outputs/vlm_judges")
+PARTS = ("audit", "hard_negatives", "qa_set", "reno")
 
 
 @torch.no_grad()
@@ -121,11 +127,78 @@ def qa_set(judge_spec: str, clip, items_n: int, seed: int) -> dict:
                 "per_category": {c: d["accuracy"] for c, d in v["per_category"].items()}} for k, v in res.items()}
 
 
+def reno_specs(judge: str, clip: str) -> dict[str, str]:
+    """The rewards ReNO is compared on: name → reward spec."""
+    return {"judge": f"{judge}?template=yes", "judge+clip": f"{judge}?template=yes, {clip}", "clip": clip}
+
+
+def reno_comparison(judge: str, clip: str, per_category: int, seeds: int, iters: int) -> dict:
+    """ReNO's evaluator gain per reward (one ``reno_shapes`` run each, images kept under ``outputs/``) and the
+    rewards' forward+backward cost, timed in this one process."""
+    import reno_shapes
+    from diffusers import DiffusionPipeline
+
+    from diffusion_align.reno import make_generator
+    from mmreward.shapes import load_suite
+
+    out: dict = {"per_category": per_category, "seeds": seeds, "iters": iters, "rewards": {}}
+    for name, spec in reno_specs(judge, clip).items():
+        slug = name.replace("+", "_")
+        r = reno_shapes.main(["--rewards", spec, "--per-category", str(per_category), "--seeds", str(seeds),
+                              "--iters", str(iters), "--out", str(RESULTS / f"vlm_judges_reno_{slug}.json")])
+        ev = r["evaluator"]
+        out["rewards"][name] = {
+            "spec": spec, "images": r["images"], "initial": ev["initial"]["overall"], "reno": ev["reno"]["overall"],
+            "gain": ev["reno"]["overall"] - ev["initial"]["overall"],
+            "per_category": {c: ev["reno"]["per_category"][c] - ev["initial"]["per_category"][c]
+                             for c in ev["reno"]["per_category"]},
+            "inverse_relation": {"initial": ev["initial"]["inverse_relation"], "reno": ev["reno"]["inverse_relation"]},
+            "fixed": r["reward_hacking"]["fixed"], "broken": r["reward_hacking"]["broken"],
+            "iteration_s": r["speed"]["iteration_s"], "wall_time_s": r["wall_time_s"]["reno"]}
+    gen = make_generator(DiffusionPipeline.from_pretrained(reno_shapes.EMBEDDED_MODEL))
+    rows = [m for m in load_suite("eval") if m["tag"] == "position"][:16]
+    prompts, seeds_ = [m["prompt"] for m in rows], list(range(len(rows)))
+    cost = {name: reno_shapes.forward_backward_time(gen, load_reward(spec), prompts, seeds_)
+            for name, spec in reno_specs(judge, clip).items()}
+    out["forward_backward_s"] = cost
+    out["cost_over_clip"] = {k: v / cost["clip"] for k, v in cost.items()}
+    return out
+
+
 def markdown(r: dict) -> str:
-    a = r["audit"]
     lines = ["# The embedded VLM judge against the embedded CLIP", "",
-             f"Judge `{r['judge']}`, CLIP `{r['clip']}`.", "",
-             "## Agreement on generated images (audit set, test + test2 splits)", "",
+             f"Judge `{r['judge']}`, CLIP `{r['clip']}`.", ""]
+    if "audit" in r:
+        lines += audit_markdown(r["audit"])
+    if "hard_negatives" in r:
+        lines += hard_negatives_markdown(r["hard_negatives"])
+    if "qa_set" in r:
+        lines += qa_markdown(r["qa_set"])
+    if "reno" in r:
+        lines += reno_markdown(r["reno"])
+    return "\n".join(lines) + "\n"
+
+
+def reno_markdown(x: dict) -> list[str]:
+    rw = x["rewards"]
+    lines = ["## ReNO with the judge as the reward", "",
+             f"{x['per_category']} evaluation-suite prompts per category × {x['seeds']} seeds, {x['iters']} iterations; "
+             "the evaluator's accuracy before and after. Cost: one forward+backward pass (generator, decoder, "
+             "reward; batch 16) as a ratio to the CLIP's, in one process.", "",
+             "| reward | initial | ReNO | gain | " + " | ".join(rw[next(iter(rw))]["per_category"]) +
+             " | inverse relation (before → after) | fixed / broken | cost vs CLIP |",
+             "|---|---|---|---|" + "---|" * len(rw[next(iter(rw))]["per_category"]) + "---|---|---|"]
+    for name, v in rw.items():
+        inv = v["inverse_relation"]
+        lines.append(f"| {name} | {v['initial']:.3f} | {v['reno']:.3f} | **{v['gain']:+.3f}** | "
+                     + " | ".join(f"{d:+.3f}" for d in v["per_category"].values())
+                     + f" | {inv['initial']:.3f} → {inv['reno']:.3f} | {v['fixed']} / {v['broken']} | "
+                     f"{x['cost_over_clip'][name]:.2f}× |")
+    return lines + [""]
+
+
+def audit_markdown(a: dict) -> list[str]:
+    lines = ["## Agreement on generated images (audit set, test + test2 splits)", "",
              f"{a['n_test']} images ({a['unsure_test']} labelled unsure, left out of the label agreement). Thresholds "
              "fitted on the dev split's hand labels. The evaluator itself agrees with the labels on "
              f"{a['evaluator_vs_labels']:.3f}.", "",
@@ -135,21 +208,28 @@ def markdown(r: dict) -> str:
         x = a[name]
         lines.append(f"| {name} | {x['threshold']:.3f} | {x['labels']['agreement']:.3f} | {x['evaluator']['agreement']:.3f} | "
                      + " | ".join(f"{x['labels']['per_category'][c]:.3f}" for c in CATEGORIES) + " |")
-    lines += ["", "## Hard-negative accuracy on fresh ground-truth renders", ""]
-    for split, h in r["hard_negatives"].items():
+    return lines + [""]
+
+
+def hard_negatives_markdown(hn: dict) -> list[str]:
+    lines = ["## Hard-negative accuracy on fresh ground-truth renders", ""]
+    for split, h in hn.items():
         cats = list(h["judge"]["per_category"])
         lines += [f"{split} compositions, {h['images']} images:", "",
                   "| model | overall | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)]
         lines += [f"| {m} | {h[m]['overall']:.3f} | " + " | ".join(f"{h[m]['per_category'][c]:.3f}" for c in cats) + " |"
                   for m in ("judge", "clip")]
         lines.append("")
-    q = r["qa_set"]
+    return lines
+
+
+def qa_markdown(q: dict) -> list[str]:
     cats = list(q["judge_pairwise"]["per_category"])
-    lines += ["## ShapesWorld QA set (VL-RewardBench format, held-out compositions)", "",
+    lines = ["## ShapesWorld QA set (VL-RewardBench format, held-out compositions)", "",
               "| model | accuracy | " + " | ".join(cats) + " |", "|---|---|" + "---|" * len(cats)]
     lines += [f"| {m} | {v['accuracy']:.3f} | " + " | ".join(f"{v['per_category'][c]:.3f}" for c in cats) + " |"
               for m, v in q.items()]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -159,14 +239,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--per-category", type=int, default=100, help="hard-negative images per category and split")
     p.add_argument("--qa-items", type=int, default=400)
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--reno-per-category", type=int, default=17, help="ReNO prompts per category (6 categories)")
+    p.add_argument("--reno-seeds", type=int, default=2)
+    p.add_argument("--reno-iters", type=int, default=50)
+    p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--out", default=str(RESULTS / "vlm_judges.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    judge, clip = load_reward(f"{args.judge}?template=yes"), load_reward(args.clip)
-    res = {"judge": args.judge, "clip": args.clip, "audit": audit_agreement(judge, clip),
-           "hard_negatives": hard_negatives(judge, clip, args.per_category, args.seed),
-           "qa_set": qa_set(args.judge, clip, args.qa_items, args.seed)}
     out = Path(args.out)
+    res = json.loads(out.read_text()) if out.is_file() else {}
+    if res.get("judge", args.judge) != args.judge or res.get("clip", args.clip) != args.clip:
+        res = {}  # results of other models are not mixed in
+    res.update(judge=args.judge, clip=args.clip)
+    judge, clip = load_reward(f"{args.judge}?template=yes"), load_reward(args.clip)
+    if "audit" in args.parts:
+        res["audit"] = audit_agreement(judge, clip)
+    if "hard_negatives" in args.parts:
+        res["hard_negatives"] = hard_negatives(judge, clip, args.per_category, args.seed)
+    if "qa_set" in args.parts:
+        res["qa_set"] = qa_set(args.judge, clip, args.qa_items, args.seed)
+    if "reno" in args.parts:
+        res["reno"] = reno_comparison(args.judge, args.clip, args.reno_per_category, args.reno_seeds, args.reno_iters)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown(res))

@@ -41,6 +41,7 @@ from mmreward.metrics import auroc_interval, class_iou, edge_f1, frechet_distanc
 from mmreward.shapes.conditions import (
     IGNORE,
     SEG_CLASSES,
+    boundaries,
     edge_map,
     palette_image,
     read_segmentation,
@@ -69,18 +70,6 @@ def eval_set(n: int):
     images, metas, scenes = sample_batch(np.random.default_rng(EVAL_SEED), n, split="any", return_scenes=True)
     renders = (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
     return renders, metas, scenes
-
-
-def boundaries(seg: np.ndarray) -> np.ndarray:
-    """``[H, W]`` float: 1 where a pixel's 4-neighbourhood holds another label (unrecognised objects count as
-    one label), the pixel-truth edges of an image."""
-    s = np.where(seg == IGNORE, 250, seg).astype(np.int16)
-    edge = np.zeros(s.shape, bool)
-    edge[:-1] |= s[:-1] != s[1:]
-    edge[1:] |= s[1:] != s[:-1]
-    edge[:, :-1] |= s[:, :-1] != s[:, 1:]
-    edge[:, 1:] |= s[:, 1:] != s[:, :-1]
-    return edge.astype(np.float32)
 
 
 def train_arm(condition: str, arm: str, steps: int) -> Path:

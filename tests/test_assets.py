@@ -141,29 +141,33 @@ def test_dense_reward_models_load_and_read_fresh_renders(kind, name):
 
 
 @pytest.mark.slow
-def test_segmentation_controlnet_loads_with_the_teacher_and_follows_its_condition():
-    """StableDiffusionControlNetPipeline loads the teacher with the embedded ControlNet; its generations, read
-    back by the pixel truth, match the condition's segmentation far better than the same prompts without it."""
+@pytest.mark.parametrize("condition", ["seg", "edges"])
+def test_controlnet_loads_with_the_teacher_and_follows_its_condition(condition):
+    """StableDiffusionControlNetPipeline loads the teacher with an embedded ControlNet; its generations, read
+    back by the pixel truth, match the condition (seg: mIoU; edges: edge F1 of the pixel truth's boundaries)
+    far better than the same prompts and seeds without it."""
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from mmreward.metrics import class_iou
-    from mmreward.shapes.conditions import SEG_CLASSES, palette_image, read_segmentation, segmentation
+    from diffusion_align.embedded.train_shapes_controlnet import condition_images
+    from mmreward.metrics import class_iou, edge_f1
+    from mmreward.shapes.conditions import SEG_CLASSES, boundaries, edge_map, read_segmentation, segmentation
     from mmreward.shapes.data import sample_batch
 
     _, metas, scenes = sample_batch(np.random.default_rng(11), 8, split="any", return_scenes=True)
-    seg = np.stack([segmentation(s) for s in scenes])
-    cond = torch.from_numpy(np.stack([palette_image(s) for s in seg])).permute(0, 3, 1, 2).float() / 255
-    cn = ControlNetModel.from_pretrained(ROOT / "assets" / "shapesworld-controlnet-seg")
+    cn = ControlNetModel.from_pretrained(ROOT / "assets" / f"shapesworld-controlnet-{condition}")
     pipe = StableDiffusionControlNetPipeline.from_pretrained(ROOT / "assets" / "shapesworld-t2i-teacher", controlnet=cn,
                                                              safety_checker=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     prompts = [m["prompt"] for m in metas]
 
-    def miou(scale: float) -> float:
-        out = pipe(prompts, image=cond, num_inference_steps=20, guidance_scale=3.0, height=64, width=64,
-                   output_type="np", generator=torch.Generator().manual_seed(0), controlnet_conditioning_scale=scale)
+    def match(scale: float) -> float:
+        out = pipe(prompts, image=condition_images(scenes, condition), num_inference_steps=20, guidance_scale=3.0,
+                   height=64, width=64, output_type="np", generator=torch.Generator().manual_seed(0),
+                   controlnet_conditioning_scale=scale)
         truth = np.stack([read_segmentation((im * 255).round().astype(np.uint8)) for im in out.images])
-        return float(np.nanmean(class_iou(truth, seg, len(SEG_CLASSES))))
+        if condition == "seg":
+            return float(np.nanmean(class_iou(truth, np.stack([segmentation(s) for s in scenes]), len(SEG_CLASSES))))
+        return edge_f1(np.stack([boundaries(t) for t in truth]), np.stack([edge_map(s) for s in scenes]))["f1"]
 
-    with_cond, without = miou(1.0), miou(0.0)  # measured: 0.890 with the condition, 0.230 without
+    with_cond, without = match(1.0), match(0.0)  # measured: seg mIoU 0.890 / 0.230; edges F1 0.958 / 0.144
     assert with_cond > 0.6 and with_cond > without + 0.2, (with_cond, without)

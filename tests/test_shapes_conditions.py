@@ -9,6 +9,7 @@ from mmreward.shapes.conditions import (
     IGNORE,
     PALETTE,
     SEG_CLASSES,
+    boundaries,
     edge_map,
     from_palette,
     palette_image,
@@ -61,3 +62,22 @@ def test_unrecognised_objects_are_ignored():
     img[10:13, 40:62] = (220, 40, 40)  # a thin red bar: no shape of the world
     seg = read_segmentation(img)
     assert (seg[11, 42:60] == IGNORE).all() and seg[32, 19] == SEG_CLASSES.index("circle") and seg[60, 60] == 0
+
+
+def test_boundaries_of_a_label_map_and_of_renders():
+    seg = np.zeros((8, 8), np.uint8)
+    seg[2:5, 2:5] = 1
+    seg[6, 6] = IGNORE
+    b = boundaries(seg)
+    assert b.dtype == np.float32 and b[3, 3] == 0 and b[0, 0] == 0  # inside the block, far background
+    assert b[2, 2] == b[1, 2] == b[4, 4] == b[5, 4] == 1  # both sides of the block's rim
+    assert b[6, 6] == b[5, 6] == b[6, 7] == 1  # an ignored pixel is a region of its own
+    assert b.sum() == ((3 * 3 - 1) + 4 * 3) + (1 + 4)
+    # the boundaries of the pixel truth of a render match the rendered outlines (edge F1 within 1 pixel)
+    from mmreward.metrics import edge_f1
+
+    rng = np.random.default_rng(2)
+    scenes = [sample_scene(sample_meta(t, rng), rng) for t in CATEGORIES for _ in range(3)]
+    f1 = edge_f1(np.stack([boundaries(read_segmentation(render(sc))) for sc in scenes]),
+                 np.stack([edge_map(sc) for sc in scenes]))
+    assert f1["f1"] > 0.85, f1

@@ -58,6 +58,18 @@ def edge_map(scene: Scene, size: int = 64, width: float = 1.0, supersample: int 
     return np.asarray(big.resize((size, size), Image.BOX), dtype=np.float32) / 255
 
 
+def boundaries(seg: np.ndarray) -> np.ndarray:
+    """``[H, W]`` float: 1 where a pixel's 4-neighbourhood holds another label (``IGNORE`` pixels, the
+    unrecognised objects, count as one label), the pixel-truth edges of an image."""
+    s = np.asarray(seg).astype(np.int16)
+    edge = np.zeros(s.shape, bool)
+    edge[:-1] |= s[:-1] != s[1:]
+    edge[1:] |= s[1:] != s[:-1]
+    edge[:, :-1] |= s[:, :-1] != s[:, 1:]
+    edge[:, 1:] |= s[:, 1:] != s[:, :-1]
+    return edge.astype(np.float32)
+
+
 def palette_image(seg: np.ndarray) -> np.ndarray:
     """uint8 ``[H, W, 3]``: each class in its :data:`PALETTE` colour (ignored pixels white)."""
     seg = np.asarray(seg)

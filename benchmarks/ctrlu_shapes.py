@@ -218,7 +218,7 @@ def uncertainty_study(condition: str, renders: np.ndarray, metas, scenes, n: int
     return out
 
 
-def write_audit(images: np.ndarray, scenes, metas, n: int = 120, per_grid: int = 24) -> None:
+def write_audit(images: np.ndarray, scenes, metas, n: int = 120, per_grid: int = 12) -> None:
     """Grids of generations beside their pixel-truth segmentation (and the condition), for an audit by eye."""
     from PIL import Image
 
@@ -231,7 +231,7 @@ def write_audit(images: np.ndarray, scenes, metas, n: int = 120, per_grid: int =
             row = np.concatenate([images[i], palette_image(truth), palette_image(segmentation(scenes[i]))], axis=1)
             cells.append((big(row).resize((384, 128), Image.NEAREST), f"#{i} {metas[i]['prompt'].removeprefix('a photo of ')}",
                           [("generated | pixel truth | condition", GREY)]))
-        labelled_grid(cells, 4).save(AUDIT / f"audit_{g // per_grid:02d}.png")
+        labelled_grid(cells, 3, size=384).save(AUDIT / f"audit_{g // per_grid:02d}.png")  # 128 px per panel
     (AUDIT / "README.md").write_text(
         "# Audit of the pixel-truth segmentation on generated images\n\n"
         "Each cell: a generation of the base ControlNet, the segmentation read from its pixels "

@@ -232,6 +232,8 @@ def write_audit(images: np.ndarray, scenes, metas, n: int = 120, per_grid: int =
             cells.append((big(row).resize((384, 128), Image.NEAREST), f"#{i} {metas[i]['prompt'].removeprefix('a photo of ')}",
                           [("generated | pixel truth | condition", GREY)]))
         labelled_grid(cells, 3, size=384).save(AUDIT / f"audit_{g // per_grid:02d}.png")  # 128 px per panel
+    if (AUDIT / "README.md").is_file():  # it holds the verdicts
+        return
     (AUDIT / "README.md").write_text(
         "# Audit of the pixel-truth segmentation on generated images\n\n"
         "Each cell: a generation of the base ControlNet, the segmentation read from its pixels "

@@ -134,29 +134,49 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
 
 
+def reward_model_of(condition: str) -> str:
+    """The reward model the arms of ``condition`` train with (their config's ``reward_model``)."""
+    from diffusion_align.controlnet_reward import ControlNetRewardConfig
+
+    return ControlNetRewardConfig.from_cli(f"configs/controlnet_{condition}_shapes.yaml", []).reward_model
+
+
 @torch.no_grad()
 def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip) -> dict:
     from mmreward.dense_rewards import EdgeReward, SegmentationReward
 
-    truth = [read_segmentation(im) for im in images]
+    truth = np.stack([read_segmentation(im) for im in images])
+    trained_with = reward_model_of(condition)
     res: dict = {}
     if condition == "seg":
         target = np.stack([segmentation(s) for s in scenes])
-        iou = class_iou(np.stack(truth), target, len(SEG_CLASSES))
-        second = SegmentationReward.from_pretrained(EVAL_MODELS["seg"])
-        pred = torch.cat([second.logits(to_tensor(images[b:b + 50])).argmax(1) for b in range(0, len(images), 50)])
-        iou2 = class_iou(pred.numpy(), target, len(SEG_CLASSES))
+        iou = class_iou(truth, target, len(SEG_CLASSES))
+        preds = {}
+        for name, folder in (("reward_model", trained_with), ("second_segmenter", EVAL_MODELS["seg"])):
+            model = SegmentationReward.from_pretrained(folder)
+            preds[name] = torch.cat([model.logits(to_tensor(images[b:b + 50])).argmax(1)
+                                     for b in range(0, len(images), 50)]).numpy()
+        iou2 = class_iou(preds["second_segmenter"], target, len(SEG_CLASSES))
+        keep = truth != IGNORE
         res.update(miou=float(np.nanmean(iou)), iou=dict(zip(SEG_CLASSES, iou.tolist(), strict=True)),
                    miou_second_segmenter=float(np.nanmean(iou2)),
                    iou_second_segmenter=dict(zip(SEG_CLASSES, iou2.tolist(), strict=True)),
-                   ignored_pixels=float(np.mean([(t == IGNORE).mean() for t in truth])))
+                   ignored_pixels=float(1 - keep.mean()),
+                   # the segmenters on these generations, against what their pixels show
+                   pixel_accuracy_vs_pixel_truth={k: float((v == truth)[keep].mean()) for k, v in preds.items()},
+                   miou_vs_pixel_truth={k: float(np.nanmean(class_iou(v, truth, len(SEG_CLASSES)))) for k, v in preds.items()})
     else:
         target = np.stack([edge_map(s) for s in scenes])
-        res.update(edge_f1_pixel_truth=edge_f1(np.stack([boundaries(t) for t in truth]), target))
-        second = EdgeReward.from_pretrained(EVAL_MODELS["edges"])
-        pred = torch.cat([second.predict(to_tensor(images[b:b + 50])) for b in range(0, len(images), 50)])
+        edges_truth = np.stack([boundaries(t) for t in truth])
+        res.update(edge_f1_pixel_truth=edge_f1(edges_truth, target))
+        preds = {}
+        for name, folder in (("reward_model", trained_with), ("second_estimator", EVAL_MODELS["edges"])):
+            model = EdgeReward.from_pretrained(folder)
+            preds[name] = torch.cat([model.predict(to_tensor(images[b:b + 50])) for b in range(0, len(images), 50)])
+        pred = preds["second_estimator"]
         res.update(edge_f1_second_estimator=edge_f1(pred.numpy(), target),
-                   ssim=float(ssim(pred, torch.from_numpy(target)).mean()))
+                   ssim=float(ssim(pred, torch.from_numpy(target)).mean()),
+                   edge_f1_vs_pixel_truth={k: edge_f1(v.numpy(), edges_truth)["f1"] for k, v in preds.items()})
     feats = [torch.cat([clip.embed_images(to_tensor(x[b:b + 50])) for b in range(0, len(x), 50)]).numpy()
              for x in (images, renders)]
     res.update(clip_frechet=frechet_distance(*feats), colour_share=colour_share(images, scenes))
@@ -333,6 +353,22 @@ def markdown(res: dict) -> str:
             lines.append(f"| {arm} | {a['edge_f1_pixel_truth']['f1']:.3f} | {a['edge_f1_second_estimator']['f1']:.3f} | "
                          f"{a['ssim']:.3f} | {a['clip_frechet']:.4f} | {a['colour_share']:.3f} | "
                          + (f"{a['cost']['seconds_per_step']:.2f}" if "cost" in a else "") + " |")
+    judged = {arm: a for arm, a in res["arms"].items() if "pixel_accuracy_vs_pixel_truth" in a or "edge_f1_vs_pixel_truth" in a}
+    if judged:
+        lines += ["", "The reward model the arms train with, and the second model, on each arm's generations against "
+                  "what their pixels show (the pixel truth; unrecognised objects left out):", ""]
+        if seg:
+            lines += ["| arm | reward model: pixel accuracy | mIoU | second segmenter: pixel accuracy | mIoU | ignored pixels |",
+                      "|---|---|---|---|---|---|"]
+            lines += [f"| {arm} | {a['pixel_accuracy_vs_pixel_truth']['reward_model']:.3f} | "
+                      f"{a['miou_vs_pixel_truth']['reward_model']:.3f} | "
+                      f"{a['pixel_accuracy_vs_pixel_truth']['second_segmenter']:.3f} | "
+                      f"{a['miou_vs_pixel_truth']['second_segmenter']:.3f} | {a['ignored_pixels']:.4f} |"
+                      for arm, a in judged.items()]
+        else:
+            lines += ["| arm | reward model: edge F1 | second estimator: edge F1 |", "|---|---|---|"]
+            lines += [f"| {arm} | {a['edge_f1_vs_pixel_truth']['reward_model']:.3f} | "
+                      f"{a['edge_f1_vs_pixel_truth']['second_estimator']:.3f} |" for arm, a in judged.items()]
     if "uncertainty" in res:
         lines += ["", "How well U predicts the reward model's per-pixel error (pixel truth of the decoded one-step "
                   "estimates, base ControlNet, t ≤ 400):", "", "| passes | AUROC | 95% interval | error rate |",

@@ -151,15 +151,23 @@ def valid_scores(scores, k: int) -> bool:
 
 def pair_votes(folder: str | Path) -> dict[str, dict[int, int | None]]:
     """Labels file name → pair id → that annotator's last label of the pair (0, 1 or None for a tie)."""
+    return _read_labels(folder)[0]
+
+
+def _read_labels(folder: str | Path) -> tuple[dict[str, dict[int, int | None]], dict[str, int]]:
+    """:func:`pair_votes`, and labels file name → the number of groups it labels, in one read of the files."""
     folder = Path(folder)
     files = sorted(folder.glob("labels*.jsonl"))
     pair_ids = {p["pair"] for p in read_jsonl(folder / "pairs.jsonl", "pairs file", keys=("pair",))}
     by_group = None
     out: dict[str, dict[int, int | None]] = {}
+    n_groups: dict[str, int] = {}
     for f in files:
         votes: dict[int, int | None] = {}
+        labelled: set = set()
         for n, r in numbered_jsonl(f, "labels file"):
             if "group" in r:
+                labelled.add(r["group"])
                 if by_group is None:
                     groups = read_groups(folder)
                     by_group = group_pairs_map(folder, groups)
@@ -176,7 +184,8 @@ def pair_votes(folder: str | Path) -> dict[str, dict[int, int | None]]:
             else:
                 raise ConfigError(f"{f}, line {n}: expected a 'pair' and 'chosen' or a 'group' and 'scores'")
         out[f.name] = votes
-    return out
+        n_groups[f.name] = len(labelled)
+    return out, n_groups
 
 
 def annotator_of(file_name: str) -> str:
@@ -187,12 +196,12 @@ def annotator_of(file_name: str) -> str:
 def summary(folder: str | Path) -> dict:
     """Labels per annotator, and agreement between each two annotators on the pairs both labelled: the
     share with the same verdict (a, b or tie) and Cohen's kappa over those three outcomes."""
-    votes = {annotator_of(f): v for f, v in pair_votes(folder).items()}
+    by_file, n_groups = _read_labels(folder)
+    votes = {annotator_of(f): v for f, v in by_file.items()}
     n_pairs = len(read_jsonl(Path(folder) / "pairs.jsonl", "pairs file"))
-    per = {a: {"pairs": len(v), "preferences": sum(x is not None for x in v.values()),
-               "ties": sum(x is None for x in v.values())} for a, v in votes.items()}
-    for f in Path(folder).glob("labels*.jsonl"):
-        per[annotator_of(f.name)]["groups"] = len({r["group"] for r in read_jsonl(f, "labels file") if "group" in r})
+    per = {annotator_of(f): {"pairs": len(v), "preferences": sum(x is not None for x in v.values()),
+                             "ties": sum(x is None for x in v.values()), "groups": n_groups[f]}
+           for f, v in by_file.items()}
     pairs = []
     names = sorted(votes)
     for i, a in enumerate(names):

@@ -329,6 +329,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
                    help="start again although --work holds a run, and replace the model in --out")
 
 
+def start_run(args: argparse.Namespace, seed: bool = True) -> None:
+    """What an asset script does before it trains: refuse a filled ``--out`` (unless ``--overwrite``), run on
+    ``--threads`` torch threads, log to the console and, with ``seed``, seed torch with ``--seed``."""
+    if getattr(args, "out", None):
+        check_out(args.out, args.overwrite)
+    torch.set_num_threads(args.threads)
+    setup_logging()
+    if seed:
+        torch.manual_seed(args.seed)
+
+
 def check_out(out, overwrite: bool) -> None:
     """Refuse an ``--out`` that already holds files unless ``--overwrite``, before any training."""
     from .config_file import ConfigError

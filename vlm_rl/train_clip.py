@@ -29,7 +29,7 @@ from mmreward.clip_training import add_training_args, model_config, optimizer_st
 from mmreward.command import run_command, with_examples
 from mmreward.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from mmreward.schedules import warmup_cosine
-from mmreward.trainer import StepTrainer, check_out, setup_logging
+from mmreward.trainer import StepTrainer, start_run
 
 from .scene_data import load_dataset, render_dataset, save_dataset
 from .tasks import TASKS
@@ -128,13 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--frames-scale", type=float, default=1.0, help="scale the frames rendered per environment")
     with_examples(p, "mmalign assets rl-clip --out outputs/vlm-rl-clip")
     args = p.parse_args(argv)
-    check_out(args.out, args.overwrite)
-
+    start_run(args)
     import open_clip
 
-    torch.set_num_threads(args.threads)
-    setup_logging()
-    torch.manual_seed(args.seed)
     cfg = model_config(CLIP_CFG, args.tiny, image_size=32)
     size = cfg["vision_cfg"]["image_size"]
     work = Path(args.work)

@@ -30,7 +30,7 @@ from mmreward.command import run_command, with_examples
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.conditions import edge_map, palette_image, segmentation
 from mmreward.shapes.data import sample_batch
-from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
+from mmreward.trainer import StepTrainer, add_run_args, start_run
 
 from ..pipelines import encode_images
 from .shapes_t2i import load_teacher
@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     args.work = args.work or f"outputs/shapes_controlnet_{args.condition}"
     args.out = args.out or f"assets/shapesworld-controlnet-{args.condition}"
-    check_out(args.out, args.overwrite)
-    torch.set_num_threads(args.threads)
-    setup_logging()
+    start_run(args, seed=False)  # seeded after the teacher loads, as the shipped model was trained
     pipe = load_teacher(args.teacher)
     torch.manual_seed(args.seed)
     unet, vae, text_encoder, tokenizer, sched = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler

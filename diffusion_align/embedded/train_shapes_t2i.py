@@ -33,7 +33,7 @@ from mmreward.command import run_command, with_examples
 from mmreward.errors import ModelLoadError
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.data import sample_batch
-from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
+from mmreward.trainer import StepTrainer, add_run_args, start_run
 
 from ..pipelines import encode_images
 from .shapes_t2i import SCHEDULER_CONFIG, TEXT_MAX_LENGTH, build_components, save_pipeline
@@ -275,10 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     args.batch = args.batch or {"vae": 32, "teacher": 32, "distill": 64}[args.stage]
     if args.stage == "distill" and args.out is None:
         args.out = "assets/shapesworld-t2i"
-    if args.out:
-        check_out(args.out, args.overwrite)
-    torch.set_num_threads(args.threads)
-    setup_logging()
+    start_run(args, seed=False)  # each stage seeds itself
     {"vae": stage_vae, "teacher": stage_teacher, "distill": stage_distill}[args.stage](args)
 
 

@@ -32,7 +32,7 @@ from mmreward.command import run_command, with_examples
 from mmreward.config_file import ConfigError
 from mmreward.schedules import warmup_cosine
 from mmreward.shapes.video import sample_video, sample_video_meta
-from mmreward.trainer import StepTrainer, add_run_args, check_out, setup_logging
+from mmreward.trainer import StepTrainer, add_run_args, start_run
 
 from .shapes_t2i import load_as_float32, load_teacher
 from .train_shapes_t2i import encode_prompts
@@ -119,11 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
     with_examples(p, "mmalign assets shapes-t2v --out outputs/shapesworld-t2v --steps 2000",
                   "mmalign assets shapes-t2v --out outputs/shapesworld-t2v --resume")
     args = p.parse_args(argv)
-    check_out(args.out, args.overwrite)
     if not 2 <= args.frames <= 32:
         raise ConfigError(f"--frames must be in 2..32, got {args.frames}")
-    torch.set_num_threads(args.threads)
-    setup_logging()
+    start_run(args, seed=False)  # seeded after the teacher loads, as the shipped model was trained
     from peft import LoraConfig
 
     pipe = load_teacher(args.teacher)

@@ -30,7 +30,7 @@ from ..backbones import OpenClipBackbone, _preprocess_from_open_clip, save_open_
 from ..clip_training import add_training_args, model_config, optimizer_step, round_to_fp16
 from ..command import run_command, with_examples
 from ..schedules import warmup_cosine
-from ..trainer import StepTrainer, check_out, setup_logging
+from ..trainer import StepTrainer, start_run
 from .clip_eval import hard_negative_accuracy, hard_negative_items
 from .data import sample_batch, to_tensor
 from .evaluator import judge, scene_detections
@@ -177,13 +177,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     with_examples(p, "mmalign assets shapes-clip --out outputs/shapesworld-clip")
     args = p.parse_args(argv)
-    check_out(args.out, args.overwrite)
-
+    start_run(args)
     import open_clip
 
-    torch.set_num_threads(args.threads)
-    setup_logging()
-    torch.manual_seed(args.seed)
     cfg = model_config(CLIP_CFG, args.tiny)
     model = open_clip.CLIP(**cfg).to(args.device)
     # what is checkpointed: the CLIP and, when used, the layout head (not exported)

@@ -29,7 +29,7 @@ from ..clip_training import optimizer_step
 from ..command import run_command, with_examples
 from ..dense_rewards import IMAGENET_MEAN, IMAGENET_STD, EdgeNet, EdgeReward, SegmentationReward
 from ..schedules import warmup_cosine
-from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
+from ..trainer import StepTrainer, add_run_args, start_run
 from .conditions import SEG_CLASSES, edge_map, segmentation
 from .data import sample_batch
 
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = {"segformer": "segformer", "edges": "edge-net"}[args.model]
     args.work = args.work or f"outputs/dense_rewards_{args.model}"
     args.out = args.out or f"assets/shapesworld-{name}"
-    check_out(args.out, args.overwrite)
-    torch.set_num_threads(args.threads)
-    setup_logging()
-    torch.manual_seed(args.seed)
+    start_run(args)
     if args.model == "segformer":
         from transformers import SegformerForSemanticSegmentation
 

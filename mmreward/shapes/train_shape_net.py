@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from ..command import run_command, with_examples
 from ..schedules import warmup_cosine
-from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
+from ..trainer import StepTrainer, add_run_args, start_run
 from .shape_net import CLASSES, ShapeNet, crop_square, save_shape_net
 
 SS = 4  #: supersampling of the 64-px canvas
@@ -252,10 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_run_args(p)
     with_examples(p, "mmalign assets shape-net --out outputs/shape-net")
     args = p.parse_args(argv)
-    check_out(args.out, args.overwrite)
-    torch.set_num_threads(args.threads)
-    setup_logging()
-    torch.manual_seed(args.seed)
+    start_run(args)
     rng = np.random.default_rng(args.seed)
     model = ShapeNet(args.width)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)

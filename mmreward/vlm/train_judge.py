@@ -38,7 +38,7 @@ from ..shapes.prompts import CATEGORIES, all_metas, hard_negatives, sample_meta,
 from ..shapes.qa import HELD_OUT_TAGS, QA_CATEGORIES, question
 from ..shapes.train_clip import augment
 from ..shapes.world import render
-from ..trainer import StepTrainer, add_run_args, check_out, setup_logging
+from ..trainer import StepTrainer, add_run_args, start_run
 from .judge import chat_text
 from .templates import shipped_templates
 
@@ -178,13 +178,10 @@ def main(argv: list[str] | None = None) -> dict:
     add_run_args(p)
     with_examples(p, "mmalign assets shapes-judge --out outputs/shapesworld-judge --steps 200")
     args = p.parse_args(argv)
-    check_out(args.out, args.overwrite)
-    torch.set_num_threads(args.threads)
-    setup_logging()
+    start_run(args)
     from ..backbones import load_open_clip
     from .build import build_judge, vision_from_open_clip, word_tokenizer, words_of
 
-    torch.manual_seed(args.seed)
     clip = load_open_clip(args.clip)
     pre = clip.preprocess
     vision, image_processor = vision_from_open_clip(clip.model.visual.float(), pre.mean.flatten().tolist(),

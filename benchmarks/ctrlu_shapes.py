@@ -37,7 +37,16 @@ import torch
 
 from mmreward.assets import resolve_asset
 from mmreward.images import GREY, labelled_grid
-from mmreward.metrics import auroc_interval, class_iou, edge_f1, frechet_distance, reliability, ssim
+from mmreward.metrics import (
+    auroc_interval,
+    class_counts,
+    class_iou,
+    edge_f1,
+    frechet_distance,
+    miou_difference,
+    reliability,
+    ssim,
+)
 from mmreward.shapes.conditions import (
     IGNORE,
     SEG_CLASSES,
@@ -143,6 +152,8 @@ def reward_model_of(condition: str) -> str:
 
 @torch.no_grad()
 def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip) -> dict:
+    """The arm's scores; for seg also ``_counts``, its per-condition intersections and unions ``[N, C, 2]``
+    with the pixel truth (for the paired intervals; not written to the JSON)."""
     from mmreward.dense_rewards import EdgeReward, SegmentationReward
 
     truth = np.stack([read_segmentation(im) for im in images])
@@ -158,6 +169,7 @@ def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip)
                                      for b in range(0, len(images), 50)]).numpy()
         iou2 = class_iou(preds["second_segmenter"], target, len(SEG_CLASSES))
         keep = truth != IGNORE
+        res["_counts"] = class_counts(truth, target, len(SEG_CLASSES))
         res.update(miou=float(np.nanmean(iou)), iou=dict(zip(SEG_CLASSES, iou.tolist(), strict=True)),
                    miou_second_segmenter=float(np.nanmean(iou2)),
                    iou_second_segmenter=dict(zip(SEG_CLASSES, iou2.tolist(), strict=True)),
@@ -288,15 +300,23 @@ def main(argv: list[str] | None = None) -> dict:
         write_audit(base, scenes, metas)
         return {"audit": str(AUDIT)}
     clip = load_open_clip("assets/shapesworld-clip").freeze()
-    shown = {}
+    shown, counts = {}, {}
     for arm in args.arms:
         cn = train_arm(args.condition, arm, args.steps)
         images = generate(teacher, cn, conds, prompts, WORK / args.condition / "images" / f"{arm}_{args.eval}.npz")
         res["arms"][arm] = score(args.condition, images, renders, scenes, clip)
+        if "_counts" in res["arms"][arm]:
+            counts[arm] = res["arms"][arm].pop("_counts")
         if arm != "base":
             res["arms"][arm]["cost"] = _cost(WORK / args.condition / arm)
         shown[arm] = images[:8]
         write(res)
+    # paired intervals over the conditions: each arm against the diffusion-loss-only arm and ControlNet++
+    for arm in counts:
+        res["arms"][arm]["miou_difference"] = {ref: miou_difference(counts[arm], counts[ref])
+                                               for ref in ("base", "diffusion_only", "controlnet_pp")
+                                               if ref in counts and ref != arm}
+    write(res)
     if "uncertainty" not in res:
         res["uncertainty"] = uncertainty_study(args.condition, renders, metas, scenes, args.uncertainty_images)
         write(res)
@@ -308,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
 def _cost(out: Path) -> dict:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"steps": len(rows), "seconds_per_step": float(np.mean([r["step_s"] for r in rows])),
+            "mean_uncertainty_last_100": float(np.mean([r["uncertainty"] for r in rows[-100:]])),
             "minutes": rows[-1]["elapsed_s"] / 60}
 
 
@@ -334,25 +355,33 @@ def write(res: dict) -> None:
     RESULTS_FILE.with_suffix(".md").write_text("\n".join(markdown(both[c]) for c in ("seg", "edges") if c in both))
 
 
+def cost_cells(a: dict) -> str:
+    """The s / step and mean-U (last 100 steps) cells of an arm (empty for the base)."""
+    c = a.get("cost")
+    if not c:
+        return " | "
+    return f"{c['seconds_per_step']:.2f} | " + (f"{c['mean_uncertainty_last_100']:.2g}" if "mean_uncertainty_last_100" in c else "")
+
+
 def markdown(res: dict) -> str:
     seg = res["condition"] == "seg"
     lines = [f"# ControlNet++ and Ctrl-U on ShapesWorld ({res['condition']} condition)", "",
              f"{res['eval']} held-out conditions; every fine-tuned arm {res['steps']} steps from the same ControlNet.", ""]
     if seg:
         lines += ["| arm | mIoU (pixel truth) | mIoU (second segmenter) | " + " | ".join(f"IoU {c}" for c in SEG_CLASSES)
-                  + " | CLIP Fréchet ↓ | colour share | s / step |", "|---" * (6 + len(SEG_CLASSES)) + "|"]
+                  + " | CLIP Fréchet ↓ | colour share | s / step | mean U |", "|---" * (7 + len(SEG_CLASSES)) + "|"]
         for arm, a in res["arms"].items():
             lines.append(f"| {arm} | {a['miou']:.3f} | {a['miou_second_segmenter']:.3f} | "
                          + " | ".join(f"{a['iou'][c]:.3f}" for c in SEG_CLASSES)
                          + f" | {a['clip_frechet']:.4f} | {a['colour_share']:.3f} | "
-                         + (f"{a['cost']['seconds_per_step']:.2f}" if "cost" in a else "") + " |")
+                         + cost_cells(a) + " |")
     else:
         lines += ["| arm | edge F1 (pixel truth) | edge F1 (second estimator) | SSIM | CLIP Fréchet ↓ | colour share "
-                  "| s / step |", "|---|---|---|---|---|---|---|"]
+                  "| s / step | mean U |", "|---|---|---|---|---|---|---|---|"]
         for arm, a in res["arms"].items():
             lines.append(f"| {arm} | {a['edge_f1_pixel_truth']['f1']:.3f} | {a['edge_f1_second_estimator']['f1']:.3f} | "
                          f"{a['ssim']:.3f} | {a['clip_frechet']:.4f} | {a['colour_share']:.3f} | "
-                         + (f"{a['cost']['seconds_per_step']:.2f}" if "cost" in a else "") + " |")
+                         + cost_cells(a) + " |")
     judged = {arm: a for arm, a in res["arms"].items() if "pixel_accuracy_vs_pixel_truth" in a or "edge_f1_vs_pixel_truth" in a}
     if judged:
         lines += ["", "The reward model the arms train with, and the second model, on each arm's generations against "
@@ -369,6 +398,15 @@ def markdown(res: dict) -> str:
             lines += ["| arm | reward model: edge F1 | second estimator: edge F1 |", "|---|---|---|"]
             lines += [f"| {arm} | {a['edge_f1_vs_pixel_truth']['reward_model']:.3f} | "
                       f"{a['edge_f1_vs_pixel_truth']['second_estimator']:.3f} |" for arm, a in judged.items()]
+    diffs = {arm: a["miou_difference"] for arm, a in res["arms"].items() if a.get("miou_difference")}
+    if diffs:
+        refs = [r for r in ("base", "diffusion_only", "controlnet_pp") if any(r in d for d in diffs.values())]
+        lines += ["", "mIoU (pixel truth) of each arm minus that of another, with a 95% paired bootstrap interval over "
+                  "the conditions:", "", "| arm | " + " | ".join(f"− {r}" for r in refs) + " |", "|---" * (1 + len(refs)) + "|"]
+        for arm, d in diffs.items():
+            lines.append(f"| {arm} | " + " | ".join(
+                f"{d[r]['difference']:+.3f} ({d[r]['low']:+.3f} to {d[r]['high']:+.3f})" if r in d else ""
+                for r in refs) + " |")
     if "uncertainty" in res:
         lines += ["", "How well U predicts the reward model's per-pixel error (pixel truth of the decoded one-step "
                   "estimates, base ControlNet, t ≤ 400):", "", "| passes | AUROC | 95% interval | error rate |",

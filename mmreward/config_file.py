@@ -45,37 +45,50 @@ class YamlConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        import yaml
-
-        from .assets import resolve_config, shipped_configs
-
-        path = Path(resolve_config(path))
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path} (shipped configs, usable by name: "
-                              f"{', '.join(shipped_configs())})")
+        path, data = _read_yaml(path)
         try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        try:
-            return cls.from_dict(data or {})
+            return cls.from_dict(data)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from e
-
 
     @classmethod
     def from_cli(cls, path: str | Path | None, overrides: list[str]):
         """The config of a command line: the YAML file ``path`` (or the defaults when ``None``) with
-        ``--set KEY=VALUE`` overrides (values parsed as YAML), validated once with all of them applied."""
+        ``--set KEY=VALUE`` overrides (values parsed as YAML), validated once with all of them applied.
+        The file is also checked alone first, so its own errors name it. The overrides apply to the file's
+        values as written, not to the validated ones, so a default that ``validate()`` derives from another key
+        (Ctrl-U's ``grad_scale`` from ``uncertainty``) follows an override of that key."""
         import yaml
 
-        data = vars(cls.from_yaml(path)).copy() if path else {}
+        data = {}
+        if path:
+            cls.from_yaml(path)
+            data = dict(_read_yaml(path)[1])
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
             k, v = item.split("=", 1)
             data[k.strip()] = yaml.safe_load(v)
         return cls.from_dict(data)
+
+
+def _read_yaml(path: str | Path) -> tuple[Path, dict]:
+    """The config file's path (a shipped config's name resolved) and its mapping, as written."""
+    import yaml
+
+    from .assets import resolve_config, shipped_configs
+
+    path = Path(resolve_config(path))
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (shipped configs, usable by name: "
+                          f"{', '.join(shipped_configs())})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return path, data or {}
 
 
 def _coerce(key: str, value, hint):

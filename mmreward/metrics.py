@@ -25,6 +25,43 @@ def class_iou(pred: np.ndarray, target: np.ndarray, n_classes: int, ignore: int 
     return out
 
 
+def class_counts(pred: np.ndarray, target: np.ndarray, n_classes: int, ignore: int | None = 255) -> np.ndarray:
+    """``[N, n_classes, 2]`` per-image intersection and union pixel counts of integer maps ``[N, ...]``, pixels
+    left out as in :func:`class_iou` (so summing over images and dividing gives its IoU)."""
+    pred, target = np.asarray(pred), np.asarray(target)
+    out = np.zeros((len(pred), n_classes, 2), np.int64)
+    for i, (p, t) in enumerate(zip(pred, target, strict=True)):
+        p, t = p.ravel(), t.ravel()
+        if ignore is not None:
+            keep = (p != ignore) & (t != ignore)
+            p, t = p[keep], t[keep]
+        for c in range(n_classes):
+            out[i, c] = (((p == c) & (t == c)).sum(), ((p == c) | (t == c)).sum())
+    return out
+
+
+def miou_from_counts(counts: np.ndarray) -> float:
+    """Mean IoU over the classes present of counts ``[N, C, 2]`` summed over the images."""
+    total = counts.sum(0)
+    present = total[:, 1] > 0
+    return float((total[present, 0] / total[present, 1]).mean())
+
+
+def miou_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """mIoU(a) − mIoU(b) of two arms' counts ``[N, C, 2]`` on the same N conditions, with a paired percentile
+    bootstrap interval resampling the conditions."""
+    if a.shape != b.shape:
+        raise ValueError(f"the arms' counts must cover the same conditions, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(a), len(a))
+        boots.append(miou_from_counts(a[pick]) - miou_from_counts(b[pick]))
+    lo, hi = np.percentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
+    return {"difference": miou_from_counts(a) - miou_from_counts(b), "low": float(lo), "high": float(hi),
+            "level": level, "conditions": len(a)}
+
+
 def edge_f1(pred: np.ndarray, target: np.ndarray, threshold: float = 0.5, tolerance: int = 1) -> dict:
     """Edge F1 of maps ``[N, H, W]`` in [0, 1] thresholded at ``threshold``: a predicted edge pixel is correct
     within ``tolerance`` pixels (Chebyshev) of a true one, and a true one is found likewise (BSDS-style

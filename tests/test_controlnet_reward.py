@@ -113,6 +113,19 @@ def test_config_takes_the_references_defaults_and_names_errors():
         ControlNetRewardConfig.from_dict({"condition": "depth"})
 
 
+
+def test_a_command_line_override_of_the_method_takes_the_methods_defaults():
+    """``--set uncertainty=timestep`` on the shipped ControlNet++ config gives Ctrl-U's defaults, not the
+    ControlNet++ values the file alone resolves to; values written in the file still win."""
+    ctrlu = ControlNetRewardConfig.from_cli("configs/controlnet_seg_shapes.yaml", ["uncertainty=timestep"])
+    assert (ctrlu.uncertainty, ctrlu.grad_scale, ctrlu.t_max, ctrlu.u_scale) == ("timestep", 0.1, 400, 1.0)
+    plus = ControlNetRewardConfig.from_cli("configs/controlnet_seg_shapes.yaml", [])
+    assert (plus.grad_scale, plus.t_max) == (0.5, 200)
+    edges = ControlNetRewardConfig.from_cli("configs/controlnet_edges_shapes.yaml", ["uncertainty=noise"])
+    assert (edges.grad_scale, edges.t_max, edges.u_scale) == (1.0, 400, 0.1)
+    mixed = ControlNetRewardConfig.from_cli("configs/controlnet_seg_shapes.yaml", ["uncertainty=noise", "t_max=300"])
+    assert (mixed.grad_scale, mixed.t_max) == (0.1, 300)
+
 def _cfg(tmp_path, teacher, controlnet, segformer, **over) -> str:
     cfg = dict(method="controlnet_reward", pretrained=teacher, controlnet=controlnet, reward_model=segformer,
                output_dir=str(tmp_path / "run"), batch_size=2, total_steps=3, checkpoint_every=1, t_max=999,

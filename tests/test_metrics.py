@@ -7,7 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-from mmreward.metrics import auroc, auroc_interval, class_iou, edge_f1, frechet_distance, reliability, ssim
+from mmreward.metrics import (
+    auroc,
+    auroc_interval,
+    class_counts,
+    class_iou,
+    edge_f1,
+    frechet_distance,
+    miou_difference,
+    miou_from_counts,
+    reliability,
+    ssim,
+)
 
 
 def test_class_iou_ignores_pixels_and_marks_absent_classes():
@@ -83,3 +94,25 @@ def test_reliability_bins_are_equal_count_and_ordered():
     labels = scores >= 50
     bins = reliability(scores, labels, bins=4)
     assert [b["n"] for b in bins] == [25] * 4 and [b["rate"] for b in bins] == [0, 0, 1, 1]
+
+
+def test_per_image_counts_sum_to_the_pooled_iou_and_the_paired_interval_covers_the_difference():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 4, (40, 8, 8))
+    target[:5, :2] = 255  # ignored pixels
+    good = np.where(rng.random(target.shape) < 0.9, target, rng.integers(0, 4, target.shape))
+    bad = np.where(rng.random(target.shape) < 0.6, target, rng.integers(0, 4, target.shape))
+    counts = class_counts(good, target, 5)
+    assert counts.shape == (40, 5, 2) and counts[:, 4].sum() == 0  # class 4 absent from both
+    # one image by hand: intersection and union of class 0 over its kept pixels
+    keep = target[0] != 255
+    assert counts[0, 0, 0] == ((good[0] == 0) & (target[0] == 0) & keep).sum()
+    assert counts[0, 0, 1] == (((good[0] == 0) | (target[0] == 0)) & keep).sum()
+    assert miou_from_counts(counts) == pytest.approx(np.nanmean(class_iou(good, target, 5)))
+    d = miou_difference(counts, class_counts(bad, target, 5), n_boot=500)
+    direct = np.nanmean(class_iou(good, target, 5)) - np.nanmean(class_iou(bad, target, 5))
+    assert d["difference"] == pytest.approx(direct) and d["low"] < direct < d["high"] and d["low"] > 0
+    same = miou_difference(counts, counts, n_boot=50)
+    assert same["difference"] == same["low"] == same["high"] == 0
+    with pytest.raises(ValueError, match="same conditions"):
+        miou_difference(counts, counts[:10])

@@ -7,9 +7,10 @@ from pathlib import Path
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str, path: str | Path,
-               size: tuple[float, float] = (7.0, 4.0), dpi: int = 100):
-    """Plot ``{name: [(x, y), ...]}`` (each series sorted by x, with markers) to ``path`` (PNG); returns the
-    figure (closed). The legend sits right of the axes; the figure widens to hold it."""
+               size: tuple[float, float] = (7.0, 4.0), dpi: int = 100, logy: bool = False):
+    """Plot ``{name: [(x, y), ...]}`` (each series sorted by x, with markers) to ``path`` (PNG), the y axis
+    logarithmic with ``logy``; returns the figure (closed). The legend sits right of the axes; the figure
+    widens to hold it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,6 +23,8 @@ def line_chart(series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel
         if pts:
             xs, ys = zip(*sorted(pts))
             ax.plot(xs, ys, marker="o", markersize=4, linewidth=2, label=name)
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -22,7 +22,8 @@ steps, guidance 3) are scored by
   bootstrap interval over images, and a reliability curve.
 
 ``--audit`` writes ``benchmarks/audit_ctrlu/`` grids of base generations beside their pixel truth, for checking
-by eye. Writes ``benchmarks/results/ctrlu_shapes.{json,md}`` (both conditions) and ``ctrlu_shapes_<condition>_grid.png``.
+by eye. Writes ``benchmarks/results/ctrlu_shapes.{json,md}`` (both conditions), ``ctrlu_shapes_<condition>_grid.png``
+and ``ctrlu_shapes_<condition>_reliability.png``; ``--rewrite`` writes these from the JSON without running anything.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from mmreward.shapes.data import sample_batch
 from mmreward.shapes.evaluator import detect
 
 RESULTS = Path(__file__).parent / "results"
+PASSES = {"timestep": "same-noise passes at t, t + 1", "noise": "two noises"}  # how each U variant is estimated
 RESULTS_FILE = RESULTS / "ctrlu_shapes.json"  #: {condition: results}
 AUDIT = Path(__file__).parent / "audit_ctrlu"
 WORK = Path("outputs/ctrlu_bench")
@@ -283,7 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--uncertainty-images", type=int, default=200)
     p.add_argument("--audit", action="store_true", help="write the audit grids of base generations and stop")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rewrite", action="store_true", help="rewrite the Markdown and charts from the JSON and stop")
     args = p.parse_args(argv)
+    if args.rewrite:
+        write(json.loads(RESULTS_FILE.read_text())[args.condition])
+        return {"rewritten": str(RESULTS_FILE.with_suffix(".md"))}
     torch.set_num_threads(args.threads)
     from diffusion_align.embedded.train_shapes_controlnet import condition_images
     from mmreward.backbones import load_open_clip
@@ -353,6 +359,23 @@ def write(res: dict) -> None:
     both[res["condition"]] = res
     RESULTS_FILE.write_text(json.dumps(both, indent=1))
     RESULTS_FILE.with_suffix(".md").write_text("\n".join(markdown(both[c]) for c in ("seg", "edges") if c in both))
+    for c in ("seg", "edges"):
+        if "uncertainty" in both.get(c, {}):
+            reliability_chart(both[c])
+
+
+def reliability_chart(res: dict) -> Path:
+    """``ctrlu_shapes_<condition>_reliability.png``: the reward model's per-pixel error rate in each decile of
+    U, for both variants (log scale)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from charts import line_chart
+
+    path = RESULTS / f"ctrlu_shapes_{res['condition']}_reliability.png"
+    series = {f"U from {PASSES[mode]} (AUROC {u['auroc']:.3f})": [(i + 1, max(b["rate"], 1e-6))
+                                                                  for i, b in enumerate(u["reliability"])]
+              for mode, u in res["uncertainty"].items()}
+    line_chart(series, "decile of U (1 = lowest)", "reward model's per-pixel error rate", path, logy=True)
+    return path
 
 
 def cost_cells(a: dict) -> str:
@@ -413,6 +436,17 @@ def markdown(res: dict) -> str:
                   "|---|---|---|---|"]
         for mode, u in res["uncertainty"].items():
             lines.append(f"| {mode} | {u['auroc']:.3f} | {u['low']:.3f}–{u['high']:.3f} | {u['error_rate']:.3f} |")
+        modes = list(res["uncertainty"])
+        lines += ["", "Reliability: the reward model's per-pixel error rate in each tenth of the pixels ordered by U "
+                  f"(![chart](ctrlu_shapes_{res['condition']}_reliability.png)):", "",
+                  "| decile of U | " + " | ".join(f"{m}: U range | {m}: error rate" for m in modes) + " |",
+                  "|---" * (1 + 2 * len(modes)) + "|"]
+        for i in range(max(len(res["uncertainty"][m]["reliability"]) for m in modes)):
+            cells = []
+            for m in modes:
+                b = res["uncertainty"][m]["reliability"][i]
+                cells.append(f"{b['score_low']:.2g} to {b['score_high']:.2g} | {b['rate']:.5f}")
+            lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

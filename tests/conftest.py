@@ -15,6 +15,13 @@ torch.set_num_threads(2)
 from helpers import make_tiny_hf_clip, make_tiny_open_clip, smooth_images  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    """Scripts run in-process set their ``--threads``; every test starts again from the suite's 2."""
+    yield
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="session")
 def open_clip_dir(tmp_path_factory) -> str:
     return make_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip"))

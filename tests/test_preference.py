@@ -338,13 +338,13 @@ def test_per_prompt_weighting_is_pickscores(tmp_path, open_clip_dir, prefs):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_at_a_step_boundary_and_resume_finishes_the_run(tmp_path, open_clip_dir, prefs):
+    import subprocess
     import sys
 
     from helpers import interrupt_when
     from safetensors.torch import load_file
 
     from mmreward.checkpoint import read_state_info
-    from mmreward.train_reward import train
 
     out = tmp_path / "cli"
     common = ["--set", f"data={prefs[0]}", "--set", f"backbone=clip:{open_clip_dir}", "--set", f"output_dir={out}",
@@ -357,10 +357,20 @@ def test_ctrl_c_saves_at_a_step_boundary_and_resume_finishes_the_run(tmp_path, o
     step, _ = read_state_info(out / "checkpoint")
     assert step >= 6  # at least the first epoch (6 steps of 16 pairs), saved at the step it stopped
     epochs = step // 6 + 1
-    from mmreward.train_reward import main
-
-    res = main(["--resume", "--set", f"epochs={epochs}", *common])
+    # the resumed run and the uninterrupted reference run as the command runs them, each in a fresh process
+    # like the interrupted one: equal weights then show that nothing of the run was lost, independent of
+    # the settings (torch threads) that earlier tests left in this process
+    run = subprocess.run([sys.executable, "-m", "mmreward.train_reward", "--resume", "--set", f"epochs={epochs}", *common],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    res = json.loads(run.stdout.strip().splitlines()[-1])
     assert res["step"] == 6 * epochs and "model" in res
-    ref = train(_cfg(tmp_path / "ref", open_clip_dir, prefs, epochs=epochs, val_data=None), progress=False)
+    ref_out = tmp_path / "ref"
+    ref_args = [a.replace(str(out), str(ref_out)) for a in common]
+    run = subprocess.run([sys.executable, "-m", "mmreward.train_reward", "--set", f"epochs={epochs}", *ref_args],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    ref = json.loads(run.stdout.strip().splitlines()[-1])
+    assert ref["stopped_by"] is None and ref["step"] == res["step"]
     a, b = load_file(str(Path(res["model"]) / HEAD_WEIGHTS)), load_file(str(Path(ref["model"]) / HEAD_WEIGHTS))
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)  # as if never interrupted

@@ -12,6 +12,11 @@ evaluation suite (spread over the categories) are scored by the three ground-tru
 arm (seconds, from its metrics) and its reward gain per wall-minute.
 
 Writes ``benchmarks/results/instructvideo_shapes.json`` / ``.md`` and ``instructvideo_shapes_samples.gif``.
+
+The arms run in separate invocations, often on machines of different speed, so their own ``s / update`` are
+not comparable. ``--cost-probe N`` trains every arm ``N`` updates in one process (nothing else scored) and
+writes each one's seconds per update, measured side by side, to ``instructvideo_shapes_cost.json``; the
+Markdown then shows them, with the updates 60 minutes would give each arm at those costs.
 Runs are kept in ``outputs/instructvideo_bench/<arm>`` and resumed when the script is rerun. A probe of other
 settings (``--set learning_rate=1e-3`` for every arm) needs ``--tag``: its runs, scores and results are kept
 apart (``outputs/instructvideo_bench/<tag>/``, ``instructvideo_shapes_<tag>.{json,md}``).
@@ -115,6 +120,34 @@ def cost(arm: str) -> dict:
             "train_reward_last": float(np.mean([r["reward"] for r in rows[-10:]]))}
 
 
+def cost_probe(updates: int, config: str, model: str) -> dict:
+    """Each arm trained ``updates`` updates in this one process, fresh runs in ``WORK/cost_probe``: the mean
+    seconds per update after the first (which pays the warm-up). Written to ``<NAME>_cost.json``."""
+    import shutil
+    import time
+
+    from diffusion_align.train import main as train
+
+    if updates < 2:
+        raise SystemExit("--cost-probe needs at least 2 updates (the first one is a warm-up)")
+    root = WORK / "cost_probe"
+    shutil.rmtree(root, ignore_errors=True)
+    t0 = time.time()
+    for arm in ARMS:
+        args = ["--config", config, "--set", f"output_dir={root / arm}", "--set", f"pretrained={model}",
+                "--set", "max_minutes=null", "--no-progress", "--stop-after-epochs", str(updates)]
+        for o in ARMS[arm]:
+            args += ["--set", o]
+        train(args)
+    res = {"updates": updates, "minutes": (time.time() - t0) / 60, "arms": {}}
+    for arm in ARMS:
+        rows = [json.loads(x) for x in (root / arm / "metrics.jsonl").read_text().splitlines()]
+        res["arms"][arm] = {"seconds_per_update": float(np.mean([r["step_s"] for r in rows[1:]])),
+                            "updates_measured": len(rows) - 1}
+    (RESULTS / f"{NAME}_cost.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=60)
@@ -128,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every arm (a probe: needs --tag)")
     p.add_argument("--tag", default=None, help="keep this probe's runs and results apart under this name")
+    p.add_argument("--cost-probe", type=int, default=None, metavar="N",
+                   help="only time N updates of every arm in this one process, then rewrite the Markdown")
     args = p.parse_args(argv)
     if args.overrides and not args.tag:
         p.error("--set changes the arms' settings: name the probe with --tag so the benchmark's runs stay apart")
@@ -136,6 +171,11 @@ def main(argv: list[str] | None = None) -> dict:
         WORK, NAME = WORK / args.tag, f"{NAME}_{args.tag}"
     prefix = f"{args.tag}_" if args.tag else ""  # of the arms' score caches (the base's is shared by probes)
     torch.set_num_threads(2)
+    if args.cost_probe is not None:
+        probe = cost_probe(args.cost_probe, args.config, args.model)
+        if (RESULTS / f"{NAME}.json").is_file():
+            (RESULTS / f"{NAME}.md").write_text(markdown(json.loads((RESULTS / f"{NAME}.json").read_text())))
+        return probe
     from diffusers import AnimateDiffPipeline
 
     suite = load_suite("video_eval")
@@ -217,6 +257,19 @@ def markdown(res: dict) -> str:
                      f"{a['curve'][f'{m:g}']['overall']['pair_consistency']:.3f}" if f"{m:g}" in a["curve"] else "–"
                      for m in marks]
             lines.append(f"| {arm} | {bc['per_frame']:.3f} / {bc['pair_consistency']:.3f} | " + " | ".join(cells) + " |")
+    probe = RESULTS / f"{NAME}_cost.json"
+    if probe.is_file():
+        c = json.loads(probe.read_text())
+        lines += ["", f"Cost per update measured side by side in one process ({c['updates'] - 1} timed updates of each "
+                  "arm), against what each arm's own run measured on its machine:", "",
+                  "| arm | s / update, one process | relative to edit_dataset | updates in 60 min at that cost "
+                  "| s / update in the arm's run | updates the arm's run made |", "|---|---|---|---|---|---|"]
+        ref = c["arms"]["edit_dataset"]["seconds_per_update"]
+        for arm, a in c["arms"].items():
+            own = res["arms"].get(arm, {}).get("cost")
+            lines.append(f"| {arm} | {a['seconds_per_update']:.1f} | {a['seconds_per_update'] / ref:.2f}× | "
+                         f"{60 * res['minutes'] / a['seconds_per_update']:.0f} | "
+                         + (f"{own['seconds_per_update']:.1f} | {own['updates']} |" if own else "– | – |"))
     lines += ["", "Per category (per-frame score):", "",
               "| arm | " + " | ".join(res["base"]["final"]["per_category"]) + " |",
               "|---|" + "---|" * len(res["base"]["final"]["per_category"])]

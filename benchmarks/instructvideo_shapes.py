@@ -17,6 +17,7 @@ The arms run in separate invocations, often on machines of different speed, so t
 not comparable. ``--cost-probe N`` trains every arm ``N`` updates in one process (nothing else scored) and
 writes each one's seconds per update, measured side by side, to ``instructvideo_shapes_cost.json``; the
 Markdown then shows them, with the updates 60 minutes would give each arm at those costs.
+
 Runs are kept in ``outputs/instructvideo_bench/<arm>`` and resumed when the script is rerun. A probe of other
 settings (``--set learning_rate=1e-3`` for every arm) needs ``--tag``: its runs, scores and results are kept
 apart (``outputs/instructvideo_bench/<tag>/``, ``instructvideo_shapes_<tag>.{json,md}``).

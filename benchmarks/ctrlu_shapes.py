@@ -42,7 +42,9 @@ from mmreward.metrics import (
     auroc_interval,
     class_counts,
     class_iou,
+    edge_counts,
     edge_f1,
+    edge_f1_difference,
     frechet_distance,
     miou_difference,
     reliability,
@@ -154,8 +156,9 @@ def reward_model_of(condition: str) -> str:
 
 @torch.no_grad()
 def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip) -> dict:
-    """The arm's scores; for seg also ``_counts``, its per-condition intersections and unions ``[N, C, 2]``
-    with the pixel truth (for the paired intervals; not written to the JSON)."""
+    """The arm's scores, and ``_counts``, its per-condition counts against the condition (for the paired
+    intervals; not written to the JSON): seg the pixel truth's intersections and unions ``[N, C, 2]``, edges the
+    pixel truth's boundary counts ``[N, 4]``."""
     from mmreward.dense_rewards import EdgeReward, SegmentationReward
 
     truth = np.stack([read_segmentation(im) for im in images])
@@ -182,6 +185,7 @@ def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip)
     else:
         target = np.stack([edge_map(s) for s in scenes])
         edges_truth = np.stack([boundaries(t) for t in truth])
+        res["_counts"] = edge_counts(edges_truth, target)
         res.update(edge_f1_pixel_truth=edge_f1(edges_truth, target))
         preds = {}
         for name, folder in (("reward_model", trained_with), ("second_estimator", EVAL_MODELS["edges"])):
@@ -317,11 +321,12 @@ def main(argv: list[str] | None = None) -> dict:
             res["arms"][arm]["cost"] = _cost(WORK / args.condition / arm)
         shown[arm] = images[:8]
         write(res)
-    # paired intervals over the conditions: each arm against the diffusion-loss-only arm and ControlNet++
+    # paired intervals over the conditions: each arm against the base, the diffusion-loss-only arm and ControlNet++
+    key, difference = ("miou_difference", miou_difference) if args.condition == "seg" else \
+        ("edge_f1_difference", edge_f1_difference)
     for arm in counts:
-        res["arms"][arm]["miou_difference"] = {ref: miou_difference(counts[arm], counts[ref])
-                                               for ref in ("base", "diffusion_only", "controlnet_pp")
-                                               if ref in counts and ref != arm}
+        res["arms"][arm][key] = {ref: difference(counts[arm], counts[ref])
+                                 for ref in ("base", "diffusion_only", "controlnet_pp") if ref in counts and ref != arm}
     write(res)
     if "uncertainty" not in res:
         res["uncertainty"] = uncertainty_study(args.condition, renders, metas, scenes, args.uncertainty_images)
@@ -421,10 +426,12 @@ def markdown(res: dict) -> str:
             lines += ["| arm | reward model: edge F1 | second estimator: edge F1 |", "|---|---|---|"]
             lines += [f"| {arm} | {a['edge_f1_vs_pixel_truth']['reward_model']:.3f} | "
                       f"{a['edge_f1_vs_pixel_truth']['second_estimator']:.3f} |" for arm, a in judged.items()]
-    diffs = {arm: a["miou_difference"] for arm, a in res["arms"].items() if a.get("miou_difference")}
+    key = "miou_difference" if seg else "edge_f1_difference"
+    diffs = {arm: a[key] for arm, a in res["arms"].items() if a.get(key)}
     if diffs:
         refs = [r for r in ("base", "diffusion_only", "controlnet_pp") if any(r in d for d in diffs.values())]
-        lines += ["", "mIoU (pixel truth) of each arm minus that of another, with a 95% paired bootstrap interval over "
+        lines += ["", f"{'mIoU' if seg else 'Edge F1'} (pixel truth) of each arm minus that of another, with a 95% "
+                  "paired bootstrap interval over "
                   "the conditions:", "", "| arm | " + " | ".join(f"− {r}" for r in refs) + " |", "|---" * (1 + len(refs)) + "|"]
         for arm, d in diffs.items():
             lines.append(f"| {arm} | " + " | ".join(

@@ -47,35 +47,58 @@ def miou_from_counts(counts: np.ndarray) -> float:
     return float((total[present, 0] / total[present, 1]).mean())
 
 
-def miou_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """mIoU(a) − mIoU(b) of two arms' counts ``[N, C, 2]`` on the same N conditions, with a paired percentile
-    bootstrap interval resampling the conditions."""
+def paired_difference(a: np.ndarray, b: np.ndarray, stat, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    """``stat(a) − stat(b)`` of two arms' per-condition counts (first axis: the same N conditions), with a
+    paired percentile bootstrap interval resampling the conditions."""
     if a.shape != b.shape:
         raise ValueError(f"the arms' counts must cover the same conditions, got {a.shape} and {b.shape}")
     rng = np.random.default_rng(seed)
     boots = []
     for _ in range(n_boot):
         pick = rng.integers(0, len(a), len(a))
-        boots.append(miou_from_counts(a[pick]) - miou_from_counts(b[pick]))
+        boots.append(stat(a[pick]) - stat(b[pick]))
     lo, hi = np.percentile(boots, [(1 - level) / 2 * 100, (1 + level) / 2 * 100])
-    return {"difference": miou_from_counts(a) - miou_from_counts(b), "low": float(lo), "high": float(hi),
-            "level": level, "conditions": len(a)}
+    return {"difference": stat(a) - stat(b), "low": float(lo), "high": float(hi), "level": level, "conditions": len(a)}
 
 
-def edge_f1(pred: np.ndarray, target: np.ndarray, threshold: float = 0.5, tolerance: int = 1) -> dict:
-    """Edge F1 of maps ``[N, H, W]`` in [0, 1] thresholded at ``threshold``: a predicted edge pixel is correct
-    within ``tolerance`` pixels (Chebyshev) of a true one, and a true one is found likewise (BSDS-style
-    matching without the one-to-one assignment). Counts are summed over the images."""
+def miou_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """mIoU(a) − mIoU(b) of two arms' counts ``[N, C, 2]`` on the same N conditions, with a paired percentile
+    bootstrap interval resampling the conditions."""
+    return paired_difference(a, b, miou_from_counts, n_boot, seed, level)
+
+
+def edge_counts(pred: np.ndarray, target: np.ndarray, threshold: float = 0.5, tolerance: int = 1) -> np.ndarray:
+    """``[N, 4]`` per-image edge counts of maps ``[N, H, W]`` in [0, 1] thresholded at ``threshold``: predicted
+    edge pixels within ``tolerance`` pixels (Chebyshev) of a true one, true ones within ``tolerance`` of a
+    predicted one, predicted and true edge pixels (BSDS-style matching without the one-to-one assignment)."""
     from scipy import ndimage
 
     p, t = np.asarray(pred) >= threshold, np.asarray(target) >= threshold
     size = (1, 2 * tolerance + 1, 2 * tolerance + 1)
     near_t, near_p = ndimage.maximum_filter(t, size=size), ndimage.maximum_filter(p, size=size)
-    tp_p, tp_t, n_p, n_t = (p & near_t).sum(), (t & near_p).sum(), p.sum(), t.sum()
+    return np.stack([(p & near_t).sum((1, 2)), (t & near_p).sum((1, 2)), p.sum((1, 2)), t.sum((1, 2))], 1).astype(np.int64)
+
+
+def edge_prf_from_counts(counts: np.ndarray) -> dict:
+    """Precision, recall and F1 of :func:`edge_counts` ``[N, 4]`` summed over the images."""
+    tp_p, tp_t, n_p, n_t = counts.sum(0)
     precision = tp_p / n_p if n_p else 0.0
     recall = tp_t / n_t if n_t else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"f1": float(f1), "precision": float(precision), "recall": float(recall)}
+
+
+def edge_f1(pred: np.ndarray, target: np.ndarray, threshold: float = 0.5, tolerance: int = 1) -> dict:
+    """Edge F1 (with precision and recall) of maps ``[N, H, W]`` in [0, 1], counts summed over the images (see
+    :func:`edge_counts`)."""
+    return edge_prf_from_counts(edge_counts(pred, target, threshold, tolerance))
+
+
+def edge_f1_difference(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Edge F1(a) − F1(b) of two arms' :func:`edge_counts` on the same N conditions, with a paired percentile
+    bootstrap interval resampling the conditions."""
+    return paired_difference(a, b, lambda c: edge_prf_from_counts(c)["f1"], n_boot, seed, level)
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, window: int = 7, sigma: float = 1.5) -> torch.Tensor:

@@ -12,7 +12,10 @@ from mmreward.metrics import (
     auroc_interval,
     class_counts,
     class_iou,
+    edge_counts,
     edge_f1,
+    edge_f1_difference,
+    edge_prf_from_counts,
     frechet_distance,
     miou_difference,
     miou_from_counts,
@@ -39,6 +42,35 @@ def test_edge_f1_tolerates_a_one_pixel_shift_only():
     r = edge_f1(half, t)
     # 7 of 12 true pixels lie within a pixel of a found one (the one next to the found half counts)
     assert r["precision"] == 1 and r["recall"] == pytest.approx(7 / 12) and r["f1"] == pytest.approx(14 / 19)
+
+
+def test_edge_counts_per_image_sum_to_the_pooled_f1_and_give_a_paired_interval():
+    rng = np.random.default_rng(0)
+    target = np.zeros((40, 16, 16))
+    for i in range(40):  # a horizontal edge of random length in each image
+        r, n = rng.integers(2, 14), rng.integers(4, 12)
+        target[i, r, 2:2 + n] = 1
+    good = target.copy()
+    good[:, :, 10:] = 0  # edges cut at column 10: precision 1, recall lower
+    bad = np.roll(target, 3, axis=1)  # 3 pixels off: nothing within tolerance
+    counts = edge_counts(good, target)
+    assert counts.shape == (40, 4)
+    i = int(np.argmax(target.sum((1, 2))))  # one image's counts by hand
+    found = good[i] >= 0.5
+    assert counts[i, 2] == found.sum() and counts[i, 3] == target[i].sum() and counts[i, 0] == found.sum()
+    halves = np.concatenate([edge_counts(good[:20], target[:20]), edge_counts(good[20:], target[20:])])
+    assert edge_prf_from_counts(halves) == edge_f1(good, target)
+    pooled = edge_f1(good, target)
+    # nothing found is wrong; a true pixel counts as found when a found one lies within a pixel
+    near = good.copy()
+    near[:, :, 1:] = np.maximum(near[:, :, 1:], good[:, :, :-1])
+    assert pooled["precision"] == 1 and pooled["recall"] == pytest.approx((near * target).sum() / target.sum())
+    d = edge_f1_difference(counts, edge_counts(bad, target), n_boot=500)
+    direct = edge_f1(good, target)["f1"] - edge_f1(bad, target)["f1"]
+    assert edge_f1(bad, target)["f1"] == 0 and d["difference"] == pytest.approx(direct)
+    assert d["low"] <= direct <= d["high"] and d["low"] > 0 and d["conditions"] == 40
+    same = edge_f1_difference(counts, counts, n_boot=50)
+    assert same["difference"] == same["low"] == same["high"] == 0
 
 
 def _ssim_loops(a, b, window=7, sigma=1.5):

@@ -45,6 +45,7 @@ from mmreward.metrics import (
     edge_counts,
     edge_f1,
     edge_f1_difference,
+    edge_prf_from_counts,
     frechet_distance,
     miou_difference,
     reliability,
@@ -64,6 +65,8 @@ from mmreward.shapes.evaluator import detect
 
 RESULTS = Path(__file__).parent / "results"
 PASSES = {"timestep": "same-noise passes at t, t + 1", "noise": "two noises"}  # how each U variant is estimated
+#: per condition, the key of the paired differences in an arm's results and the function computing them
+DIFFERENCES = {"seg": ("miou_difference", miou_difference), "edges": ("edge_f1_difference", edge_f1_difference)}
 RESULTS_FILE = RESULTS / "ctrlu_shapes.json"  #: {condition: results}
 AUDIT = Path(__file__).parent / "audit_ctrlu"
 WORK = Path("outputs/ctrlu_bench")
@@ -186,7 +189,7 @@ def score(condition: str, images: np.ndarray, renders: np.ndarray, scenes, clip)
         target = np.stack([edge_map(s) for s in scenes])
         edges_truth = np.stack([boundaries(t) for t in truth])
         res["_counts"] = edge_counts(edges_truth, target)
-        res.update(edge_f1_pixel_truth=edge_f1(edges_truth, target))
+        res.update(edge_f1_pixel_truth=edge_prf_from_counts(res["_counts"]))
         preds = {}
         for name, folder in (("reward_model", trained_with), ("second_estimator", EVAL_MODELS["edges"])):
             model = EdgeReward.from_pretrained(folder)
@@ -322,8 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         shown[arm] = images[:8]
         write(res)
     # paired intervals over the conditions: each arm against the base, the diffusion-loss-only arm and ControlNet++
-    key, difference = ("miou_difference", miou_difference) if args.condition == "seg" else \
-        ("edge_f1_difference", edge_f1_difference)
+    key, difference = DIFFERENCES[args.condition]
     for arm in counts:
         res["arms"][arm][key] = {ref: difference(counts[arm], counts[ref])
                                  for ref in ("base", "diffusion_only", "controlnet_pp") if ref in counts and ref != arm}
@@ -426,7 +428,7 @@ def markdown(res: dict) -> str:
             lines += ["| arm | reward model: edge F1 | second estimator: edge F1 |", "|---|---|---|"]
             lines += [f"| {arm} | {a['edge_f1_vs_pixel_truth']['reward_model']:.3f} | "
                       f"{a['edge_f1_vs_pixel_truth']['second_estimator']:.3f} |" for arm, a in judged.items()]
-    key = "miou_difference" if seg else "edge_f1_difference"
+    key = DIFFERENCES[res["condition"]][0]
     diffs = {arm: a[key] for arm, a in res["arms"].items() if a.get(key)}
     if diffs:
         refs = [r for r in ("base", "diffusion_only", "controlnet_pp") if any(r in d for d in diffs.values())]

@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from shapes_t2v import grid_gif, sample_videos, summarize  # noqa: E402
 
 from mmreward.assets import resolve_asset  # noqa: E402
+from mmreward.files import read_jsonl  # noqa: E402
 from mmreward.shapes.suites import load_suite  # noqa: E402
 from mmreward.shapes.video import evaluate_video  # noqa: E402
 
@@ -115,7 +116,7 @@ def train_to(arm: str, minutes: float, spacing: float, config: str, model: str, 
 
 
 def cost(arm: str) -> dict:
-    rows = [json.loads(x) for x in (WORK / arm / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(WORK / arm / "metrics.jsonl")
     return {"updates": len(rows), "seconds_per_update": float(np.mean([r["step_s"] for r in rows])),
             "train_reward_first": float(np.mean([r["reward"] for r in rows[:10]])),
             "train_reward_last": float(np.mean([r["reward"] for r in rows[-10:]]))}
@@ -142,7 +143,7 @@ def cost_probe(updates: int, config: str, model: str) -> dict:
         train(args)
     res = {"updates": updates, "minutes": (time.time() - t0) / 60, "arms": {}}
     for arm in ARMS:
-        rows = [json.loads(x) for x in (root / arm / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(root / arm / "metrics.jsonl")
         res["arms"][arm] = {"seconds_per_update": float(np.mean([r["step_s"] for r in rows[1:]])),
                             "updates_measured": len(rows) - 1}
     (RESULTS / f"{NAME}_cost.json").write_text(json.dumps(res, indent=1))

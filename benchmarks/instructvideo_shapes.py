@@ -11,7 +11,9 @@ evaluation suite (spread over the categories) are scored by the three ground-tru
 ``--rows`` rows × ``--seeds`` seeds. The base model is scored the same way. Also: the cost per update of each
 arm (seconds, from its metrics) and its reward gain per wall-minute.
 
-Writes ``benchmarks/results/instructvideo_shapes.json`` / ``.md`` and ``instructvideo_shapes_samples.gif``.
+Writes ``benchmarks/results/instructvideo_shapes.json`` / ``.md`` and, for each arm, a before/after GIF of
+8 rows (the base model beside the arm, same noise): ``instructvideo_shapes_samples.gif`` for the reference arm,
+``instructvideo_shapes_<arm>.gif`` for the others.
 
 The arms run in separate invocations, often on machines of different speed, so their own ``s / update`` are
 not comparable. ``--cost-probe N`` trains every arm ``N`` updates in one process (nothing else scored) and
@@ -45,6 +47,9 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path("outputs/instructvideo_bench")
 SCORES = WORK / "scores"  # shared by probes: the base model's videos do not depend on the arms' settings
 NAME = "instructvideo_shapes"
+ARM_TEXT = {"edit_dataset": "InstructVideo editing ground-truth videos, TAR on, 4 segments",
+            "edit_sample": "editing the model's own samples", "tar_off": "editing, TAR off",
+            "all_frames": "editing, every frame scored", "full_chain": "all DDIM steps from noise"}
 ARMS = {
     "edit_dataset": [],  # the reference: edit ground-truth videos, TAR on, S = 4
     "edit_sample": ["source=sample"],
@@ -150,6 +155,25 @@ def cost_probe(updates: int, config: str, model: str) -> dict:
     return res
 
 
+def gif_name(arm: str) -> str:
+    return f"{NAME}_samples.gif" if arm == "edit_dataset" else f"{NAME}_{arm}.gif"
+
+
+def before_after_gif(pipe, rows: list[dict], final: dict, minutes: float, arm: str, path: Path, n: int = 8) -> None:
+    """``n`` rows spread over ``rows``: the base model's video (``pipe`` without adapters) beside the video of
+    ``arm`` after ``minutes`` (``final``: its :func:`score`), both from the noise that row had in the first seed,
+    labelled with their ground-truth scores."""
+    pick = list(range(0, len(rows), max(1, len(rows) // n)))[:n]
+    before = sample_videos(pipe, [rows[i]["prompt"] for i in pick], 0, 8, 20, 3.0, ids=pick)
+    videos, results = [], []
+    for k, i in enumerate(pick):
+        videos += [before[k], final["_videos"][i]]
+        results += [evaluate_video(before[k], rows[i]), final["_results"][i]]
+    grid_gif(np.stack(videos), results, path, tags=["base", f"after {minutes:g} min"] * len(pick),
+             legend=f"Each pair: the base model, then the same prompt and noise after {minutes:g} min of the "
+                    f"{arm} arm ({ARM_TEXT[arm]}); ground-truth scores below each video.")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=60)
@@ -204,10 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
                 final = score(pipe, final_rows, args.seeds, f"{prefix}{arm}_{m:g}")
                 arm_res["final"] = public(final)
         pipe.unload_lora_weights()
-        if arm == "edit_dataset" and not args.tag:
-            pick = list(range(0, len(final_rows), max(1, len(final_rows) // 12)))[:12]
-            grid_gif(final["_videos"][pick], [final["_results"][i] for i in pick],
-                     RESULTS / "instructvideo_shapes_samples.gif")
+        if not args.tag:
+            before_after_gif(pipe, final_rows, final, args.minutes, arm, RESULTS / gif_name(arm))
         arm_res["cost"] = cost(arm)
         gain = arm_res["final"]["overall"]["per_frame"] - res["base"]["final"]["overall"]["per_frame"]
         arm_res["per_frame_gain"] = gain

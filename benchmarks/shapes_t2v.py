@@ -27,16 +27,20 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def sample_videos(pipe, prompts: list[str], seed: int, frames: int, steps: int, guidance: float,
-                  batch: int = 8) -> np.ndarray:
+                  batch: int = 8, ids: list[int] | None = None) -> np.ndarray:
     """uint8 ``[N, F, H, W, 3]``: one video per prompt, ``batch`` prompts per pipeline call.
 
-    Prompt ``i``'s noise comes from its own generator (seeded ``seed * 100000 + i``), so a video does not depend
-    on the batch it was sampled in (up to float rounding).
+    Prompt ``i``'s noise comes from its own generator (seeded ``seed * 100000 + ids[i]``, ``ids`` by default
+    ``0 … N-1``), so a video does not depend on the batch it was sampled in (up to float rounding), and
+    ``ids`` resamples chosen rows of a longer list with the noise they had there.
     """
+    ids = list(range(len(prompts))) if ids is None else ids
+    if len(ids) != len(prompts):
+        raise ValueError(f"{len(ids)} ids for {len(prompts)} prompts")
     out = []
     for b in range(0, len(prompts), batch):
         chunk = prompts[b:b + batch]
-        gens = [torch.Generator().manual_seed(seed * 100_000 + b + j) for j in range(len(chunk))]
+        gens = [torch.Generator().manual_seed(seed * 100_000 + i) for i in ids[b:b + batch]]
         v = pipe(chunk, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
                  output_type="pt", generator=gens).frames  # [n, F, 3, H, W] in [0, 1]
         out.append((v.clamp(0, 1) * 255).round().byte().permute(0, 1, 3, 4, 2).numpy())
@@ -76,8 +80,10 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def grid_gif(videos: np.ndarray, results: list[dict], path: Path, cols: int = 4) -> None:
-    """An animated grid: frame t of every video, each cell labelled with its prompt and scores."""
+def grid_gif(videos: np.ndarray, results: list[dict], path: Path, cols: int = 4, tags: list[str] | None = None,
+             legend: str = "") -> None:
+    """An animated grid: frame t of every video, each cell labelled with its prompt and scores (and its entry
+    of ``tags``, such as the model that made it, as the first note)."""
     import imageio.v3 as iio
     from PIL import Image
 
@@ -90,8 +96,10 @@ def grid_gif(videos: np.ndarray, results: list[dict], path: Path, cols: int = 4)
             if r["motion"] is not None:
                 notes.append(("moves as prompted" if r["motion"] else "wrong motion", GREEN if r["motion"] else RED))
             notes.append((f"frame {t}", GREY))
+            if tags is not None:
+                notes.insert(0, (tags[len(cells)], GREY))
             cells.append((Image.fromarray(v[t]), r["prompt"].removeprefix("a photo of "), notes))
-        frames.append(np.asarray(labelled_grid(cells, cols)))
+        frames.append(np.asarray(labelled_grid(cells, cols, legend)))
     path.parent.mkdir(parents=True, exist_ok=True)
     iio.imwrite(path, np.stack(frames), extension=".gif", duration=250, loop=0)
 

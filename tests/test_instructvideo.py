@@ -119,3 +119,7 @@ def test_benchmark_sampling_does_not_depend_on_the_batch(tiny_video_pipe):
     assert np.abs(one.astype(int) - many.astype(int)).max() <= 1  # float rounding at most
     other_seed = sample_videos(pipe, prompts[:1], seed=2, frames=4, steps=2, guidance=2.0)
     assert np.abs(other_seed[0].astype(int) - one[0].astype(int)).max() > 1
+    chosen = sample_videos(pipe, [prompts[2], prompts[0]], seed=1, frames=4, steps=2, guidance=2.0, ids=[2, 0])
+    assert np.abs(chosen[[1, 0]].astype(int) - one[[0, 2]].astype(int)).max() <= 1  # rows keep their noise
+    with pytest.raises(ValueError, match="2 ids for 1 prompts"):
+        sample_videos(pipe, prompts[:1], seed=1, frames=4, steps=2, guidance=2.0, ids=[0, 1])

@@ -47,11 +47,12 @@ RESULTS = Path(__file__).parent / "results"
 WORK = Path("outputs/instructvideo_bench")
 SCORES = WORK / "scores"  # shared by probes: the base model's videos do not depend on the arms' settings
 NAME = "instructvideo_shapes"
+FRAMES, STEPS, GUIDANCE = 8, 20, 3.0  #: how every video of the benchmark is sampled (as shapes_t2v.py's defaults)
 ARM_TEXT = {"edit_dataset": "InstructVideo editing ground-truth videos, TAR on, 4 segments",
             "edit_sample": "editing the model's own samples", "tar_off": "editing, TAR off",
             "all_frames": "editing, every frame scored", "full_chain": "all DDIM steps from noise"}
 ARMS = {
-    "edit_dataset": [],  # the reference: edit ground-truth videos, TAR on, S = 4
+    "edit_dataset": [],  # the reference (ARM_TEXT says what each arm is)
     "edit_sample": ["source=sample"],
     "tar_off": ["lambda_tar=0.0"],
     "all_frames": ["sampling=all"],
@@ -63,7 +64,7 @@ def subset(rows: list[dict], n: int) -> list[dict]:
     return rows[:: max(1, len(rows) // n)][:n]
 
 
-def score(pipe, rows: list[dict], seeds: int, name: str, steps: int = 20, guidance: float = 3.0) -> dict:
+def score(pipe, rows: list[dict], seeds: int, name: str) -> dict:
     """The three ground-truth scores of ``pipe`` on ``rows`` × ``seeds``, cached in ``SCORES/<name>.json``
     (with the first seed's videos in ``.npz``), so a rerun after a crash scores nothing twice."""
     cache = SCORES / f"{name}_{len(rows)}x{seeds}.json"
@@ -72,7 +73,7 @@ def score(pipe, rows: list[dict], seeds: int, name: str, steps: int = 20, guidan
         return {**res, "_videos": np.load(cache.with_suffix(".npz"))["videos"]}
     results, shown = [], None
     for seed in range(seeds):
-        videos = sample_videos(pipe, [r["prompt"] for r in rows], seed, 8, steps, guidance)
+        videos = sample_videos(pipe, [r["prompt"] for r in rows], seed, FRAMES, STEPS, GUIDANCE)
         results += [{**evaluate_video(v, r), "held_out": r["held_out"]} for r, v in zip(rows, videos, strict=True)]
         shown = videos if shown is None else shown
     res = {**summarize(results), "_results": [{k: r[k] for k in ("prompt", "per_frame", "consistent", "pair_consistency",
@@ -91,8 +92,8 @@ def base_from_t2v_benchmark(model: str, rows: list[dict], seeds: int) -> dict | 
     if not f.is_file():
         return None
     t2v = json.loads(f.read_text())
-    same = (t2v.get("model") == model and t2v.get("seeds") == seeds and t2v.get("steps") == 20
-            and t2v.get("guidance") == 3.0 and t2v.get("frames") == 8 and "tag" in t2v["videos"][0]
+    same = (t2v.get("model") == model and t2v.get("seeds") == seeds and t2v.get("steps") == STEPS
+            and t2v.get("guidance") == GUIDANCE and t2v.get("frames") == FRAMES and "tag" in t2v["videos"][0]
             and [v["prompt"] for v in t2v["videos"] if v["seed"] == 0] == [r["prompt"] for r in rows])
     return summarize(t2v["videos"]) if same else None
 
@@ -164,7 +165,7 @@ def before_after_gif(pipe, rows: list[dict], final: dict, minutes: float, arm: s
     ``arm`` after ``minutes`` (``final``: its :func:`score`), both from the noise that row had in the first seed,
     labelled with their ground-truth scores."""
     pick = list(range(0, len(rows), max(1, len(rows) // n)))[:n]
-    before = sample_videos(pipe, [rows[i]["prompt"] for i in pick], 0, 8, 20, 3.0, ids=pick)
+    before = sample_videos(pipe, [rows[i]["prompt"] for i in pick], 0, FRAMES, STEPS, GUIDANCE, ids=pick)
     videos, results = [], []
     for k, i in enumerate(pick):
         videos += [before[k], final["_videos"][i]]

@@ -24,6 +24,7 @@ from mmreward.shapes.prompts import (
     all_metas,
     hard_negatives,
     is_held_out,
+    mentions_held_out,
     relations,
     sample_meta,
 )
@@ -54,6 +55,15 @@ def test_suites_are_balanced_and_hold_out_compositions():
         m = sample_meta(CATEGORIES[int(rng.integers(6))], rng, "train")
         for o in sample_scene(m, rng, allow_held_out=False).objects:
             assert (o.color, o.shape) not in HELD_OUT_PAIRS
+
+
+def test_sentences_naming_held_out_compositions_are_found():
+    for tag in CATEGORIES:  # on every prompt of the grammar, the text check agrees with the metadata's
+        for meta in all_metas(tag):
+            assert mentions_held_out(meta["prompt"]) == is_held_out(meta), meta["prompt"]
+    assert mentions_held_out("The star is red.") and mentions_held_out("Two red stars and a blue circle.")
+    assert mentions_held_out("The circle is above the triangle.")  # an answer, not a prompt
+    assert not mentions_held_out("The circle is below the triangle.") and not mentions_held_out("The star is blue.")
 
 
 def test_renderer_is_antialiased_and_sized():

@@ -70,3 +70,57 @@ def test_train_judge_resumes_and_exports_a_loadable_judge(open_clip_dir, tmp_pat
                                          answer1="The star is blue.", answer2="The star is red.")
         assert unk not in judge.tokenizer.encode(judge.chat(message), add_special_tokens=False), template
     assert judge.tokenizer.encode("zebra", add_special_tokens=False) == [unk]
+
+
+def test_text_first_judge_with_class_token_and_two_layers_matches_its_processor(open_clip_dir, tmp_path):
+    import numpy as np
+
+    clip = load_open_clip(open_clip_dir)
+    vision, ip = vision_from_open_clip(clip.model.visual.float(), [0.5] * 3, [0.5] * 3)
+    tok = word_tokenizer(words_of(['Does this image show "a red circle"?', "Yes No 1 2"]))
+    model, processor = build_judge(vision, ip, tok, hidden=32, layers=1, heads=2, feature_layer=[-2, -1],
+                                   class_token=True, text_first=True)
+    model.save_pretrained(tmp_path / "judge")
+    processor.save_pretrained(tmp_path / "judge")
+    judge = load_reward(f"vlm:{tmp_path / 'judge'}")
+    chat = judge.chat('Does this image show "a red circle"?')
+    assert chat == 'user: Does this image show "a red circle"?\n<image>\nassistant:'
+    x = torch.rand(2, 3, 64, 64)  # resized to the tower's size by both paths
+    enc = judge.processor(text=[chat] * 2, images=[(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in x],
+                          return_tensors="pt")
+    vc = model.config.vision_config
+    patches = (vc.image_size // vc.patch_size) ** 2
+    assert int((enc["input_ids"] == model.config.image_token_index).sum(1)[0]) == patches + 1  # and the class token
+    with torch.no_grad():
+        direct = judge.model(**enc).logits[:, -1].float().log_softmax(-1)[:, judge.answer_ids[0]].exp()
+        # the torch pixel path rounds nothing, the processor's PIL path rounds to uint8: within rounding
+        assert torch.allclose(judge(x, "a red circle"), direct, atol=2e-3)
+
+
+def test_training_items_never_name_held_out_compositions():
+    import numpy as np
+
+    from mmreward.shapes.prompts import mentions_held_out
+    from mmreward.vlm.train_judge import KINDS, make_item
+
+    rng = np.random.default_rng(0)
+    for kind in KINDS:
+        for _ in range(60):
+            _, message, reply, _ = make_item(kind, rng)
+            assert not mentions_held_out(message) and not mentions_held_out(reply), (kind, message, reply)
+    held = [make_item("yes", rng, "held_out") for _ in range(20)]
+    assert all(mentions_held_out(m) for _, m, r, _ in held if r == "Yes")
+
+
+def test_mix_is_parsed_and_normalised_with_clear_errors():
+    import pytest
+
+    from mmreward.vlm.train_judge import parse_mix
+
+    assert parse_mix("yes=3,images=1") == {"yes": 0.75, "qa": 0.0, "answers": 0.0, "answer-yes": 0.0, "images": 0.25}
+    with pytest.raises(ValueError, match="unknown item kind 'yess'"):
+        parse_mix("yess=1")
+    with pytest.raises(ValueError, match="not kind=share"):
+        parse_mix("yes=a")
+    with pytest.raises(ValueError, match="not all 0"):
+        parse_mix("yes=0")

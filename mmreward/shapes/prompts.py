@@ -51,6 +51,21 @@ def is_held_out(meta: dict) -> bool:
     return False
 
 
+_S, _C, _R = "|".join(SHAPES), "|".join(COLORS), "|".join(RELATIONS)
+_PAIR_TEXT = re.compile(rf"\b(?:(?P<c1>{_C}) (?P<s1>{_S})s?|the (?P<s2>{_S}) is (?P<c2>{_C}))\b")
+_RELATION_TEXT = re.compile(rf"\b(?P<a>{_S})s? (?:is )?(?P<rel>{_R}) (?:the|an?|one|two|three|four)(?: (?:{_C}))? (?P<b>{_S})")
+
+
+def mentions_held_out(text: str) -> bool:
+    """Whether a sentence (a prompt, a question or an answer) names a held-out colour–shape pair ('a red
+    star', 'the star is red') or relation ('the circle is above the triangle')."""
+    text = text.lower()
+    for m in _PAIR_TEXT.finditer(text):
+        if (m["c1"] or m["c2"], m["s1"] or m["s2"]) in HELD_OUT_PAIRS:
+            return True
+    return any(_held_out_relation(m["a"], m["rel"], m["b"]) for m in _RELATION_TEXT.finditer(text))
+
+
 def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 

@@ -20,6 +20,11 @@ WORD_PATTERN = r"</?s>|<[a-z]+>|\w+|[^\w\s]|\n"
 CHAT_TEMPLATE = ("{% for m in messages %}{{ 'user: ' if m['role'] == 'user' else 'assistant: ' }}"
                  "{% for c in m['content'] %}{{ '<image>' + '\\n' if c['type'] == 'image' else c['text'] }}{% endfor %}"
                  "{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
+#: the same turns with each message's text before its images, so the image tokens attend to the question
+TEXT_FIRST_TEMPLATE = ("{% for m in messages %}{{ 'user: ' if m['role'] == 'user' else 'assistant: ' }}"
+                       "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] + '\\n' }}{% endif %}{% endfor %}"
+                       "{% for c in m['content'] %}{% if c['type'] == 'image' %}{{ '<image>\\n' }}{% endif %}{% endfor %}"
+                       "{% endfor %}{% if add_generation_prompt %}{{ 'assistant:' }}{% endif %}")
 CHAT_WORDS = ("user", "assistant", ":")  #: words of the chat template, in every vocabulary
 
 
@@ -96,10 +101,11 @@ def vision_from_open_clip(visual, mean, std):
 
 
 def build_judge(vision, image_processor, tokenizer, hidden: int = 128, layers: int = 4, heads: int = 4,
-                feature_layer: int = -1):
+                feature_layer: int | list[int] = -1, class_token: bool = False, text_first: bool = False):
     """``(LlavaForConditionalGeneration, LlavaProcessor)``: ``vision`` (a ``CLIPVisionModel``) → 2-layer
-    projector → a Llama of ``layers`` × ``hidden``; the image's patch tokens (class token dropped) stand
-    where ``<image>`` is."""
+    projector → a Llama of ``layers`` × ``hidden``; the image's patch tokens (and its class token with
+    ``class_token``) of ``feature_layer`` (a list: those layers' features concatenated) stand where
+    ``<image>`` is. ``text_first``: the chat template writes a turn's text before its images."""
     from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     ids = tokenizer.convert_tokens_to_ids
@@ -107,13 +113,16 @@ def build_judge(vision, image_processor, tokenizer, hidden: int = 128, layers: i
                        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                        max_position_embeddings=512, bos_token_id=ids("<s>"), eos_token_id=ids("</s>"),
                        pad_token_id=ids("<pad>"), tie_word_embeddings=False)
+    strategy = "full" if class_token else "default"
+    tokens = (vision.config.image_size // vision.config.patch_size) ** 2 + int(class_token)
     cfg = LlavaConfig(vision_config=vision.config, text_config=text, image_token_index=ids(IMAGE_TOKEN),
-                      vision_feature_select_strategy="default", vision_feature_layer=feature_layer,
-                      projector_hidden_act="gelu", image_seq_length=(vision.config.image_size // vision.config.patch_size) ** 2)
+                      vision_feature_select_strategy=strategy, vision_feature_layer=feature_layer,
+                      projector_hidden_act="gelu", image_seq_length=tokens)
     model = LlavaForConditionalGeneration(cfg)
     model.model.vision_tower.load_state_dict(vision.state_dict())
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
-                               patch_size=vision.config.patch_size, vision_feature_select_strategy="default",
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                               chat_template=TEXT_FIRST_TEMPLATE if text_first else CHAT_TEMPLATE,
+                               patch_size=vision.config.patch_size, vision_feature_select_strategy=strategy,
                                num_additional_image_tokens=1)
     return model, processor
 

@@ -16,8 +16,8 @@ the language-model loss on the reply only; the items, mixed in every batch:
 * ``images`` (template ``pairwise``): two images, one of the prompt and one of a hard negative → 1 or 2.
 
 So the readouts it offers (``yes``, ``answer-yes``, ``pairwise``, ``answers-pairwise``, and free answers by
-``generate``) are all trained. Scenes of training compositions only, mildly blurred or noised as the CLIP's; the run checkpoints
-to ``--work`` (``--resume`` continues, ``--overwrite`` starts again); the export records the readouts'
+``generate``) are all trained. Held-out compositions appear in no training image and no training text (not even
+as a negative or a wrong answer); renders are mildly blurred or noised as the CLIP's. The run checkpoints to ``--work`` (``--resume`` continues, ``--overwrite`` starts again); the export records the readouts'
 accuracy on fresh renders of training and held-out compositions.
 """
 
@@ -34,7 +34,15 @@ import torch
 from ..command import run_command, with_examples
 from ..schedules import warmup_cosine
 from ..shapes.data import to_tensor
-from ..shapes.prompts import CATEGORIES, all_metas, hard_negatives, sample_meta, sample_scene
+from ..shapes.prompts import (
+    CATEGORIES,
+    all_metas,
+    hard_negatives,
+    is_held_out,
+    mentions_held_out,
+    sample_meta,
+    sample_scene,
+)
 from ..shapes.qa import HELD_OUT_TAGS, QA_CATEGORIES, question
 from ..shapes.train_clip import augment
 from ..shapes.world import render
@@ -62,47 +70,74 @@ def corpus() -> list[str]:
     return texts
 
 
-def make_item(kind: str, rng: np.random.Generator, split: str = "train") -> tuple[list[np.ndarray], str, str, str]:
-    """``(images, message, reply, detail)`` of one training or evaluation item (``detail``: the category)."""
+def make_item(kind: str, rng: np.random.Generator, split: str = "train",
+              random_negatives: float = 0.2) -> tuple[list[np.ndarray], str, str, str]:
+    """``(images, message, reply, detail)`` of one training or evaluation item (``detail``: the category);
+    ``random_negatives``: the share of ``yes`` negatives that are random prompts instead of hard negatives.
+
+    ``split="train"`` keeps held-out compositions out of everything the judge reads, renders or writes,
+    negatives and wrong answers included (otherwise it learns that a held-out composition means No)."""
+    while True:
+        item = _draw_item(kind, rng, split, random_negatives)
+        if item is not None and not (split == "train" and (mentions_held_out(item[1]) or mentions_held_out(item[2]))):
+            return item
+
+
+def _draw_item(kind: str, rng: np.random.Generator, split: str, random_negatives: float):
     t = shipped_templates()
     tags = HELD_OUT_TAGS if split == "held_out" else CATEGORIES
     allow = split != "train"
-    while True:
-        meta = sample_meta(str(rng.choice(tags)), rng, split)
-        scene = sample_scene(meta, rng, allow_held_out=allow)
-        if kind == "yes":
-            if rng.random() < 0.5:
-                return [render(scene)], t["yes"].message(prompt=meta["prompt"]), "Yes", meta["tag"]
-            negs = hard_negatives(meta, rng)
-            if rng.random() < 0.2 or not negs:
-                other = sample_meta(str(rng.choice(CATEGORIES)), rng, "any")
-                if other["prompt"] == meta["prompt"]:
-                    continue
-                return [render(scene)], t["yes"].message(prompt=other["prompt"]), "No", meta["tag"]
-            neg = negs[int(rng.integers(len(negs)))]
-            return [render(scene)], t["yes"].message(prompt=neg["prompt"]), "No", meta["tag"]
-        if kind in ("qa", "answers", "answer-yes"):
-            cat = str(rng.choice(QA_CATEGORIES))
-            qa = question(scene, cat, rng)
-            if qa is None:
-                continue
-            if kind == "qa":
-                return [render(scene)], qa["question"], qa["answer"], cat
-            if kind == "answer-yes":
-                right = rng.random() < 0.5
-                text = f"{qa['question']}\n{qa['answer'] if right else qa['wrong']}"
-                return [render(scene)], t["answer-yes"].message(prompt=text), "Yes" if right else "No", cat
-            first = rng.random() < 0.5
-            a1, a2 = (qa["answer"], qa["wrong"]) if first else (qa["wrong"], qa["answer"])
-            return ([render(scene)], t["answers-pairwise"].message(question=qa["question"], answer1=a1, answer2=a2),
-                    "1" if first else "2", cat)
-        negs = hard_negatives(meta, rng)
-        if not negs:
-            continue
-        neg_scene = sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=allow)
+    meta = sample_meta(str(rng.choice(tags)), rng, split)
+    scene = sample_scene(meta, rng, allow_held_out=allow)
+    negs = [n for n in hard_negatives(meta, rng) if allow or not is_held_out(n)]
+    if kind == "yes":
+        if rng.random() < 0.5:
+            return [render(scene)], t["yes"].message(prompt=meta["prompt"]), "Yes", meta["tag"]
+        if rng.random() < random_negatives or not negs:
+            other = sample_meta(str(rng.choice(CATEGORIES)), rng, "any" if allow else "train")
+            if other["prompt"] == meta["prompt"]:
+                return None
+            return [render(scene)], t["yes"].message(prompt=other["prompt"]), "No", meta["tag"]
+        neg = negs[int(rng.integers(len(negs)))]
+        return [render(scene)], t["yes"].message(prompt=neg["prompt"]), "No", meta["tag"]
+    if kind in ("qa", "answers", "answer-yes"):
+        cat = str(rng.choice(QA_CATEGORIES))
+        qa = question(scene, cat, rng)
+        if qa is None:
+            return None
+        if kind == "qa":
+            return [render(scene)], qa["question"], qa["answer"], cat
+        if kind == "answer-yes":
+            right = rng.random() < 0.5
+            text = f"{qa['question']}\n{qa['answer'] if right else qa['wrong']}"
+            return [render(scene)], t["answer-yes"].message(prompt=text), "Yes" if right else "No", cat
         first = rng.random() < 0.5
-        pair = [render(scene), render(neg_scene)] if first else [render(neg_scene), render(scene)]
-        return pair, t["pairwise"].message(prompt=meta["prompt"]), "1" if first else "2", meta["tag"]
+        a1, a2 = (qa["answer"], qa["wrong"]) if first else (qa["wrong"], qa["answer"])
+        return ([render(scene)], t["answers-pairwise"].message(question=qa["question"], answer1=a1, answer2=a2),
+                "1" if first else "2", cat)
+    if not negs:
+        return None
+    neg_scene = sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=allow)
+    first = rng.random() < 0.5
+    pair = [render(scene), render(neg_scene)] if first else [render(neg_scene), render(scene)]
+    return pair, t["pairwise"].message(prompt=meta["prompt"]), "1" if first else "2", meta["tag"]
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"yes=0.4,qa=0.2,..."`` → shares of :data:`KINDS` (kinds left out: 0), normalised to sum 1."""
+    mix = dict.fromkeys(KINDS, 0.0)
+    for part in text.split(","):
+        kind, _, share = part.partition("=")
+        if kind.strip() not in mix:
+            raise ValueError(f"--mix: unknown item kind {kind.strip()!r}; known: {', '.join(KINDS)}")
+        try:
+            mix[kind.strip()] = float(share)
+        except ValueError:
+            raise ValueError(f"--mix: {part!r} is not kind=share") from None
+    total = sum(mix.values())
+    if total <= 0 or min(mix.values()) < 0:
+        raise ValueError(f"--mix: shares must be >= 0 and not all 0, got {text!r}")
+    return {k: v / total for k, v in mix.items()}
 
 
 def encode_batch(processor, chats: list[str], replies: list[str], images: list[np.ndarray]) -> dict:
@@ -167,6 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--vision-lr-scale", type=float, default=0.1, help="the image tower's learning rate factor (0: frozen)")
+    p.add_argument("--mix", default=",".join(f"{k}={v}" for k, v in MIX.items()),
+                   help="share of each item kind in a batch, as kind=share,...")
+    p.add_argument("--random-negatives", type=float, default=0.2, help="share of yes negatives that are random prompts")
+    p.add_argument("--feature-layers", type=int, nargs="+", default=[-1], help="image tower layers the projector reads")
+    p.add_argument("--class-token", action="store_true", help="pass the image's class token too")
+    p.add_argument("--text-first", action="store_true", help="chat template: the question before the images")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
@@ -186,8 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
     pre = clip.preprocess
     vision, image_processor = vision_from_open_clip(clip.model.visual.float(), pre.mean.flatten().tolist(),
                                                     pre.std.flatten().tolist())
+    layers = args.feature_layers[0] if len(args.feature_layers) == 1 else list(args.feature_layers)
     model, processor = build_judge(vision, image_processor, word_tokenizer(words_of(corpus())), hidden=args.hidden,
-                                   layers=args.layers)
+                                   layers=args.layers, feature_layer=layers, class_token=args.class_token,
+                                   text_first=args.text_first)
     vision_params = list(model.model.vision_tower.parameters())
     ids = {id(q) for q in vision_params}
     rest = [q for q in model.parameters() if id(q) not in ids]
@@ -202,12 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
     rng = np.random.default_rng(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    counts = np.round(np.array([MIX[k] for k in KINDS]) * args.batch).astype(int)
+    mix = parse_mix(args.mix)
+    counts = np.round(np.array([mix[k] for k in KINDS]) * args.batch).astype(int)
     counts[0] += args.batch - counts.sum()
 
     def step(i: int) -> dict:
         model.train()
-        items = [make_item(k, rng) for k, c in zip(KINDS, counts, strict=True) for _ in range(c)]
+        items = [make_item(k, rng, random_negatives=args.random_negatives)
+                 for k, c in zip(KINDS, counts, strict=True) for _ in range(c)]
         lr = warmup_cosine(i, args.steps, args.lr, warmup=WARMUP)
         opt.zero_grad(set_to_none=True)
         encs = []

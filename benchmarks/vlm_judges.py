@@ -61,6 +61,14 @@ def best_threshold(s: np.ndarray, truth: np.ndarray) -> float:
     return float(max(cands, key=lambda t: ((s > t) == truth).mean()))
 
 
+def auc(s: np.ndarray, truth: np.ndarray) -> float:
+    """P(a right image scores above a wrong one), ties half (nan when one class is empty)."""
+    pos, neg = s[truth], s[~truth]
+    if not len(pos) or not len(neg):
+        return float("nan")
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
 def audit_agreement(judge, clip) -> dict:
     items = read_jsonl(AUDIT / "items.jsonl")
     labels = {r["id"]: r for r in read_jsonl(AUDIT / "labels.jsonl")}
@@ -87,6 +95,13 @@ def audit_agreement(judge, clip) -> dict:
                                 "per_category": {c: float((verdict[mask & (tag == c)] == ref[mask & (tag == c)]).mean())
                                                  for c in CATEGORIES}}
             out[variant] = res
+        sure = test & (label != "unsure")
+        out[name]["auc"] = {"overall": auc(s[sure], label[sure] == "yes"),
+                            **{c: auc(s[sure & (tag == c)], label[sure & (tag == c)] == "yes") for c in CATEGORIES}}
+    sure = test & (label != "unsure")  # the agreement of a judge that says No to every image: the base rate
+    out["always_no"] = {"labels": {"agreement": float((label[sure] == "no").mean()),
+                                   "per_category": {c: float((label[sure & (tag == c)] == "no").mean()) for c in CATEGORIES}},
+                        "evaluator": {"agreement": float((~evaluator[test]).mean())}}
     k = int((evaluator[test & (label != "unsure")] == (label == "yes")[test & (label != "unsure")]).sum())
     out["evaluator_vs_labels"] = k / int((test & (label != "unsure")).sum())
     return out
@@ -132,9 +147,11 @@ def reno_specs(judge: str, clip: str) -> dict[str, str]:
     return {"judge": f"{judge}?template=yes", "judge+clip": f"{judge}?template=yes, {clip}", "clip": clip}
 
 
-def reno_comparison(judge: str, clip: str, per_category: int, seeds: int, iters: int) -> dict:
-    """ReNO's evaluator gain per reward (one ``reno_shapes`` run each, images kept under ``outputs/``) and the
-    rewards' forward+backward cost, timed in this one process."""
+def reno_comparison(judge: str, clip: str, per_category: int, seeds: int, iters: int, names: list[str],
+                    done: dict | None = None) -> dict:
+    """ReNO's evaluator gain per reward (one ``reno_shapes`` run each, images kept under ``outputs/``, so a
+    rerun only judges them again) for the rewards ``names``, keeping the other rewards of ``done`` (an earlier
+    result of the same settings), and the rewards' forward+backward cost, timed in this one process."""
     import reno_shapes
     from diffusers import DiffusionPipeline
 
@@ -142,7 +159,11 @@ def reno_comparison(judge: str, clip: str, per_category: int, seeds: int, iters:
     from mmreward.shapes import load_suite
 
     out: dict = {"per_category": per_category, "seeds": seeds, "iters": iters, "rewards": {}}
+    if done and all(done.get(k) == out[k] for k in ("per_category", "seeds", "iters")):
+        out["rewards"] = {k: v for k, v in done["rewards"].items() if k not in names}
     for name, spec in reno_specs(judge, clip).items():
+        if name not in names:
+            continue
         slug = name.replace("+", "_")
         r = reno_shapes.main(["--rewards", spec, "--per-category", str(per_category), "--seeds", str(seeds),
                               "--iters", str(iters), "--out", str(RESULTS / f"vlm_judges_reno_{slug}.json")])
@@ -188,7 +209,8 @@ def reno_markdown(x: dict) -> list[str]:
              "| reward | initial | ReNO | gain | " + " | ".join(rw[next(iter(rw))]["per_category"]) +
              " | inverse relation (before → after) | fixed / broken | cost vs CLIP |",
              "|---|---|---|---|" + "---|" * len(rw[next(iter(rw))]["per_category"]) + "---|---|---|"]
-    for name, v in rw.items():
+    for name in [n for n in reno_specs("", "") if n in rw]:
+        v = rw[name]
         inv = v["inverse_relation"]
         lines.append(f"| {name} | {v['initial']:.3f} | {v['reno']:.3f} | **{v['gain']:+.3f}** | "
                      + " | ".join(f"{d:+.3f}" for d in v["per_category"].values())
@@ -204,10 +226,18 @@ def audit_markdown(a: dict) -> list[str]:
              f"{a['evaluator_vs_labels']:.3f}.", "",
              "| judge | threshold | vs labels | vs evaluator | " + " | ".join(f"{c} (labels)" for c in CATEGORIES) + " |",
              "|---|---|---|---|" + "---|" * len(CATEGORIES)]
-    for name in ("judge", "judge@0.5", "clip"):
+    for name in ("judge", "judge@0.5", "clip", "always_no"):
+        if name not in a:
+            continue
         x = a[name]
-        lines.append(f"| {name} | {x['threshold']:.3f} | {x['labels']['agreement']:.3f} | {x['evaluator']['agreement']:.3f} | "
+        thr = "–" if name == "always_no" else f"{x['threshold']:.3f}"
+        lines.append(f"| {name} | {thr} | {x['labels']['agreement']:.3f} | {x['evaluator']['agreement']:.3f} | "
                      + " | ".join(f"{x['labels']['per_category'][c]:.3f}" for c in CATEGORIES) + " |")
+    lines += ["", "`always_no` says No to every image: the base rate each agreement should be read against. Without a "
+              "threshold, the share of (right, wrong) image pairs of the hand labels that each score orders right (AUC):", "",
+              "| score | overall | " + " | ".join(CATEGORIES) + " |", "|---|---|" + "---|" * len(CATEGORIES)]
+    lines += [f"| {name} | {a[name]['auc']['overall']:.3f} | " + " | ".join(f"{a[name]['auc'][c]:.3f}" for c in CATEGORIES)
+              + " |" for name in ("judge", "clip") if "auc" in a[name]]
     return lines + [""]
 
 
@@ -242,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--reno-per-category", type=int, default=17, help="ReNO prompts per category (6 categories)")
     p.add_argument("--reno-seeds", type=int, default=2)
     p.add_argument("--reno-iters", type=int, default=50)
+    p.add_argument("--reno-rewards", nargs="+", default=list(reno_specs("", "")), choices=list(reno_specs("", "")),
+                   help="the ReNO rewards to run now (the others' results already in the JSON are kept)")
     p.add_argument("--parts", nargs="+", default=list(PARTS), choices=list(PARTS))
     p.add_argument("--out", default=str(RESULTS / "vlm_judges.json"))
     args = p.parse_args(argv)
@@ -259,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "qa_set" in args.parts:
         res["qa_set"] = qa_set(args.judge, clip, args.qa_items, args.seed)
     if "reno" in args.parts:
-        res["reno"] = reno_comparison(args.judge, args.clip, args.reno_per_category, args.reno_seeds, args.reno_iters)
+        res["reno"] = reno_comparison(args.judge, args.clip, args.reno_per_category, args.reno_seeds, args.reno_iters,
+                                      args.reno_rewards, res.get("reno"))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=1))
     out.with_suffix(".md").write_text(markdown(res))

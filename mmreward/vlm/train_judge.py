@@ -16,9 +16,10 @@ the language-model loss on the reply only; the items, mixed in every batch:
 * ``images`` (template ``pairwise``): two images, one of the prompt and one of a hard negative → 1 or 2.
 
 So the readouts it offers (``yes``, ``answer-yes``, ``pairwise``, ``answers-pairwise``, and free answers by
-``generate``) are all trained. Held-out compositions appear in no training image and no training text (not even
-as a negative or a wrong answer); renders are mildly blurred or noised as the CLIP's. The run checkpoints to ``--work`` (``--resume`` continues, ``--overwrite`` starts again); the export records the readouts'
-accuracy on fresh renders of training and held-out compositions.
+``generate``) are all trained. Held-out compositions appear in no training image and no training text (not
+even as a negative or a wrong answer); renders are mildly blurred or noised as the CLIP's. The run
+checkpoints to ``--work`` (``--resume`` continues, ``--overwrite`` starts again); the export records the
+readouts' accuracy on fresh renders of training and held-out compositions.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from ..command import run_command, with_examples
+from ..config_file import ConfigError
 from ..schedules import warmup_cosine
 from ..shapes.data import to_tensor
 from ..shapes.prompts import (
@@ -129,14 +131,14 @@ def parse_mix(text: str) -> dict[str, float]:
     for part in text.split(","):
         kind, _, share = part.partition("=")
         if kind.strip() not in mix:
-            raise ValueError(f"--mix: unknown item kind {kind.strip()!r}; known: {', '.join(KINDS)}")
+            raise ConfigError(f"--mix: unknown item kind {kind.strip()!r}; known: {', '.join(KINDS)}")
         try:
             mix[kind.strip()] = float(share)
         except ValueError:
-            raise ValueError(f"--mix: {part!r} is not kind=share") from None
+            raise ConfigError(f"--mix: {part!r} is not kind=share") from None
     total = sum(mix.values())
     if total <= 0 or min(mix.values()) < 0:
-        raise ValueError(f"--mix: shares must be >= 0 and not all 0, got {text!r}")
+        raise ConfigError(f"--mix: shares must be >= 0 and not all 0, got {text!r}")
     return {k: v / total for k, v in mix.items()}
 
 
@@ -219,6 +221,7 @@ def main(argv: list[str] | None = None) -> dict:
     add_run_args(p)
     with_examples(p, "mmalign assets shapes-judge --out outputs/shapesworld-judge --steps 200")
     args = p.parse_args(argv)
+    mix = parse_mix(args.mix)  # a bad --mix fails before anything is loaded
     start_run(args)
     from ..backbones import load_open_clip
     from .build import build_judge, vision_from_open_clip, word_tokenizer, words_of
@@ -245,7 +248,6 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(groups, weight_decay=1e-2)
     rng = np.random.default_rng(args.seed)
     g = torch.Generator().manual_seed(args.seed)
-    mix = parse_mix(args.mix)
     counts = np.round(np.array([mix[k] for k in KINDS]) * args.batch).astype(int)
     counts[0] += args.batch - counts.sum()
 

@@ -82,28 +82,27 @@ def audit_agreement(judge, clip) -> dict:
     raw = {"judge": scores(judge, images, prompts), "clip": scores(clip, images, prompts)}
     dev = (split == "dev") & (label != "unsure")
     test = (split != "dev")
+    sure = test & (label != "unsure")  # test images with a yes/no hand label
     out = {"n_test": int(test.sum()), "unsure_test": int((test & (label == "unsure")).sum())}
     for name, s in raw.items():
         t = best_threshold(s[dev], label[dev] == "yes")
         for variant, thr in ((name, t), *((("judge@0.5", 0.5),) if name == "judge" else ())):
             verdict = s > thr
             res = {"threshold": thr}
-            for against, ref, mask in (("labels", label == "yes", test & (label != "unsure")),
+            for against, ref, mask in (("labels", label == "yes", sure),
                                        ("evaluator", evaluator, test)):
                 k, n = int((verdict[mask] == ref[mask]).sum()), int(mask.sum())
                 res[against] = {"agreement": k / n, "wilson95": list(wilson(k, n)), "n": n,
                                 "per_category": {c: float((verdict[mask & (tag == c)] == ref[mask & (tag == c)]).mean())
                                                  for c in CATEGORIES}}
             out[variant] = res
-        sure = test & (label != "unsure")
         out[name]["auc"] = {"overall": auc(s[sure], label[sure] == "yes"),
                             **{c: auc(s[sure & (tag == c)], label[sure & (tag == c)] == "yes") for c in CATEGORIES}}
-    sure = test & (label != "unsure")  # the agreement of a judge that says No to every image: the base rate
+    # the agreement of a judge that says No to every image: the base rate
     out["always_no"] = {"labels": {"agreement": float((label[sure] == "no").mean()),
                                    "per_category": {c: float((label[sure & (tag == c)] == "no").mean()) for c in CATEGORIES}},
                         "evaluator": {"agreement": float((~evaluator[test]).mean())}}
-    k = int((evaluator[test & (label != "unsure")] == (label == "yes")[test & (label != "unsure")]).sum())
-    out["evaluator_vs_labels"] = k / int((test & (label != "unsure")).sum())
+    out["evaluator_vs_labels"] = float((evaluator[sure] == (label[sure] == "yes")).mean())
     return out
 
 

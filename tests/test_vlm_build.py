@@ -3,6 +3,8 @@ LLaVA-layout judge through the ``vlm:`` loader, and its training script (kill an
 
 import json
 
+import numpy as np
+import pytest
 import torch
 
 from mmreward import load_reward
@@ -73,8 +75,6 @@ def test_train_judge_resumes_and_exports_a_loadable_judge(open_clip_dir, tmp_pat
 
 
 def test_text_first_judge_with_class_token_and_two_layers_matches_its_processor(open_clip_dir, tmp_path):
-    import numpy as np
-
     clip = load_open_clip(open_clip_dir)
     vision, ip = vision_from_open_clip(clip.model.visual.float(), [0.5] * 3, [0.5] * 3)
     tok = word_tokenizer(words_of(['Does this image show "a red circle"?', "Yes No 1 2"]))
@@ -98,8 +98,6 @@ def test_text_first_judge_with_class_token_and_two_layers_matches_its_processor(
 
 
 def test_training_items_never_name_held_out_compositions():
-    import numpy as np
-
     from mmreward.shapes.prompts import mentions_held_out
     from mmreward.vlm.train_judge import KINDS, make_item
 
@@ -113,8 +111,6 @@ def test_training_items_never_name_held_out_compositions():
 
 
 def test_mix_is_parsed_and_normalised_with_clear_errors():
-    import pytest
-
     from mmreward.vlm.train_judge import parse_mix
 
     assert parse_mix("yes=3,images=1") == {"yes": 0.75, "qa": 0.0, "answers": 0.0, "answer-yes": 0.0, "images": 0.25}

@@ -163,6 +163,19 @@ def test_label_by_keyboard_and_clicks_reload_and_undo(server, folder, browser):
     on_group(d, 18)  # the next unlabelled group
 
 
+def test_undo_right_after_a_pick_waits_for_its_save(server, folder, browser):
+    d = browser()
+    start(d, server + "/", "fast")
+    on_group(d, 0)
+    # the tie and the undo key in one script: the key comes while the tie's save is surely in flight
+    d.execute_script('document.getElementById("tie").click();'
+                     'document.dispatchEvent(new KeyboardEvent("keydown", {key: "u"}));')
+    wait_for(d, lambda _: (folder / "labels_fast.jsonl").is_file())
+    on_group(d, 0)
+    wait_for(d, lambda _: labels(folder, "fast") == [])
+    assert text(d, "progress") == "0 / 25 groups labelled"
+
+
 def test_two_annotators_in_two_sessions(server, folder, browser):
     a, b = browser(), browser()
     start(a, server + "/", "ann")

@@ -8,10 +8,13 @@
    labels (``unsure`` left out) and with the audited evaluator, per category. The judge at its own 0.5 too.
 2. **Hard negatives on fresh ground-truth renders** (training and held-out compositions): the share of images
    whose true prompt scores above every hard negative (colour, shape, count, relation swapped), per category.
-3. **The ShapesWorld QA set** (VL-RewardBench format, held-out compositions) through :mod:`mmreward.bench`:
+3. **Image pairs**: which of two images fits the prompt (D3PO's question), on generated (right, wrong) pairs of the
+   audit set and on render pairs (the prompt's scene against a hard negative's): the judge's image-pair
+   readout against the score differences of its ``yes`` readout and of the CLIP.
+4. **The ShapesWorld QA set** (VL-RewardBench format, held-out compositions) through :mod:`mmreward.bench`:
    the judge pairwise (``answers-pairwise``, both orders), the judge pointwise (``answer-yes``) and the CLIP
    pointwise (scoring each answer sentence alone), per category.
-4. **ReNO** on the evaluation suite's held-out prompts (``benchmarks/reno_shapes.py``) with the judge's ``yes``
+5. **ReNO** on the evaluation suite's held-out prompts (``benchmarks/reno_shapes.py``) with the judge's ``yes``
    readout alone, the judge and the CLIP summed, and the CLIP alone: the evaluator's gain, the share of
    position rows showing the inverse relation, and the cost of one forward+backward pass of each reward
    (generator and decoder included) as a ratio to the CLIP's, timed in one process.
@@ -40,12 +43,14 @@ from mmreward.images import to_tensor  # noqa: E402
 from mmreward.shapes.clip_eval import hard_negative_items  # noqa: E402
 from mmreward.shapes.data import to_tensor as renders_to_tensor  # noqa: E402
 from mmreward.shapes.evaluator import evaluate_image  # noqa: E402
-from mmreward.shapes.prompts import CATEGORIES, sample_meta  # noqa: E402
+from mmreward.shapes.prompts import CATEGORIES, is_held_out, sample_meta, sample_scene  # noqa: E402
+from mmreward.shapes.prompts import hard_negatives as hard_negatives_of  # noqa: E402
 from mmreward.shapes.qa import write_vlrb  # noqa: E402
+from mmreward.shapes.world import render  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path("outputs/vlm_judges")
-PARTS = ("audit", "hard_negatives", "qa_set", "reno")
+PARTS = ("audit", "hard_negatives", "image_pairs", "qa_set", "reno")
 
 
 @torch.no_grad()
@@ -125,6 +130,60 @@ def hard_negatives(judge, clip, per_category: int, seed: int) -> dict:
     return out
 
 
+@torch.no_grad()
+def pick_rates(judge_spec: str, judge, clip, a: torch.Tensor, b: torch.Tensor, prompts: list[str],
+               tags: list[str]) -> dict:
+    """How often each scorer prefers ``a[i]`` (the right image) over ``b[i]`` (a wrong one) for ``prompts[i]``:
+    the judge's image-pair readout (both orders averaged: ``(p(a, b) + 1 − p(b, a)) / 2 > 0.5``), and the score
+    differences of the judge's ``yes`` readout and of the CLIP (ties count half). Overall and per category."""
+    pair = load_reward(f"{judge_spec}?template=pairwise")
+    p = torch.cat([(pair.compare(a[i:i + 16], b[i:i + 16], prompts[i:i + 16])
+                    + 1 - pair.compare(b[i:i + 16], a[i:i + 16], prompts[i:i + 16])) / 2
+                   for i in range(0, len(prompts), 16)]).numpy()
+    margins = {"judge_pairwise": p - 0.5,
+               "judge_yes": scores(judge, a, prompts) - scores(judge, b, prompts),
+               "clip": scores(clip, a, prompts) - scores(clip, b, prompts)}
+    tags_ = np.array(tags)
+    out = {"pairs": len(prompts)}
+    for name, m in margins.items():
+        right = (m > 0) + 0.5 * (m == 0)
+        out[name] = {"overall": float(right.mean()),
+                     "per_category": {c: float(right[tags_ == c].mean()) for c in sorted(set(tags))}}
+    return out
+
+
+def image_pairs(judge_spec: str, judge, clip, per_category: int, seed: int) -> dict:
+    """The question D3PO puts to a feedback source: which of two images fits the prompt. (1) Generated images:
+    every (right, wrong) pair of the audit set's test splits with the same prompt (hand labels). (2) Fresh
+    renders of training compositions: the prompt's scene against the scene of one of its hard negatives."""
+    items = [it for it in read_jsonl(AUDIT / "items.jsonl") if it["split"] != "dev"]
+    labels = {r["id"]: r["label"] for r in read_jsonl(AUDIT / "labels.jsonl")}
+    by_prompt = defaultdict(lambda: {"yes": [], "no": []})
+    for it in items:
+        if labels[it["id"]] in ("yes", "no"):
+            by_prompt[it["prompt"]][labels[it["id"]]].append(it)
+    pairs = [(r, w) for g in by_prompt.values() for r in g["yes"] for w in g["no"]]
+    load = {it["id"]: to_tensor(str(AUDIT / it["file"])) for pr in pairs for it in pr}
+    generated = pick_rates(judge_spec, judge, clip, torch.stack([load[r["id"]] for r, _ in pairs]),
+                           torch.stack([load[w["id"]] for _, w in pairs]), [r["prompt"] for r, _ in pairs],
+                           [r["tag"] for r, _ in pairs])
+    rng = np.random.default_rng(seed)
+    right, wrong, prompts, tags = [], [], [], []
+    for tag in CATEGORIES:
+        for _ in range(per_category):
+            meta = sample_meta(tag, rng, "train")
+            negs = [n for n in hard_negatives_of(meta, rng) if not is_held_out(n)]
+            if not negs:
+                continue
+            right.append(render(sample_scene(meta, rng, allow_held_out=False)))
+            wrong.append(render(sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=False)))
+            prompts.append(meta["prompt"])
+            tags.append(tag)
+    renders = pick_rates(judge_spec, judge, clip, renders_to_tensor(np.stack(right)),
+                         renders_to_tensor(np.stack(wrong)), prompts, tags)
+    return {"generated": generated, "renders": renders}
+
+
 def qa_set(judge_spec: str, clip, items_n: int, seed: int) -> dict:
     path = WORK / f"shapes_vlrb_{items_n}_{seed}" / "shapes_vlrb.json"
     if not path.is_file():
@@ -192,6 +251,8 @@ def markdown(r: dict) -> str:
         lines += audit_markdown(r["audit"])
     if "hard_negatives" in r:
         lines += hard_negatives_markdown(r["hard_negatives"])
+    if "image_pairs" in r:
+        lines += image_pairs_markdown(r["image_pairs"])
     if "qa_set" in r:
         lines += qa_markdown(r["qa_set"])
     if "reno" in r:
@@ -252,6 +313,23 @@ def hard_negatives_markdown(hn: dict) -> list[str]:
     return lines
 
 
+def image_pairs_markdown(x: dict) -> list[str]:
+    lines = ["## Which of two images fits the prompt (the question of D3PO's feedback)", "",
+             "The share of (right, wrong) image pairs with the same prompt where each scorer prefers the right "
+             "image: the judge's image-pair readout (`pairwise`, both orders averaged), and the score differences of "
+             "the judge's `yes` readout and of the CLIP (ties count half).", ""]
+    for part, title in (("generated", "Generated images (audit set, test splits, hand labels)"),
+                        ("renders", "Fresh renders of training compositions: the prompt's scene against a hard negative's")):
+        v = x[part]
+        cats = list(v["clip"]["per_category"])
+        lines += [f"{title}, {v['pairs']} pairs:", "", "| scorer | overall | " + " | ".join(cats) + " |",
+                  "|---|---|" + "---|" * len(cats)]
+        lines += [f"| {m} | {v[m]['overall']:.3f} | " + " | ".join(f"{v[m]['per_category'][c]:.3f}" for c in cats) + " |"
+                  for m in ("judge_pairwise", "judge_yes", "clip")]
+        lines.append("")
+    return lines
+
+
 def qa_markdown(q: dict) -> list[str]:
     cats = list(q["judge_pairwise"]["per_category"])
     lines = ["## ShapesWorld QA set (VL-RewardBench format, held-out compositions)", "",
@@ -287,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
         res["audit"] = audit_agreement(judge, clip)
     if "hard_negatives" in args.parts:
         res["hard_negatives"] = hard_negatives(judge, clip, args.per_category, args.seed)
+    if "image_pairs" in args.parts:
+        res["image_pairs"] = image_pairs(args.judge, judge, clip, args.per_category, args.seed)
     if "qa_set" in args.parts:
         res["qa_set"] = qa_set(args.judge, clip, args.qa_items, args.seed)
     if "reno" in args.parts:

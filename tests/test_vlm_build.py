@@ -120,3 +120,21 @@ def test_mix_is_parsed_and_normalised_with_clear_errors():
         parse_mix("yes=a")
     with pytest.raises(ValueError, match="not all 0"):
         parse_mix("yes=0")
+
+
+def test_easy_image_pairs_show_another_prompt_and_leave_the_default_stream_alone():
+    from mmreward.shapes.evaluator import evaluate_image
+    from mmreward.vlm.train_judge import make_item
+
+    def stream(seed, **kw):
+        rng = np.random.default_rng(seed)
+        return [make_item("images", rng, **kw) for _ in range(12)]
+
+    default, zero = stream(1), stream(1, easy_pairs=0.0)
+    assert all(a[1:] == b[1:] and all(np.array_equal(x, y) for x, y in zip(a[0], b[0], strict=True))
+               for a, b in zip(default, zero, strict=True))
+    easy = stream(2, easy_pairs=1.0)
+    for images, message, reply, _ in easy:
+        prompt = message.split('"')[1]
+        right, other = (images[0], images[1]) if reply == "1" else (images[1], images[0])
+        assert evaluate_image(right, prompt)["correct"] and not evaluate_image(other, prompt)["correct"], message

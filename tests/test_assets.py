@@ -33,11 +33,13 @@ def test_shapesworld_clip_loads_by_spec_and_ranks_true_captions_first():
 @pytest.mark.slow
 def test_shapesworld_judge_loads_as_a_vlm_and_reads_renders():
     """The embedded LLaVA-layout judge loads by spec like a hub VLM. On fresh renders of evaluation-suite prompts
-    its ``yes`` readout ranks the true prompt above the hard negatives where it reads (single objects, colours;
-    it is weaker than the CLIP: 0.575 against 0.967 over all categories of training compositions), it picks the
-    right answer of count and absent-object questions about held-out scenes, and gradients reach the pixels."""
+    its ``yes`` readout ranks the true prompt above the hard negatives where it reads (one and two objects;
+    it is weaker than the CLIP: 0.600 against 0.967 over all categories of training compositions), its
+    image-pair readout picks the prompt's scene over a hard negative's, it picks the right answer of count and
+    absent-object questions about held-out scenes, and gradients reach the pixels."""
     from mmreward.shapes import render
     from mmreward.shapes.data import to_tensor
+    from mmreward.shapes.prompts import hard_negatives, is_held_out, sample_scene
     from mmreward.shapes.qa import sample_item
 
     folder = ROOT / "assets" / "shapesworld-judge"
@@ -51,8 +53,8 @@ def test_shapesworld_judge_loads_as_a_vlm_and_reads_renders():
             s = judge(to_tensor(np.stack([img] * len(caps))), caps)
             hits.setdefault(meta["tag"], []).append(bool(s[0] > s[1:].max()))
     ranked = {t: float(np.mean(v)) for t, v in hits.items()}
-    assert ranked["single_object"] >= 0.9 and ranked["colors"] >= 0.5, ranked  # chance: 0.5 and 0.33
-    assert np.mean([h for v in hits.values() for h in v]) >= 0.4, ranked  # chance: 0.37
+    assert ranked["single_object"] >= 0.8 and ranked["two_object"] >= 0.7, ranked  # chance: 0.5 each
+    assert np.mean([h for v in hits.values() for h in v]) >= 0.45, ranked  # chance: 0.37
     answers = load_reward(f"vlm:{folder}?template=answers-pairwise")
     rng = np.random.default_rng(7)
     for category in ("count", "absent"):  # the readouts it learnt (QA set: 0.98 and 1.00)
@@ -62,6 +64,19 @@ def test_shapesworld_judge_loads_as_a_vlm_and_reads_renders():
         with torch.no_grad():
             p = (answers.compare_answers(images, q, right, wrong) + 1 - answers.compare_answers(images, q, wrong, right)) / 2
         assert float((p > 0.5).float().mean()) >= 0.85, category
+    pair = load_reward(f"vlm:{folder}?template=pairwise")
+    rng = np.random.default_rng(11)
+    right, wrong, prompts = [], [], []
+    for meta in metas:
+        if meta["tag"] in ("single_object", "two_object", "counting"):  # benchmark, 100 pairs each: 0.95 0.79 0.83
+            negs = [n for n in hard_negatives(meta, rng) if not is_held_out(n)]
+            right.append(render(sample_scene(meta, rng, allow_held_out=False)))
+            wrong.append(render(sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=False)))
+            prompts.append(meta["prompt"])
+    a, b = to_tensor(np.stack(right)), to_tensor(np.stack(wrong))
+    with torch.no_grad():
+        p = (pair.compare(a, b, prompts) + 1 - pair.compare(b, a, prompts)) / 2
+    assert float((p > 0.5).float().mean()) >= 0.7, p  # chance: 0.5
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     judge(x, ["a photo of a red circle", "a photo of two squares"]).sum().backward()
     assert x.grad.abs().sum() > 0

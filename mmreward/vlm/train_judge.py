@@ -124,7 +124,7 @@ def _draw_item(kind: str, rng: np.random.Generator, split: str, random_negatives
                 "1" if first else "2", cat)
     if not negs:
         return None
-    if easy_pairs > 0 and rng.random() < easy_pairs:  # (no draw at 0: the shipped judge's item stream)
+    if easy_pairs > 0 and rng.random() < easy_pairs:  # (no draw at 0: --easy-pairs 0 repeats the earlier items)
         other = sample_meta(str(rng.choice(CATEGORIES)), rng, "any" if allow else "train")
         neg_scene = sample_scene(other, rng, allow_held_out=allow)
         if judge_scene(meta, scene_detections(neg_scene))[0]:  # the other scene shows the prompt too

@@ -43,8 +43,7 @@ from mmreward.images import to_tensor  # noqa: E402
 from mmreward.shapes.clip_eval import hard_negative_items  # noqa: E402
 from mmreward.shapes.data import to_tensor as renders_to_tensor  # noqa: E402
 from mmreward.shapes.evaluator import evaluate_image  # noqa: E402
-from mmreward.shapes.prompts import CATEGORIES, is_held_out, sample_meta, sample_scene  # noqa: E402
-from mmreward.shapes.prompts import hard_negatives as hard_negatives_of  # noqa: E402
+from mmreward.shapes.prompts import CATEGORIES, hard_negative_scenes, sample_meta  # noqa: E402
 from mmreward.shapes.qa import write_vlrb  # noqa: E402
 from mmreward.shapes.world import render  # noqa: E402
 
@@ -131,14 +130,11 @@ def hard_negatives(judge, clip, per_category: int, seed: int) -> dict:
 
 
 @torch.no_grad()
-def pick_rates(judge_spec: str, judge, clip, a: torch.Tensor, b: torch.Tensor, prompts: list[str],
-               tags: list[str]) -> dict:
+def pick_rates(pair, judge, clip, a: torch.Tensor, b: torch.Tensor, prompts: list[str], tags: list[str]) -> dict:
     """How often each scorer prefers ``a[i]`` (the right image) over ``b[i]`` (a wrong one) for ``prompts[i]``:
-    the judge's image-pair readout (both orders averaged: ``(p(a, b) + 1 − p(b, a)) / 2 > 0.5``), and the score
-    differences of the judge's ``yes`` readout and of the CLIP (ties count half). Overall and per category."""
-    pair = load_reward(f"{judge_spec}?template=pairwise")
-    p = torch.cat([(pair.compare(a[i:i + 16], b[i:i + 16], prompts[i:i + 16])
-                    + 1 - pair.compare(b[i:i + 16], a[i:i + 16], prompts[i:i + 16])) / 2
+    the judge's image-pair readout ``pair`` (both orders averaged: ``(p(a, b) + 1 − p(b, a)) / 2 > 0.5``), and the
+    score differences of the judge's ``yes`` readout and of the CLIP (ties count half). Overall and per category."""
+    p = torch.cat([pair.compare(a[i:i + 16], b[i:i + 16], prompts[i:i + 16], swap=True)
                    for i in range(0, len(prompts), 16)]).numpy()
     margins = {"judge_pairwise": p - 0.5,
                "judge_yes": scores(judge, a, prompts) - scores(judge, b, prompts),
@@ -163,8 +159,9 @@ def image_pairs(judge_spec: str, judge, clip, per_category: int, seed: int) -> d
         if labels[it["id"]] in ("yes", "no"):
             by_prompt[it["prompt"]][labels[it["id"]]].append(it)
     pairs = [(r, w) for g in by_prompt.values() for r in g["yes"] for w in g["no"]]
+    pair = load_reward(f"{judge_spec}?template=pairwise")
     load = {it["id"]: to_tensor(str(AUDIT / it["file"])) for pr in pairs for it in pr}
-    generated = pick_rates(judge_spec, judge, clip, torch.stack([load[r["id"]] for r, _ in pairs]),
+    generated = pick_rates(pair, judge, clip, torch.stack([load[r["id"]] for r, _ in pairs]),
                            torch.stack([load[w["id"]] for _, w in pairs]), [r["prompt"] for r, _ in pairs],
                            [r["tag"] for r, _ in pairs])
     rng = np.random.default_rng(seed)
@@ -172,14 +169,13 @@ def image_pairs(judge_spec: str, judge, clip, per_category: int, seed: int) -> d
     for tag in CATEGORIES:
         for _ in range(per_category):
             meta = sample_meta(tag, rng, "train")
-            negs = [n for n in hard_negatives_of(meta, rng) if not is_held_out(n)]
-            if not negs:
+            if (scenes := hard_negative_scenes(meta, rng)) is None:
                 continue
-            right.append(render(sample_scene(meta, rng, allow_held_out=False)))
-            wrong.append(render(sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=False)))
+            right.append(render(scenes[0]))
+            wrong.append(render(scenes[1]))
             prompts.append(meta["prompt"])
             tags.append(tag)
-    renders = pick_rates(judge_spec, judge, clip, renders_to_tensor(np.stack(right)),
+    renders = pick_rates(pair, judge, clip, renders_to_tensor(np.stack(right)),
                          renders_to_tensor(np.stack(wrong)), prompts, tags)
     return {"generated": generated, "renders": renders}
 

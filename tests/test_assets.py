@@ -39,7 +39,7 @@ def test_shapesworld_judge_loads_as_a_vlm_and_reads_renders():
     absent-object questions about held-out scenes, and gradients reach the pixels."""
     from mmreward.shapes import render
     from mmreward.shapes.data import to_tensor
-    from mmreward.shapes.prompts import hard_negatives, is_held_out, sample_scene
+    from mmreward.shapes.prompts import hard_negative_scenes
     from mmreward.shapes.qa import sample_item
 
     folder = ROOT / "assets" / "shapesworld-judge"
@@ -62,20 +62,20 @@ def test_shapesworld_judge_loads_as_a_vlm_and_reads_renders():
         images = to_tensor(np.stack([render(sc) for sc in scenes]))
         q, right, wrong = ([x[k] for x in qas] for k in ("question", "answer", "wrong"))
         with torch.no_grad():
-            p = (answers.compare_answers(images, q, right, wrong) + 1 - answers.compare_answers(images, q, wrong, right)) / 2
+            p = answers.compare_answers(images, q, right, wrong, swap=True)
         assert float((p > 0.5).float().mean()) >= 0.85, category
     pair = load_reward(f"vlm:{folder}?template=pairwise")
     rng = np.random.default_rng(11)
     right, wrong, prompts = [], [], []
     for meta in metas:
         if meta["tag"] in ("single_object", "two_object", "counting"):  # benchmark, 100 pairs each: 0.95 0.79 0.83
-            negs = [n for n in hard_negatives(meta, rng) if not is_held_out(n)]
-            right.append(render(sample_scene(meta, rng, allow_held_out=False)))
-            wrong.append(render(sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=False)))
+            scene, negative = hard_negative_scenes(meta, rng)
+            right.append(render(scene))
+            wrong.append(render(negative))
             prompts.append(meta["prompt"])
     a, b = to_tensor(np.stack(right)), to_tensor(np.stack(wrong))
     with torch.no_grad():
-        p = (pair.compare(a, b, prompts) + 1 - pair.compare(b, a, prompts)) / 2
+        p = pair.compare(a, b, prompts, swap=True)
     assert float((p > 0.5).float().mean()) >= 0.7, p  # chance: 0.5
     x = torch.rand(2, 3, 64, 64, requires_grad=True)
     judge(x, ["a photo of a red circle", "a photo of two squares"]).sum().backward()

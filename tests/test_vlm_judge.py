@@ -101,6 +101,9 @@ def test_pairwise_logits_compare_two_images_shown_together(tiny):
     ids = judge.tokenizer.convert_tokens_to_ids(["1", "2"])
     want = direct_logits(judge, texts, [pa[0], pb[0], pa[1], pb[1]])[:, ids].softmax(-1)[:, 0]
     assert torch.allclose(got, want, atol=1e-5)
+    back = direct_logits(judge, texts, [pb[0], pa[0], pb[1], pa[1]])[:, ids].softmax(-1)[:, 0]
+    assert torch.allclose(judge.compare(a, b, ["a red circle", "a blue square"], swap=True), (want + 1 - back) / 2,
+                          atol=1e-5)
     with pytest.raises(RewardError, match="compares two candidates"):
         judge(a, "a red circle")
 
@@ -113,7 +116,13 @@ def test_answers_pairwise_compares_two_text_answers(tmp_path):
     text = judge.chat("Question: How many circles ?\nAnswer 1: 2\nAnswer 2: 3\nWhich answer is right about the image? "
                       "Answer 1 or 2.")
     ids = judge.tokenizer.convert_tokens_to_ids(["1", "2"])
-    assert torch.allclose(got, direct_logits(judge, [text], pils)[:, ids].softmax(-1)[:, 0], atol=1e-5)
+    want = direct_logits(judge, [text], pils)[:, ids].softmax(-1)[:, 0]
+    assert torch.allclose(got, want, atol=1e-5)
+    swapped = judge.chat("Question: How many circles ?\nAnswer 1: 3\nAnswer 2: 2\nWhich answer is right about the "
+                         "image? Answer 1 or 2.")
+    back = direct_logits(judge, [swapped], pils)[:, ids].softmax(-1)[:, 0]
+    assert torch.allclose(judge.compare_answers(x, ["How many circles ?"], ["2"], ["3"], swap=True),
+                          (want + 1 - back) / 2, atol=1e-5)
 
 
 def test_gradients_reach_the_pixels(tiny):

@@ -259,6 +259,16 @@ _REL = "|".join(RELATIONS)
 _NP = rf"(?:an? |(?P<{{n}}num>one|two|three|four) )(?:(?P<{{n}}col>{_COLOR}) )?(?P<{{n}}shape>{_SHAPE})s?"
 
 
+def hard_negative_scenes(meta: dict, rng: np.random.Generator) -> tuple[Scene, Scene] | None:
+    """A scene of ``meta`` and a scene of one of its hard negatives, training compositions only (None when
+    every hard negative is held out): the right and the wrong image of an image pair."""
+    negs = [n for n in hard_negatives(meta, rng) if not is_held_out(n)]
+    if not negs:
+        return None
+    scene = sample_scene(meta, rng, allow_held_out=False)
+    return scene, sample_scene(negs[int(rng.integers(len(negs)))], rng, allow_held_out=False)
+
+
 def _clause(m: re.Match, p: str) -> dict:
     c = {"class": m[p + "shape"], "count": _WORD[m[p + "num"]] if m[p + "num"] else 1}
     if m[p + "col"]:

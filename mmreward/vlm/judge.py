@@ -180,8 +180,9 @@ class VLMJudge(VisionReward):
                             device=images.device)
 
     def compare(self, images_a: torch.Tensor, images_b: torch.Tensor,
-                prompts: str | Sequence[str]) -> torch.Tensor:
-        """P(``images_a[i]`` fits ``prompts[i]`` better than ``images_b[i]``) ``[B]``, both images shown."""
+                prompts: str | Sequence[str], swap: bool = False) -> torch.Tensor:
+        """P(``images_a[i]`` fits ``prompts[i]`` better than ``images_b[i]``) ``[B]``, both images shown;
+        ``swap``: asked in both orders, the mean of ``p(a, b)`` and ``1 − p(b, a)`` (cancels position bias)."""
         t = self.template
         if t.readout != "pairwise" or t.images != 2:
             raise RewardError(f"{self.name}: template {t.name!r} does not compare two images; use ?template=pairwise "
@@ -191,12 +192,16 @@ class VLMJudge(VisionReward):
         if images_a.shape != images_b.shape:
             raise RewardError(f"compare: images_a {tuple(images_a.shape)} and images_b {tuple(images_b.shape)} differ")
         prompts = check_prompts(prompts, images_a.shape[0])
-        both = torch.stack([images_a, images_b], 1).flatten(0, 1)  # a0, b0, a1, b1, ...
-        return self._pairwise([self.chat(t.message(prompt=p), images=2) for p in prompts], both)
+        texts = [self.chat(t.message(prompt=p), images=2) for p in prompts]
+        p = self._pairwise(texts, torch.stack([images_a, images_b], 1).flatten(0, 1))  # a0, b0, a1, b1, ...
+        if not swap:
+            return p
+        return (p + 1 - self._pairwise(texts, torch.stack([images_b, images_a], 1).flatten(0, 1))) / 2
 
     def compare_answers(self, images: torch.Tensor, questions: str | Sequence[str], answers_1: Sequence[str],
-                        answers_2: Sequence[str]) -> torch.Tensor:
-        """P(``answers_1[i]`` is the better answer to ``questions[i]`` about ``images[i]``) ``[B]``."""
+                        answers_2: Sequence[str], swap: bool = False) -> torch.Tensor:
+        """P(``answers_1[i]`` is the better answer to ``questions[i]`` about ``images[i]``) ``[B]``; ``swap``: as
+        for :meth:`compare`."""
         t = self.template
         if t.readout != "pairwise" or not t.answers:
             raise RewardError(f"{self.name}: template {t.name!r} does not compare answers; use "
@@ -206,9 +211,12 @@ class VLMJudge(VisionReward):
         questions = check_prompts(questions, b)
         if len(answers_1) != b or len(answers_2) != b:
             raise RewardError(f"compare_answers: {b} images but {len(answers_1)} / {len(answers_2)} answers")
-        texts = [self.chat(t.message(question=q, answer1=a1, answer2=a2))
-                 for q, a1, a2 in zip(questions, answers_1, answers_2, strict=True)]
-        return self._pairwise(texts, images)
+        def ask(first: Sequence[str], second: Sequence[str]) -> torch.Tensor:
+            return self._pairwise([self.chat(t.message(question=q, answer1=a1, answer2=a2))
+                                   for q, a1, a2 in zip(questions, first, second, strict=True)], images)
+
+        p = ask(answers_1, answers_2)
+        return (p + 1 - ask(answers_2, answers_1)) / 2 if swap else p
 
 
 def load_vlm_judge(arg: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
